@@ -1,0 +1,870 @@
+"""The public faces: `Dispatcher` (sync) and `AsyncDispatcher`, thin layers over one core.
+
+The core validates input, serializes payloads once, matches subscriptions and talks to
+the store; the worker delivers. The sync face runs the worker on a private event loop
+thread; the async face runs it on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+
+from ._validation import validate_headers, validate_timeout, validate_url
+from .clock import Clock, SystemClock, utc
+from .engine import Engine
+from .errors import ConfigurationError, InvalidHeader, InvalidPayload, PayloadTooLarge
+from .models import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Message,
+    RetiredSecret,
+    Subscription,
+    new_id,
+)
+from .registry import Registry, normalize_patterns, validate_event_type
+from .retry import RetryPolicy
+from .signing import generate_secret, parse_secret
+from .stores import Store, open_store
+from .transport import AiohttpTransport
+from .worker import Worker
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_SIZE", "DEFAULT_RETENTION", "AsyncDispatcher", "Dispatcher"]
+
+T = TypeVar("T")
+
+DEFAULT_MAX_PAYLOAD_SIZE = 1024 * 1024
+"""Largest serialized payload `publish` accepts (1 MiB)."""
+DEFAULT_RETENTION = timedelta(days=30)
+"""How old finished messages get before `purge` removes them by default."""
+
+EventSpec = tuple[str, Any] | tuple[str, Any, str | None]
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _check_content_type(content_type: object) -> str:
+    if (
+        not isinstance(content_type, str)
+        or not 3 <= len(content_type) <= 255
+        or "/" not in content_type
+        or any(ord(c) < 0x20 or ord(c) > 0x7E for c in content_type)
+    ):
+        raise InvalidHeader(
+            "content_type must be a media type such as 'application/xml' "
+            "(printable ASCII, no line breaks)"
+        )
+    return content_type
+
+
+def _check_idempotency_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= 255
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
+    ):
+        raise ConfigurationError(
+            "idempotency_key must be a string of 1 to 255 characters without control characters"
+        )
+    return key
+
+
+def _check_positive_int(value: object, name: str, *, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ConfigurationError(f"{name} must be a whole number from 1 to {maximum}")
+    return value
+
+
+class _Core:
+    """Everything both faces share: configuration, validation, matching, store calls."""
+
+    def __init__(
+        self,
+        store: str | Store,
+        *,
+        clock: Clock | None,
+        retry: RetryPolicy | None,
+        transport: httpx.AsyncBaseTransport | None,
+        concurrency: int,
+        max_payload_size: int,
+        envelope: bool,
+        lease: timedelta,
+        poll_interval: float,
+        retention: timedelta,
+    ) -> None:
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a webhook_dispatch.RetryPolicy")
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ConfigurationError(
+                "transport must be an httpx.AsyncBaseTransport (httpx.MockTransport, "
+                "respx.MockTransport, webhook_dispatch.testing.MockReceiver, ...)"
+            )
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError("clock must have a now() method returning a datetime")
+        self.concurrency = _check_positive_int(concurrency, "concurrency", maximum=10_000)
+        self.max_payload_size = _check_positive_int(
+            max_payload_size, "max_payload_size", maximum=64 * 1024 * 1024
+        )
+        if not isinstance(lease, timedelta) or lease <= timedelta(0):
+            raise ConfigurationError("lease must be a positive timedelta")
+        if not isinstance(retention, timedelta) or retention <= timedelta(0):
+            raise ConfigurationError("retention must be a positive timedelta")
+        self.poll_interval = validate_timeout(poll_interval)
+        self.envelope = bool(envelope)
+        self.retention = retention
+        self.owns_store = isinstance(store, str)
+        self.store = open_store(store)
+        self.clock: Clock = clock or SystemClock()
+        self.retry = retry or RetryPolicy()
+        self.engine = Engine(
+            transport or AiohttpTransport(max_connections=max(concurrency, 16)), self.clock
+        )
+        self.worker = Worker(
+            self.store,
+            self.engine,
+            self.clock,
+            retry=self.retry,
+            concurrency=self.concurrency,
+            lease=lease,
+            poll_interval=self.poll_interval,
+        )
+        self._registry = Registry()
+        self._registry_version: int | None = None
+        self._registry_lock = threading.Lock()
+
+    # -- building values (pure, before any I/O) ----------------------------------
+    def new_subscription(
+        self,
+        url: str,
+        *,
+        event_types: Iterable[str] | None,
+        secret: str | None,
+        headers: Mapping[str, str] | None,
+        metadata: Mapping[str, str] | None,
+        timeout: float,
+    ) -> Subscription:
+        url = validate_url(url)
+        patterns = normalize_patterns(event_types)
+        if secret is None:
+            secret = generate_secret()
+        else:
+            parse_secret(secret)
+        now = self.clock.now()
+        return Subscription(
+            id=new_id("sub"),
+            url=url,
+            event_types=patterns,
+            secret=secret,
+            headers=validate_headers(headers),
+            metadata=_check_metadata(metadata),
+            timeout=validate_timeout(timeout),
+            created_at=now,
+            updated_at=now,
+        )
+
+    def new_message(
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None,
+        content_type: str | None,
+    ) -> Message:
+        event_type = validate_event_type(event_type)
+        idempotency_key = _check_idempotency_key(idempotency_key)
+        now = self.clock.now()
+        if isinstance(payload, (bytes, bytearray, memoryview)) or content_type is not None:
+            if content_type is None:
+                raise InvalidPayload(
+                    "a bytes payload is sent as-is and needs content_type= "
+                    "(for example 'application/xml')"
+                )
+            content_type = _check_content_type(content_type)
+            if isinstance(payload, str):
+                body = payload.encode("utf-8")
+            elif isinstance(payload, (bytes, bytearray, memoryview)):
+                body = bytes(payload)
+            else:
+                raise InvalidPayload("with content_type=, the payload must be bytes or str")
+        else:
+            content_type = "application/json"
+            document = (
+                {"type": event_type, "timestamp": _iso(now), "data": payload}
+                if self.envelope
+                else payload
+            )
+            try:
+                body = _json_bytes(document)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise InvalidPayload(f"payload is not JSON-serializable: {exc}") from None
+        if len(body) > self.max_payload_size:
+            raise PayloadTooLarge(
+                f"payload is {len(body)} bytes serialized; the limit is "
+                f"{self.max_payload_size} bytes (max_payload_size=)",
+                size=len(body),
+                limit=self.max_payload_size,
+            )
+        return Message(
+            id=new_id("msg"),
+            event_type=event_type,
+            payload=body,
+            content_type=content_type,
+            created_at=now,
+            idempotency_key=idempotency_key,
+        )
+
+    def match(self, event_type: str) -> list[str]:
+        """Ids of the enabled subscriptions matching ``event_type`` (index rebuilt when
+        any subscription changed, in this process or another)."""
+        version = self.store.subscriptions_version()
+        if version != self._registry_version:
+            with self._registry_lock:
+                if version != self._registry_version:
+                    registry = Registry()
+                    for subscription in self.store.list_subscriptions():
+                        if subscription.enabled:
+                            registry.add(subscription.id, subscription.event_types)
+                    self._registry = registry
+                    self._registry_version = version
+        return self._registry.match(event_type)
+
+    # -- store operations (sync; the async face runs them off its loop) ----------
+    def subscribe(self, subscription: Subscription) -> Subscription:
+        self.store.add_subscription(subscription)
+        return subscription
+
+    def publish(self, message: Message) -> Message:
+        result = self.store.publish(message, self.match(message.event_type), self.clock.now())
+        if result.deliveries:
+            self.worker.wake()
+        return result.message
+
+    def publish_many(self, messages: Sequence[Message]) -> list[Message]:
+        items = [(message, self.match(message.event_type)) for message in messages]
+        results = self.store.publish_many(items, self.clock.now())
+        if any(result.deliveries for result in results):
+            self.worker.wake()
+        return [result.message for result in results]
+
+    def update(self, subscription_id: str, **changes: Any) -> Subscription:
+        current = self.store.get_subscription(subscription_id)
+        updated = attrs.evolve(current, updated_at=self.clock.now(), **changes)
+        self.store.save_subscription(updated)
+        if updated.enabled and not current.enabled:
+            self.worker.wake()
+        return updated
+
+    def rotate_secret(
+        self, subscription_id: str, grace: timedelta, secret: str | None
+    ) -> tuple[Subscription, str]:
+        if not isinstance(grace, timedelta) or grace < timedelta(0):
+            raise ConfigurationError("grace must be a timedelta of zero or more")
+        new_secret = generate_secret() if secret is None else secret
+        parse_secret(new_secret)
+        current = self.store.get_subscription(subscription_id)
+        now = self.clock.now()
+        kept = tuple(r for r in current.previous_secrets if r.expires_at > now)
+        retired = (RetiredSecret(current.secret, now + grace),) if grace else ()
+        updated = attrs.evolve(
+            current, secret=new_secret, previous_secrets=retired + kept, updated_at=now
+        )
+        self.store.save_subscription(updated)
+        return updated, new_secret
+
+    def retry_delivery(self, delivery_id: str) -> Delivery:
+        updated = self.store.schedule_manual([delivery_id], self.clock.now())
+        self.worker.wake()
+        return updated[0] if updated else self.store.get_delivery(delivery_id)
+
+    def recover(
+        self, subscription_id: str, since: datetime, until: datetime | None
+    ) -> list[Delivery]:
+        now = self.clock.now()
+        deliveries = self.store.recover(
+            subscription_id, since=utc(since), until=utc(until) if until else now, now=now
+        )
+        if deliveries:
+            self.worker.wake()
+        return deliveries
+
+    def purge(self, older_than: timedelta | datetime | None) -> int:
+        if older_than is None:
+            older_than = self.retention
+        cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
+        return self.store.purge(utc(cutoff))
+
+    def next_due_at(self) -> datetime | None:
+        return self.store.next_due_at()
+
+    def close_store(self) -> None:
+        self.worker.close()
+        if self.owns_store:
+            self.store.close()
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise ConfigurationError("metadata must be a mapping of str to str")
+    if len(metadata) > 50 or any(len(k) > 255 or len(v) > 4096 for k, v in metadata.items()):
+        raise ConfigurationError(
+            "metadata takes at most 50 keys of 255 characters, values of 4096"
+        )
+    return dict(metadata)
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread, so sync callers can drive async work."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="webhook-dispatch-loop", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coroutine).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+_DEFAULT_TIMEOUT = 15.0
+
+
+class Dispatcher:
+    """Publish events and deliver them, from ordinary (synchronous) code.
+
+    ``store`` is a URL (``"memory://"``, ``"sqlite:///webhooks.db"``) or a `Store`.
+    ``retry`` is a `RetryPolicy`; ``transport`` any `httpx.AsyncBaseTransport` (tests pass a
+    `webhook_dispatch.testing.MockReceiver` or ``httpx.MockTransport``); ``clock`` a
+    `Clock` (tests pass a `FakeClock`). Use it as a context manager, or call `close`.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        *,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        concurrency: int = 64,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+        envelope: bool = True,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: float = 1.0,
+        retention: timedelta = DEFAULT_RETENTION,
+    ) -> None:
+        self._core = _Core(
+            store,
+            clock=clock,
+            retry=retry,
+            transport=transport,
+            concurrency=concurrency,
+            max_payload_size=max_payload_size,
+            envelope=envelope,
+            lease=lease,
+            poll_interval=poll_interval,
+            retention=retention,
+        )
+        self._loop_thread: _LoopThread | None = None
+        self._running: concurrent.futures.Future[int] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Dispatcher(store={self._core.store!r})"
+
+    @property
+    def store(self) -> Store:
+        """The store this dispatcher reads and writes."""
+        return self._core.store
+
+    @property
+    def clock(self) -> Clock:
+        """The clock deciding when attempts are due."""
+        return self._core.clock
+
+    # -- subscriptions -------------------------------------------------------------
+    def subscribe(
+        self,
+        url: str,
+        *,
+        event_types: Iterable[str] | None = None,
+        secret: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> Subscription:
+        """Register an endpoint for the event types matching ``event_types``.
+
+        ``event_types`` takes exact names, ``*`` for one segment (``order.*``) and a final
+        ``**`` for any depth; ``None`` or ``["*"]`` means every event. Without ``secret`` a
+        ``whsec_`` secret is generated (read it from ``.secret``). ``headers`` are sent
+        with every request (reserved names are refused); ``timeout`` is per attempt.
+        """
+        subscription = self._core.new_subscription(
+            url,
+            event_types=event_types,
+            secret=secret,
+            headers=headers,
+            metadata=metadata,
+            timeout=timeout,
+        )
+        return self._core.subscribe(subscription)
+
+    def unsubscribe(self, subscription_id: str) -> None:
+        """Remove a subscription; its unfinished deliveries are cancelled."""
+        self._core.store.remove_subscription(subscription_id, self._core.clock.now())
+
+    def enable(self, subscription_id: str) -> Subscription:
+        """Resume deliveries to a subscription, including those held while it was disabled."""
+        return self._core.update(subscription_id, enabled=True, disabled_reason=None)
+
+    def disable(self, subscription_id: str, reason: str = "disabled by operator") -> Subscription:
+        """Stop deliveries to a subscription; pending ones are held until `enable`."""
+        return self._core.update(subscription_id, enabled=False, disabled_reason=reason)
+
+    def rotate_secret(
+        self,
+        subscription_id: str,
+        *,
+        grace: timedelta = timedelta(hours=24),
+        secret: str | None = None,
+    ) -> str:
+        """Give a subscription a new secret and return it. For ``grace``, requests carry a
+        signature with the old secret too, so receivers can switch without losing any."""
+        return self._core.rotate_secret(subscription_id, grace, secret)[1]
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every subscription, oldest first."""
+        return self._core.store.list_subscriptions()
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        """One subscription by id (`NotFound` otherwise)."""
+        return self._core.store.get_subscription(subscription_id)
+
+    # -- publishing ----------------------------------------------------------------
+    def publish(
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+    ) -> Message:
+        """Store an event for every matching subscription and return the `Message`.
+
+        The payload is wrapped in the Standard Webhooks envelope ``{"type", "timestamp",
+        "data"}`` and serialized once. Bytes (or str) with ``content_type=`` are sent
+        as-is. With a durable store the message is safe once this returns. The same
+        ``idempotency_key`` returns the first message and sends nothing again.
+        """
+        message = self._core.new_message(
+            event_type, payload, idempotency_key=idempotency_key, content_type=content_type
+        )
+        return self._core.publish(message)
+
+    def publish_many(self, events: Iterable[EventSpec]) -> list[Message]:
+        """Publish ``(event_type, payload)`` or ``(event_type, payload, idempotency_key)``
+        tuples in one store transaction; all are validated before any is stored."""
+        messages = [
+            self._core.new_message(
+                event[0],
+                event[1],
+                idempotency_key=event[2] if len(event) > 2 else None,  # type: ignore[misc]
+                content_type=None,
+            )
+            for event in events
+        ]
+        return self._core.publish_many(messages)
+
+    # -- delivering ----------------------------------------------------------------
+    def _loop(self) -> _LoopThread:
+        if self._closed:
+            raise ConfigurationError("this Dispatcher is closed")
+        if self._loop_thread is None:
+            self._loop_thread = _LoopThread()
+        return self._loop_thread
+
+    def run_until_idle(self) -> int:
+        """Attempt every delivery due now (and retries that fall due meanwhile), then
+        return the number of attempts made. For scripts and tests."""
+        if self._running is not None and not self._running.done():
+            raise ConfigurationError("the worker is already running (start()); stop() it first")
+        return self._loop().call(self._core.worker.run_until_idle())
+
+    def start(self) -> None:
+        """Run the worker on a background thread until `stop` or `close`."""
+        if self._running is not None and not self._running.done():
+            return
+        self._running = self._loop().submit(self._core.worker.run())
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the background worker; attempts in flight finish and are recorded."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        self._core.worker.request_stop()
+        running.result(timeout=timeout)
+
+    def run(self) -> None:
+        """Run the worker in this thread until interrupted (Ctrl-C) or `stop`."""
+        self.start()
+        running = self._running
+        assert running is not None
+        try:
+            while not running.done():
+                try:
+                    running.result(timeout=0.5)
+                except concurrent.futures.TimeoutError:
+                    continue
+        except KeyboardInterrupt:
+            self.stop()
+
+    # -- inspection and repair -----------------------------------------------------
+    def attempts(self, message_id: str) -> list[Attempt]:
+        """Every attempt made for a message, oldest first."""
+        return self._core.store.list_attempts(message_id=message_id)
+
+    def deliveries(
+        self,
+        message_id: str | None = None,
+        subscription_id: str | None = None,
+        status: DeliveryStatus | str | None = None,
+    ) -> list[Delivery]:
+        """Deliveries matching every given filter, oldest first."""
+        return self._core.store.list_deliveries(
+            message_id=message_id,
+            subscription_id=subscription_id,
+            status=DeliveryStatus(status) if status is not None else None,
+        )
+
+    def get_message(self, message_id: str) -> Message:
+        """One message by id (`NotFound` otherwise)."""
+        return self._core.store.get_message(message_id)
+
+    def messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
+        """The newest messages first."""
+        return self._core.store.list_messages(event_type=event_type, limit=limit)
+
+    def retry(self, delivery_id: str) -> Delivery:
+        """Make one manual attempt of a delivery as soon as the worker runs (whatever its
+        status); the attempt is recorded with ``trigger=manual``."""
+        return self._core.retry_delivery(delivery_id)
+
+    def recover(
+        self, subscription_id: str, since: datetime, until: datetime | None = None
+    ) -> list[Delivery]:
+        """Re-send every failed or exhausted delivery of a subscription whose message was
+        published in ``[since, until)`` (until defaults to now)."""
+        return self._core.recover(subscription_id, since, until)
+
+    def purge(self, older_than: timedelta | datetime | None = None) -> int:
+        """Delete finished messages older than ``older_than`` (default: the retention,
+        30 days) with their deliveries and attempts; return how many messages went."""
+        return self._core.purge(older_than)
+
+    def next_due_at(self) -> datetime | None:
+        """When the next pending attempt is due, or None if nothing is pending."""
+        return self._core.next_due_at()
+
+    # -- lifecycle -----------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker, close connections and the store. Idempotent."""
+        if self._closed:
+            return
+        self.stop()
+        if self._loop_thread is not None:
+            self._loop_thread.call(self._core.engine.aclose())
+            self._loop_thread.close()
+            self._loop_thread = None
+        self._core.close_store()
+        self._closed = True
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncDispatcher:
+    """The same surface as `Dispatcher`, awaitable, running on the caller's event loop.
+
+    Use ``async with AsyncDispatcher(...) as dispatcher:``; `start` runs the worker as a
+    task of the current loop. Store calls that block (SQLite) run in a thread.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        *,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        concurrency: int = 64,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+        envelope: bool = True,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: float = 1.0,
+        retention: timedelta = DEFAULT_RETENTION,
+    ) -> None:
+        self._core = _Core(
+            store,
+            clock=clock,
+            retry=retry,
+            transport=transport,
+            concurrency=concurrency,
+            max_payload_size=max_payload_size,
+            envelope=envelope,
+            lease=lease,
+            poll_interval=poll_interval,
+            retention=retention,
+        )
+        self._task: asyncio.Task[int] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"AsyncDispatcher(store={self._core.store!r})"
+
+    @property
+    def store(self) -> Store:
+        """The store this dispatcher reads and writes."""
+        return self._core.store
+
+    @property
+    def clock(self) -> Clock:
+        """The clock deciding when attempts are due."""
+        return self._core.clock
+
+    async def _io(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._core.store.blocking:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        return function(*args, **kwargs)
+
+    async def subscribe(
+        self,
+        url: str,
+        *,
+        event_types: Iterable[str] | None = None,
+        secret: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> Subscription:
+        """See `Dispatcher.subscribe`."""
+        subscription = self._core.new_subscription(
+            url,
+            event_types=event_types,
+            secret=secret,
+            headers=headers,
+            metadata=metadata,
+            timeout=timeout,
+        )
+        result: Subscription = await self._io(self._core.subscribe, subscription)
+        return result
+
+    async def unsubscribe(self, subscription_id: str) -> None:
+        """See `Dispatcher.unsubscribe`."""
+        await self._io(self._core.store.remove_subscription, subscription_id, self.clock.now())
+
+    async def enable(self, subscription_id: str) -> Subscription:
+        """See `Dispatcher.enable`."""
+        result: Subscription = await self._io(
+            self._core.update, subscription_id, enabled=True, disabled_reason=None
+        )
+        return result
+
+    async def disable(
+        self, subscription_id: str, reason: str = "disabled by operator"
+    ) -> Subscription:
+        """See `Dispatcher.disable`."""
+        result: Subscription = await self._io(
+            self._core.update, subscription_id, enabled=False, disabled_reason=reason
+        )
+        return result
+
+    async def rotate_secret(
+        self,
+        subscription_id: str,
+        *,
+        grace: timedelta = timedelta(hours=24),
+        secret: str | None = None,
+    ) -> str:
+        """See `Dispatcher.rotate_secret`."""
+        result: tuple[Subscription, str] = await self._io(
+            self._core.rotate_secret, subscription_id, grace, secret
+        )
+        return result[1]
+
+    async def subscriptions(self) -> list[Subscription]:
+        """See `Dispatcher.subscriptions`."""
+        result: list[Subscription] = await self._io(self._core.store.list_subscriptions)
+        return result
+
+    async def get_subscription(self, subscription_id: str) -> Subscription:
+        """See `Dispatcher.get_subscription`."""
+        result: Subscription = await self._io(self._core.store.get_subscription, subscription_id)
+        return result
+
+    async def publish(
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+    ) -> Message:
+        """See `Dispatcher.publish`."""
+        message = self._core.new_message(
+            event_type, payload, idempotency_key=idempotency_key, content_type=content_type
+        )
+        result: Message = await self._io(self._core.publish, message)
+        return result
+
+    async def publish_many(self, events: Iterable[EventSpec]) -> list[Message]:
+        """See `Dispatcher.publish_many`."""
+        messages = [
+            self._core.new_message(
+                event[0],
+                event[1],
+                idempotency_key=event[2] if len(event) > 2 else None,  # type: ignore[misc]
+                content_type=None,
+            )
+            for event in events
+        ]
+        result: list[Message] = await self._io(self._core.publish_many, messages)
+        return result
+
+    async def run_until_idle(self) -> int:
+        """See `Dispatcher.run_until_idle`."""
+        if self._task is not None and not self._task.done():
+            raise ConfigurationError("the worker is already running (start()); stop() it first")
+        return await self._core.worker.run_until_idle()
+
+    def start(self) -> None:
+        """Run the worker as a task of the running event loop until `stop`."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._core.worker.run())
+
+    async def stop(self) -> None:
+        """Stop the worker task; attempts in flight finish and are recorded."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._core.worker.request_stop()
+        await task
+
+    async def run(self) -> None:
+        """Run the worker until `stop` is called or the task is cancelled."""
+        self.start()
+        assert self._task is not None
+        await asyncio.shield(self._task)
+
+    async def attempts(self, message_id: str) -> list[Attempt]:
+        """See `Dispatcher.attempts`."""
+        result: list[Attempt] = await self._io(
+            self._core.store.list_attempts, message_id=message_id
+        )
+        return result
+
+    async def deliveries(
+        self,
+        message_id: str | None = None,
+        subscription_id: str | None = None,
+        status: DeliveryStatus | str | None = None,
+    ) -> list[Delivery]:
+        """See `Dispatcher.deliveries`."""
+        result: list[Delivery] = await self._io(
+            self._core.store.list_deliveries,
+            message_id=message_id,
+            subscription_id=subscription_id,
+            status=DeliveryStatus(status) if status is not None else None,
+        )
+        return result
+
+    async def get_message(self, message_id: str) -> Message:
+        """See `Dispatcher.get_message`."""
+        result: Message = await self._io(self._core.store.get_message, message_id)
+        return result
+
+    async def messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
+        """See `Dispatcher.messages`."""
+        result: list[Message] = await self._io(
+            self._core.store.list_messages, event_type=event_type, limit=limit
+        )
+        return result
+
+    async def retry(self, delivery_id: str) -> Delivery:
+        """See `Dispatcher.retry`."""
+        result: Delivery = await self._io(self._core.retry_delivery, delivery_id)
+        return result
+
+    async def recover(
+        self, subscription_id: str, since: datetime, until: datetime | None = None
+    ) -> list[Delivery]:
+        """See `Dispatcher.recover`."""
+        result: list[Delivery] = await self._io(self._core.recover, subscription_id, since, until)
+        return result
+
+    async def purge(self, older_than: timedelta | datetime | None = None) -> int:
+        """See `Dispatcher.purge`."""
+        result: int = await self._io(self._core.purge, older_than)
+        return result
+
+    async def next_due_at(self) -> datetime | None:
+        """See `Dispatcher.next_due_at`."""
+        result: datetime | None = await self._io(self._core.next_due_at)
+        return result
+
+    async def aclose(self) -> None:
+        """Stop the worker, close connections and the store. Idempotent."""
+        if self._closed:
+            return
+        await self.stop()
+        await self._core.engine.aclose()
+        await self._io(self._core.close_store)
+        self._closed = True
+
+    async def __aenter__(self) -> AsyncDispatcher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

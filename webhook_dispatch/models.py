@@ -1,0 +1,200 @@
+"""The nouns of the library as small frozen attrs classes: subscriptions, messages,
+deliveries and attempts, their status enums, and the id scheme they share.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "Attempt",
+    "AttemptTrigger",
+    "Delivery",
+    "DeliveryStatus",
+    "ErrorKind",
+    "Message",
+    "RetiredSecret",
+    "Subscription",
+    "new_id",
+]
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """Return ``prefix_`` followed by a 26-character, time-sortable random id (ULID layout).
+
+    The first 10 characters encode the millisecond clock, the last 16 carry 80 random
+    bits, so ids sort by creation time and never collide in practice.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(value or {}))
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where one message stands with one subscription."""
+
+    PENDING = "pending"
+    """Waiting for its next attempt (the first, or a retry)."""
+    DELIVERING = "delivering"
+    """Claimed by a worker under a lease; an attempt is in flight."""
+    SUCCEEDED = "succeeded"
+    """The endpoint answered 2xx."""
+    FAILED = "failed"
+    """Given up without using the whole schedule (3xx, most 4xx, blocked address)."""
+    EXHAUSTED = "exhausted"
+    """Every attempt the retry policy allowed was made, and none succeeded."""
+    CANCELLED = "cancelled"
+    """The subscription was removed before the delivery finished."""
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states no scheduled attempt leaves (only a manual retry does)."""
+        return self not in (DeliveryStatus.PENDING, DeliveryStatus.DELIVERING)
+
+
+class AttemptTrigger(str, enum.Enum):
+    """Why an attempt happened."""
+
+    SCHEDULED = "scheduled"
+    """The first attempt or a retry on the policy's schedule."""
+    MANUAL = "manual"
+    """An operator asked for it (`retry()`, `recover()`)."""
+
+
+class ErrorKind(str, enum.Enum):
+    """What went wrong when an attempt got no HTTP response."""
+
+    TIMEOUT = "timeout"
+    CONNECT = "connect"
+    TLS = "tls"
+    PROTOCOL = "protocol"
+    BLOCKED = "blocked"
+    """The endpoint resolved to an address the network guard refuses."""
+    OTHER = "other"
+
+
+@attrs.frozen
+class RetiredSecret:
+    """A previous signing secret still used, beside the current one, until ``expires_at``."""
+
+    secret: str = attrs.field(repr=False)
+    expires_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class Subscription:
+    """An endpoint that receives the events matching its patterns.
+
+    ``secret`` is the current signing secret (``whsec_...``); it never appears in ``repr``.
+    """
+
+    id: str
+    url: str
+    event_types: tuple[str, ...] = ("*",)
+    secret: str = attrs.field(repr=False)
+    previous_secrets: tuple[RetiredSecret, ...] = attrs.field(default=(), repr=False)
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_mapping, repr=False
+    )
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    enabled: bool = True
+    disabled_reason: str | None = None
+    timeout: float = 15.0
+    created_at: datetime
+    updated_at: datetime
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets that sign a request sent at ``now``: current first, then unexpired old."""
+        return [self.secret] + [
+            retired.secret for retired in self.previous_secrets if retired.expires_at > now
+        ]
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """One published event. ``id`` is the ``webhook-id`` header on every attempt.
+
+    ``payload`` holds the exact bytes sent as the request body.
+    """
+
+    id: str
+    event_type: str
+    payload: bytes = attrs.field(repr=False)
+    content_type: str = "application/json"
+    created_at: datetime
+    idempotency_key: str | None = None
+
+    def json(self) -> Any:
+        """The payload decoded as JSON (the Standard Webhooks envelope by default)."""
+        import json
+
+        return json.loads(self.payload)
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One message on its way to one subscription."""
+
+    id: str
+    message_id: str
+    subscription_id: str
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempt_count: int = 0
+    next_attempt_at: datetime | None
+    """When the next attempt is due; ``None`` once the delivery is final."""
+    next_trigger: AttemptTrigger = AttemptTrigger.SCHEDULED
+    created_at: datetime
+    updated_at: datetime
+    last_status_code: int | None = None
+    last_error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """One HTTP try of a delivery, as recorded after it ended."""
+
+    id: str
+    delivery_id: str
+    message_id: str
+    subscription_id: str
+    number: int
+    """1 for the first attempt of the delivery, counting manual ones too."""
+    trigger: AttemptTrigger
+    started_at: datetime
+    duration: float
+    """Seconds from sending the request to the end of reading the (capped) response."""
+    url: str
+    status_code: int | None = None
+    response_body: bytes = attrs.field(default=b"", repr=False)
+    """At most the first 16 KiB of the response body."""
+    response_headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_mapping, repr=False
+    )
+    """Only the headers that explain the outcome: ``location``, ``retry-after``, ``content-type``."""
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    """A human-readable reason when the attempt did not succeed."""
+    webhook_timestamp: int
+    """The ``webhook-timestamp`` sent (and signed) on this attempt."""
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the endpoint answered 2xx."""
+        return self.status_code is not None and 200 <= self.status_code < 300

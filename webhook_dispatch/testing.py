@@ -1,0 +1,224 @@
+"""Helpers for testing code that sends webhooks: a clock you move by hand, a scriptable
+receiver that records and verifies requests, and `drain` to play out retries instantly.
+
+The pytest fixtures built on these live in `webhook_dispatch.pytest_plugin` and load
+automatically once the package is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Union
+
+import attrs
+import httpx
+
+from .clock import utc
+from .errors import InvalidSignature
+from .signing import verify
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
+
+__all__ = ["FakeClock", "MockReceiver", "ReceivedRequest", "Reply", "drain"]
+
+
+class FakeClock:
+    """A clock that only moves when told to: ``advance()`` makes retries due instantly.
+
+    Starts at ``start`` (default 2030-01-01T00:00:00Z).
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = utc(start) if start else datetime(2030, 1, 1, tzinfo=timezone.utc)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        """The clock's current time."""
+        with self._lock:
+            return self._now
+
+    def advance(self, by: float | timedelta) -> datetime:
+        """Move forward by seconds or a timedelta; return the new time."""
+        step = by if isinstance(by, timedelta) else timedelta(seconds=by)
+        if step < timedelta(0):
+            raise ValueError("FakeClock.advance() takes a non-negative step; use set()")
+        with self._lock:
+            self._now += step
+            return self._now
+
+    def set(self, moment: datetime) -> None:
+        """Jump to ``moment`` (backwards too, to test clock jumps)."""
+        with self._lock:
+            self._now = utc(moment)
+
+    def __repr__(self) -> str:
+        return f"FakeClock({self.now().isoformat()})"
+
+
+Reply = Union[int, tuple[int, Mapping[str, str]], httpx.Response, Exception]
+"""One scripted answer: a status code, ``(status, headers)``, a whole `httpx.Response`, or
+an exception to raise (``httpx.ConnectError("refused")``, ``httpx.ReadTimeout("slow")``)."""
+
+
+@attrs.frozen
+class ReceivedRequest:
+    """One request the `MockReceiver` got, and what it answered."""
+
+    method: str
+    url: str
+    headers: httpx.Headers
+    body: bytes
+    at: datetime
+    reply: str
+    """What was answered: ``"200"``, ``"503"``, ``"ConnectError"``, ..."""
+    verified: bool | None
+    """Signature check against the receiver's secret; None when it has no secret."""
+
+    @property
+    def webhook_id(self) -> str:
+        """The ``webhook-id`` header (the message id)."""
+        return self.headers.get("webhook-id", "")
+
+    @property
+    def timestamp(self) -> int:
+        """The ``webhook-timestamp`` header as an int."""
+        return int(self.headers.get("webhook-timestamp", "0"))
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+
+class MockReceiver(httpx.AsyncBaseTransport, httpx.BaseTransport):
+    """An httpx transport standing in for your customers' endpoints.
+
+    It answers from a script, ``MockReceiver([503, 503, 200])``, then ``default`` once the
+    script runs out; ``routes={"https://a.example/hook": [410]}`` gives one URL its own
+    script. Every request is kept in `requests`; with ``secret=`` each one's signature is
+    checked (against ``clock`` when given, so `FakeClock` timestamps pass).
+    Pass it as ``transport=`` to a `Dispatcher`.
+    """
+
+    def __init__(
+        self,
+        script: Iterable[Reply] = (),
+        *,
+        default: Reply = 200,
+        routes: Mapping[str, Iterable[Reply]] | None = None,
+        secret: str | Sequence[str] | None = None,
+        clock: Any = None,
+        tolerance: int = 300,
+    ) -> None:
+        self._script = list(script)
+        self._default = default
+        self._routes = {str(httpx.URL(url)): list(replies) for url, replies in (routes or {}).items()}
+        self._secret = secret
+        self._clock = clock
+        self._tolerance = tolerance
+        self._lock = threading.Lock()
+        self.requests: list[ReceivedRequest] = []
+
+    def __repr__(self) -> str:
+        return f"MockReceiver(received={len(self.requests)})"
+
+    def _next_reply(self, url: str) -> Reply:
+        with self._lock:
+            queue = self._routes.get(url, self._script)
+            return queue.pop(0) if queue else self._default
+
+    def _verified(self, request: httpx.Request, body: bytes, at: datetime) -> bool | None:
+        if self._secret is None:
+            return None
+        try:
+            verify(body, request.headers, self._secret, self._tolerance, now=at)
+        except InvalidSignature:
+            return False
+        return True
+
+    def _handle(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        at = self._clock.now() if self._clock is not None else datetime.now(timezone.utc)
+        url = str(request.url)
+        reply = self._next_reply(url)
+        label = type(reply).__name__ if isinstance(reply, Exception) else _status_label(reply)
+        with self._lock:
+            self.requests.append(
+                ReceivedRequest(
+                    method=request.method,
+                    url=url,
+                    headers=request.headers,
+                    body=body,
+                    at=at,
+                    reply=label,
+                    verified=self._verified(request, body, at),
+                )
+            )
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, httpx.Response):
+            return reply
+        if isinstance(reply, tuple):
+            return httpx.Response(reply[0], headers=dict(reply[1]))
+        return httpx.Response(reply)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Answer ``request`` from the script (async transports)."""
+        return self._handle(request, await request.aread())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Answer ``request`` from the script (sync transports)."""
+        return self._handle(request, request.read())
+
+    # -- views for assertions --------------------------------------------------------
+    def for_message(self, message_id: str) -> list[ReceivedRequest]:
+        """Requests that carried ``webhook-id: message_id``, in arrival order."""
+        return [r for r in self.requests if r.webhook_id == message_id]
+
+    def for_url(self, url: str) -> list[ReceivedRequest]:
+        """Requests sent to ``url``."""
+        wanted = str(httpx.URL(url))
+        return [r for r in self.requests if r.url == wanted]
+
+    def assert_all_verified(self) -> None:
+        """Fail unless every request carried a signature valid for the receiver's secret."""
+        if self._secret is None:
+            raise AssertionError("MockReceiver(secret=...) is needed to verify signatures")
+        bad = [r for r in self.requests if not r.verified]
+        if bad:
+            raise AssertionError(f"{len(bad)} of {len(self.requests)} requests failed verification")
+
+
+def _status_label(reply: int | tuple[int, Mapping[str, str]] | httpx.Response) -> str:
+    if isinstance(reply, httpx.Response):
+        return str(reply.status_code)
+    if isinstance(reply, tuple):
+        return str(reply[0])
+    return str(reply)
+
+
+def drain(
+    dispatcher: Dispatcher,
+    clock: FakeClock,
+    *,
+    max_steps: int = 1000,
+    until: Callable[[], bool] | None = None,
+) -> int:
+    """Deliver until nothing is pending, jumping ``clock`` to each next due time.
+
+    Hours of retries play out at once. Returns the number of attempts made; stops early
+    when ``until()`` turns true. Raises RuntimeError if work remains after ``max_steps``.
+    """
+    attempts = 0
+    for _ in range(max_steps):
+        attempts += dispatcher.run_until_idle()
+        if until is not None and until():
+            return attempts
+        due = dispatcher.next_due_at()
+        if due is None:
+            return attempts
+        if due > clock.now():
+            clock.set(due)
+    raise RuntimeError(f"deliveries still pending after {max_steps} steps")

@@ -1,0 +1,314 @@
+"""The delivery worker: claim due deliveries in leased batches, attempt them concurrently,
+and write each attempt with its delivery's next state, batched, back to the store.
+
+Time for retries is persisted, never slept on: an idle worker waits for a publish in
+this process, the next due time, or a short poll for other processes' work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import attrs
+
+from .clock import Clock
+from .engine import Engine
+from .errors import StoreError
+from .models import Attempt, AttemptTrigger, DeliveryStatus
+from .retry import RetryPolicy, Verdict, classify_outcome, decide
+from .stores.base import AttemptRecord, Claim, Store
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("webhook_dispatch")
+
+T = TypeVar("T")
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class Worker:
+    """Runs deliveries from a store until idle or until stopped.
+
+    ``concurrency`` bounds attempts in flight; ``lease`` is how long a claimed delivery
+    stays reserved for this worker (a crashed worker's deliveries return after it).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        clock: Clock,
+        *,
+        retry: RetryPolicy,
+        concurrency: int = 64,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.clock = clock
+        self.retry = retry
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.worker_id = worker_id or _default_worker_id()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._store_failures = 0
+
+    # -- control from any thread --------------------------------------------------
+    def wake(self) -> None:
+        """Tell the worker new work may be due (safe from any thread)."""
+        loop, event = self._loop, self._wake
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
+
+    def request_stop(self) -> None:
+        """Ask `run` to finish its attempts in flight and return (safe from any thread)."""
+        self._stopping = True
+        self.wake()
+
+    # -- running ------------------------------------------------------------------
+    async def run_until_idle(self) -> int:
+        """Attempt every delivery due now, including retries that fall due meanwhile;
+        return the number of attempts made."""
+        return await self._loop_forever(until_idle=True)
+
+    async def run(self) -> int:
+        """Deliver until `request_stop`; return the number of attempts made."""
+        self._stopping = False
+        return await self._loop_forever(until_idle=False)
+
+    async def _loop_forever(self, *, until_idle: bool) -> int:
+        self._bind_loop()
+        assert self._wake is not None
+        wake = self._wake
+        in_flight: dict[asyncio.Future[AttemptRecord], Claim] = {}
+        finished: list[AttemptRecord] = []
+        waiter: asyncio.Future[Any] | None = None
+        attempts = 0
+        want_claim = True
+        # Refill only once a quarter of the slots are free: fewer, larger claims.
+        refill_at = max(1, self.concurrency // 4)
+        try:
+            while True:
+                free = self.concurrency - len(in_flight)
+                if want_claim and free > 0 and not self._stopping:
+                    wake.clear()
+                    claims = await self._claim(free)
+                    for claim in claims:
+                        in_flight[asyncio.ensure_future(self._attempt(claim))] = claim
+                    want_claim = len(claims) == free  # a full batch: more may be due
+                if not in_flight:
+                    if finished:
+                        await self._flush(finished)
+                        want_claim = True  # a retry may be due at once
+                        continue
+                    if self._stopping or (until_idle and not want_claim):
+                        return attempts
+                    if not want_claim:
+                        await self._idle(wake)
+                        want_claim = True
+                    continue
+                if waiter is None or waiter.done():
+                    waiter = asyncio.ensure_future(wake.wait())
+                done, _ = await asyncio.wait(
+                    [*in_flight, waiter],
+                    return_when=asyncio.FIRST_COMPLETED,
+                    timeout=self.poll_interval,
+                )
+                for future in done:
+                    claim_of = in_flight.pop(future, None)  # type: ignore[call-overload]
+                    if claim_of is not None:
+                        finished.append(future.result())
+                        attempts += 1
+                if finished:
+                    await self._flush(finished)
+                want_claim = (
+                    want_claim
+                    or wake.is_set()
+                    or not done  # the poll interval passed
+                    or not in_flight
+                    or self.concurrency - len(in_flight) >= refill_at
+                )
+        finally:
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+            await self._shutdown(in_flight, finished)
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._wake = asyncio.Event()
+
+    async def _idle(self, wake: asyncio.Event) -> None:
+        """Sleep until woken, the next due time, or the poll interval, whichever is first."""
+        delay = self.poll_interval
+        try:
+            due = await self._store_call(self.store.next_due_at)
+        except StoreError:
+            due = None
+        if due is not None:
+            delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
+        if delay <= 0:
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        now = self.clock.now()
+        try:
+            claims = await self._store_call(
+                self.store.claim_due,
+                now,
+                limit=limit,
+                lease_until=now + self.lease,
+                worker_id=self.worker_id,
+            )
+        except StoreError as exc:
+            await self._store_backoff("claim", exc)
+            return []
+        self._store_failures = 0
+        return claims
+
+    async def _attempt(self, claim: Claim) -> AttemptRecord:
+        attempt, outcome = await self.engine.attempt(claim)
+        now = self.clock.now()
+        classification = classify_outcome(outcome, now, retry_statuses=self.retry.retry_statuses)
+        decision = decide(
+            classification=classification,
+            attempt_number=claim.delivery.attempt_count + 1,
+            first_attempt_at=claim.delivery.created_at,
+            now=now,
+            trigger=claim.delivery.next_trigger,
+            policy=self.retry,
+        )
+        if attempt.error is None and classification.verdict is not Verdict.SUCCEEDED:
+            attempt = attrs.evolve(attempt, error=classification.reason)
+        delivery = attrs.evolve(
+            claim.delivery,
+            status=decision.status,
+            attempt_count=claim.delivery.attempt_count + 1,
+            next_attempt_at=decision.next_attempt_at,
+            next_trigger=AttemptTrigger.SCHEDULED,
+            updated_at=now,
+            last_status_code=attempt.status_code,
+            last_error=attempt.error,
+        )
+        _log_attempt(attempt, decision.status)
+        return AttemptRecord(
+            attempt=attempt,
+            delivery=delivery,
+            disable_subscription=(
+                f"endpoint answered {attempt.status_code} Gone"
+                if classification.disable_subscription
+                else None
+            ),
+        )
+
+    async def _flush(self, finished: list[AttemptRecord]) -> None:
+        """Write finished attempts in one store call; on a store error, keep them and retry."""
+        batch = list(finished)
+        while True:
+            try:
+                await self._store_call(self.store.record, batch, self.worker_id)
+            except StoreError as exc:
+                await self._store_backoff("record", exc)
+                continue
+            self._store_failures = 0
+            finished.clear()
+            return
+
+    async def _store_backoff(self, what: str, exc: StoreError) -> None:
+        self._store_failures += 1
+        delay = min(30.0, 0.05 * 2 ** min(self._store_failures, 10))
+        logger.warning(
+            "store %s failed (%s); retrying in %.2fs",
+            what,
+            exc,
+            delay,
+            extra={"worker_id": self.worker_id},
+        )
+        await asyncio.sleep(delay)
+
+    async def _shutdown(
+        self,
+        in_flight: dict[asyncio.Future[AttemptRecord], Claim],
+        finished: list[AttemptRecord],
+    ) -> None:
+        """Let attempts in flight end, record them, and release what never ran."""
+        if in_flight:
+            done, pending = await asyncio.wait(list(in_flight))
+            for task in done:
+                if not task.cancelled() and task.exception() is None:
+                    finished.append(task.result())
+            unrun = [in_flight[task].delivery.id for task in pending]
+            if unrun:
+                await self._store_call(self.store.release, unrun, self.worker_id)
+        if finished:
+            await self._flush(finished)
+
+    async def _store_call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call the store, off the event loop when its calls block."""
+        if not self.store.blocking:
+            return function(*args, **kwargs)
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="webhook-dispatch-store"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
+    def close(self) -> None:
+        """Release the store thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _log_attempt(attempt: Attempt, status: DeliveryStatus) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    logger.info(
+        "attempt %d of %s to %s: %s -> %s",
+        attempt.number,
+        attempt.message_id,
+        attempt.subscription_id,
+        attempt.status_code if attempt.status_code is not None else attempt.error_kind,
+        status.value,
+        extra={
+            "message_id": attempt.message_id,
+            "subscription_id": attempt.subscription_id,
+            "delivery_id": attempt.delivery_id,
+            "attempt": attempt.number,
+            "status_code": attempt.status_code,
+            "error": attempt.error,
+            "duration": attempt.duration,
+            "delivery_status": status.value,
+        },
+    )
+

@@ -114,7 +114,7 @@ def test_503_with_http_date_retry_after() -> None:
     "error", [httpx.ReadTimeout("slow"), httpx.ConnectTimeout("slow"), httpx.ConnectError("no")]
 )
 def test_timeouts_and_connection_errors_are_retried(error: Exception) -> None:
-    dispatcher, clock, receiver, _ = make([error, 200])
+    dispatcher, clock, _receiver, _ = make([error, 200])
     message = dispatcher.publish("order.created", {})
     drain(dispatcher, clock)
     attempts = dispatcher.attempts(message.id)
@@ -160,7 +160,7 @@ def test_default_schedule_is_ten_attempts_over_about_three_days() -> None:
 
 
 def test_manual_retry_of_a_failed_delivery_is_recorded_as_manual() -> None:
-    dispatcher, clock, receiver, _ = make([400, 200])
+    dispatcher, clock, _receiver, _ = make([400, 200])
     message = dispatcher.publish("order.created", {})
     drain(dispatcher, clock)
     (delivery,) = dispatcher.deliveries()

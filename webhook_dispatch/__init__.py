@@ -43,12 +43,12 @@ from .signing import generate_secret, sign, verify
 from .stores import Store, open_store
 
 __all__ = [
-    "DEFAULT_SCHEDULE",
     "AsyncDispatcher",
     "Attempt",
     "AttemptTrigger",
     "Clock",
     "ConfigurationError",
+    "DEFAULT_SCHEDULE",
     "Delivery",
     "DeliveryStatus",
     "Dispatcher",

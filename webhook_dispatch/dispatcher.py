@@ -299,7 +299,10 @@ class _Core:
     ) -> list[Delivery]:
         now = self.clock.now()
         deliveries = self.store.recover(
-            subscription_id, since=utc(since), until=utc(until) if until else now, now=now
+            subscription_id,
+            since=utc(since),
+            until=utc(until) if until else datetime.max.replace(tzinfo=timezone.utc),
+            now=now,
         )
         if deliveries:
             self.worker.wake()
@@ -328,9 +331,7 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     ):
         raise ConfigurationError("metadata must be a mapping of str to str")
     if len(metadata) > 50 or any(len(k) > 255 or len(v) > 4096 for k, v in metadata.items()):
-        raise ConfigurationError(
-            "metadata takes at most 50 keys of 255 characters, values of 4096"
-        )
+        raise ConfigurationError("metadata takes at most 50 keys of 255 characters, values of 4096")
     return dict(metadata)
 
 
@@ -498,7 +499,7 @@ class Dispatcher:
             self._core.new_message(
                 event[0],
                 event[1],
-                idempotency_key=event[2] if len(event) > 2 else None,  # type: ignore[misc]
+                idempotency_key=event[2] if len(event) > 2 else None,
                 content_type=None,
             )
             for event in events
@@ -524,6 +525,7 @@ class Dispatcher:
         """Run the worker on a background thread until `stop` or `close`."""
         if self._running is not None and not self._running.done():
             return
+        self._core.worker.prepare_run()
         self._running = self._loop().submit(self._core.worker.run())
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -583,7 +585,7 @@ class Dispatcher:
         self, subscription_id: str, since: datetime, until: datetime | None = None
     ) -> list[Delivery]:
         """Re-send every failed or exhausted delivery of a subscription whose message was
-        published in ``[since, until)`` (until defaults to now)."""
+        published in ``[since, until)`` (no upper bound by default)."""
         return self._core.recover(subscription_id, since, until)
 
     def purge(self, older_than: timedelta | datetime | None = None) -> int:
@@ -760,7 +762,7 @@ class AsyncDispatcher:
             self._core.new_message(
                 event[0],
                 event[1],
-                idempotency_key=event[2] if len(event) > 2 else None,  # type: ignore[misc]
+                idempotency_key=event[2] if len(event) > 2 else None,
                 content_type=None,
             )
             for event in events
@@ -777,6 +779,7 @@ class AsyncDispatcher:
     def start(self) -> None:
         """Run the worker as a task of the running event loop until `stop`."""
         if self._task is None or self._task.done():
+            self._core.worker.prepare_run()
             self._task = asyncio.ensure_future(self._core.worker.run())
 
     async def stop(self) -> None:

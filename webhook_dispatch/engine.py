@@ -188,4 +188,3 @@ class Engine:
     async def aclose(self) -> None:
         """Close the transport's connections."""
         await self.transport.aclose()
-

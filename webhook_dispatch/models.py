@@ -110,9 +110,7 @@ class Subscription:
     event_types: tuple[str, ...] = ("*",)
     secret: str = attrs.field(repr=False)
     previous_secrets: tuple[RetiredSecret, ...] = attrs.field(default=(), repr=False)
-    headers: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_frozen_mapping, repr=False
-    )
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
     metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
     enabled: bool = True
     disabled_reason: str | None = None
@@ -187,7 +185,7 @@ class Attempt:
     response_headers: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_mapping, repr=False
     )
-    """Only the headers that explain the outcome: ``location``, ``retry-after``, ``content-type``."""
+    """Only the headers that explain an outcome: location, retry-after, content-type."""
     error_kind: ErrorKind | None = None
     error: str | None = None
     """A human-readable reason when the attempt did not succeed."""

@@ -59,7 +59,7 @@ class FakeClock:
         return f"FakeClock({self.now().isoformat()})"
 
 
-Reply = Union[int, tuple[int, Mapping[str, str]], httpx.Response, Exception]
+Reply = Union[int, tuple[int, Mapping[str, str]], httpx.Response, Exception]  # noqa: UP007
 """One scripted answer: a status code, ``(status, headers)``, a whole `httpx.Response`, or
 an exception to raise (``httpx.ConnectError("refused")``, ``httpx.ReadTimeout("slow")``)."""
 
@@ -81,7 +81,7 @@ class ReceivedRequest:
     @property
     def webhook_id(self) -> str:
         """The ``webhook-id`` header (the message id)."""
-        return self.headers.get("webhook-id", "")
+        return str(self.headers.get("webhook-id", ""))
 
     @property
     def timestamp(self) -> int:
@@ -115,7 +115,9 @@ class MockReceiver(httpx.AsyncBaseTransport, httpx.BaseTransport):
     ) -> None:
         self._script = list(script)
         self._default = default
-        self._routes = {str(httpx.URL(url)): list(replies) for url, replies in (routes or {}).items()}
+        self._routes = {
+            str(httpx.URL(url)): list(replies) for url, replies in (routes or {}).items()
+        }
         self._secret = secret
         self._clock = clock
         self._tolerance = tolerance

@@ -97,7 +97,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connect=timeout.get("connect"),
             sock_read=timeout.get("read"),
         )
-        body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
+        body = (
+            request.content
+            if isinstance(request.stream, httpx.ByteStream)
+            else await request.aread()
+        )
         with _translate_errors():
             response = await session.request(
                 request.method,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -95,9 +96,13 @@ class Worker:
         return the number of attempts made."""
         return await self._loop_forever(until_idle=True)
 
+    def prepare_run(self) -> None:
+        """Clear an earlier stop request; call before scheduling `run` (a stop requested
+        after this, even before `run` starts, is honoured)."""
+        self._stopping = False
+
     async def run(self) -> int:
         """Deliver until `request_stop`; return the number of attempts made."""
-        self._stopping = False
         return await self._loop_forever(until_idle=False)
 
     async def _loop_forever(self, *, until_idle: bool) -> int:
@@ -139,7 +144,7 @@ class Worker:
                     timeout=self.poll_interval,
                 )
                 for future in done:
-                    claim_of = in_flight.pop(future, None)  # type: ignore[call-overload]
+                    claim_of = in_flight.pop(future, None)
                     if claim_of is not None:
                         finished.append(future.result())
                         attempts += 1
@@ -174,10 +179,8 @@ class Worker:
             delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
         if delay <= 0:
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            pass
 
     async def _claim(self, limit: int) -> list[Claim]:
         now = self.clock.now()
@@ -311,4 +314,3 @@ def _log_attempt(attempt: Attempt, status: DeliveryStatus) -> None:
             "delivery_status": status.value,
         },
     )
-

@@ -117,9 +117,7 @@ class Store(Protocol):
         """The message with this id; `NotFound` otherwise."""
         ...
 
-    def list_messages(
-        self, *, event_type: str | None = None, limit: int = 100
-    ) -> list[Message]:
+    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
         """The newest messages first, optionally of one event type."""
         ...
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import attrs
 
-from ..errors import NotFound
+from ..errors import NotFound, StoreError
 from ..models import (
     Attempt,
     AttemptTrigger,
@@ -54,6 +54,8 @@ class MemoryStore:
     def add_subscription(self, subscription: Subscription) -> None:
         """Store a new subscription."""
         with self._lock:
+            if subscription.id in self._subscriptions:
+                raise StoreError(f"a subscription with id {subscription.id!r} already exists")
             self._subscriptions[subscription.id] = subscription
             self._subscriptions_version += 1
 
@@ -109,8 +111,9 @@ class MemoryStore:
         """`publish` for a batch, all or nothing."""
         with self._lock:
             for message, subscription_ids in items:
-                for subscription_id in subscription_ids:
-                    self._subscription(subscription_id)
+                if message.idempotency_key not in self._by_idempotency_key:
+                    for subscription_id in subscription_ids:
+                        self._subscription(subscription_id)  # all or nothing
             return [self._publish(message, ids, now) for message, ids in items]
 
     def _publish(
@@ -183,7 +186,9 @@ class MemoryStore:
                 heapq.heappush(self._due, entry)
         return claims
 
-    def _lease(self, delivery_id: str, lease_until: datetime, worker_id: str, now: datetime) -> Claim:
+    def _lease(
+        self, delivery_id: str, lease_until: datetime, worker_id: str, now: datetime
+    ) -> Claim:
         delivery = attrs.evolve(
             self._deliveries[delivery_id], status=DeliveryStatus.DELIVERING, updated_at=now
         )
@@ -281,7 +286,9 @@ class MemoryStore:
         """Deliveries matching every given filter, oldest first."""
         with self._lock:
             if message_id is not None:
-                pool = [self._deliveries[i] for i in self._deliveries_by_message.get(message_id, [])]
+                pool = [
+                    self._deliveries[i] for i in self._deliveries_by_message.get(message_id, [])
+                ]
             else:
                 pool = list(self._deliveries.values())
             found = [
@@ -309,8 +316,8 @@ class MemoryStore:
         """Make deliveries due now for one manual attempt."""
         updated: list[Delivery] = []
         with self._lock:
-            for delivery_id in delivery_ids:
-                delivery = self.get_delivery(delivery_id)
+            current = [self.get_delivery(delivery_id) for delivery_id in delivery_ids]
+            for delivery in current:
                 if delivery.status is DeliveryStatus.DELIVERING:
                     continue
                 delivery = attrs.evolve(
@@ -320,7 +327,7 @@ class MemoryStore:
                     next_trigger=AttemptTrigger.MANUAL,
                     updated_at=now,
                 )
-                self._deliveries[delivery_id] = delivery
+                self._deliveries[delivery.id] = delivery
                 self._push_due(delivery)
                 updated.append(delivery)
         return updated
@@ -373,6 +380,4 @@ class MemoryStore:
 
     def _push_due(self, delivery: Delivery) -> None:
         if delivery.status is DeliveryStatus.PENDING and delivery.next_attempt_at is not None:
-            heapq.heappush(
-                self._due, (delivery.next_attempt_at, next(self._sequence), delivery.id)
-            )
+            heapq.heappush(self._due, (delivery.next_attempt_at, next(self._sequence), delivery.id))

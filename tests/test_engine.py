@@ -1,0 +1,242 @@
+"""The engine against real sockets on 127.0.0.1: default transport, signatures checked by
+the receiver, capped reads, no redirects, timeouts and broken servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import webhook_dispatch as wd
+from webhook_dispatch._receiver import LoopbackReceiver
+from webhook_dispatch.engine import USER_AGENT, build_request
+
+
+def test_delivers_to_a_real_http_server_which_verifies_the_signature(
+    loopback: LoopbackReceiver,
+) -> None:
+    secret = wd.generate_secret()
+    url = loopback.route("/hooks", [200], secret=secret)
+    with wd.Dispatcher() as dispatcher:
+        dispatcher.subscribe(url, secret=secret, headers={"X-Tenant": "42"})
+        message = dispatcher.publish("order.created", {"id": "ord_1"})
+        assert dispatcher.run_until_idle() == 1
+        (attempt,) = dispatcher.attempts(message.id)
+    (received,) = loopback.requests_to("/hooks")
+    assert received.verified is True
+    assert received.webhook_id == message.id
+    assert received.body == message.payload
+    assert received.headers["content-type"] == "application/json"
+    assert received.headers["user-agent"] == USER_AGENT
+    assert received.headers["x-tenant"] == "42"
+    assert attempt.status_code == 200
+    assert attempt.response_body == b"ok"
+    assert attempt.duration > 0
+
+
+def test_real_server_retries_then_succeeds(loopback: LoopbackReceiver) -> None:
+    secret = wd.generate_secret()
+    url = loopback.route("/flaky", [503, 503, 200], secret=secret)
+    with wd.Dispatcher(retry=wd.RetryPolicy.fixed([0, 0, 0])) as dispatcher:
+        dispatcher.subscribe(url, secret=secret)
+        message = dispatcher.publish("order.created", {"id": "ord_1"})
+        dispatcher.run_until_idle()
+        statuses = [a.status_code for a in dispatcher.attempts(message.id)]
+    assert statuses == [503, 503, 200]
+    assert all(r.verified for r in loopback.received)
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 whose connection handler is a plain function."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._handle = handle
+        self.connections = 0
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+
+    def _run(self, connection: socket.socket) -> None:
+        try:
+            self._handle(connection)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._listener.close()
+
+
+def read_request(connection: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServer]]:
+    servers: list[RawServer] = []
+
+    def start(handle: Callable[[socket.socket], None]) -> RawServer:
+        servers.append(RawServer(handle))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def deliver_once(url: str, *, timeout: float = 15.0) -> wd.Attempt:
+    with wd.Dispatcher(retry=wd.RetryPolicy.fixed([0])) as dispatcher:
+        dispatcher.subscribe(url, timeout=timeout)
+        message = dispatcher.publish("order.created", {"id": "ord_1"})
+        dispatcher.run_until_idle()
+        (attempt,) = dispatcher.attempts(message.id)
+        return attempt
+
+
+def test_huge_response_body_is_not_read_past_the_cap(raw_server) -> None:  # type: ignore[no-untyped-def]
+    sent = {"bytes": 0}
+
+    def handle(connection: socket.socket) -> None:
+        read_request(connection)
+        size = 100 * 1024 * 1024
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"x" * 65536
+        try:
+            for _ in range(size // len(chunk)):
+                connection.sendall(chunk)
+                sent["bytes"] += len(chunk)
+        except OSError:
+            pass  # the client hung up: exactly what we want
+
+    server = raw_server(handle)
+    started = time.monotonic()
+    attempt = deliver_once(server.url)
+    assert attempt.status_code == 200
+    assert len(attempt.response_body) == 16 * 1024
+    assert time.monotonic() - started < 10
+    time.sleep(0.2)
+    assert sent["bytes"] < 20 * 1024 * 1024  # the rest of the 100 MB never crossed
+
+
+def test_redirect_is_not_followed(raw_server) -> None:  # type: ignore[no-untyped-def]
+    def handle(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:1/elsewhere\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+
+    server = raw_server(handle)
+    attempt = deliver_once(server.url)
+    assert attempt.status_code == 307
+    assert attempt.response_headers["location"] == "http://127.0.0.1:1/elsewhere"
+    assert server.connections == 1
+
+
+def test_silent_server_times_out(raw_server) -> None:  # type: ignore[no-untyped-def]
+    def handle(connection: socket.socket) -> None:
+        read_request(connection)
+        time.sleep(3)
+
+    server = raw_server(handle)
+    started = time.monotonic()
+    attempt = deliver_once(server.url, timeout=0.5)
+    assert attempt.error_kind is wd.ErrorKind.TIMEOUT
+    assert time.monotonic() - started < 2.5
+
+
+def test_garbage_response_is_a_protocol_error(raw_server) -> None:  # type: ignore[no-untyped-def]
+    def handle(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"\x00\x01garbage that is not HTTP\r\n\r\n")
+
+    attempt = deliver_once(raw_server(handle).url)
+    assert attempt.status_code is None
+    assert attempt.error_kind in (wd.ErrorKind.PROTOCOL, wd.ErrorKind.CONNECT)
+
+
+def test_closed_without_response_is_retryable(raw_server) -> None:  # type: ignore[no-untyped-def]
+    def handle(connection: socket.socket) -> None:
+        read_request(connection)
+
+    attempt = deliver_once(raw_server(handle).url)
+    assert attempt.status_code is None
+    assert attempt.error_kind in (wd.ErrorKind.PROTOCOL, wd.ErrorKind.CONNECT)
+
+
+def test_connection_refused_is_a_connect_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    attempt = deliver_once(f"http://127.0.0.1:{port}/hook")
+    assert attempt.error_kind is wd.ErrorKind.CONNECT
+
+
+def test_build_request_signs_with_every_current_secret() -> None:
+    clock_now = 1_900_000_000
+    old, new = wd.generate_secret(), wd.generate_secret()
+    subscription = wd.Subscription(
+        id="sub_1",
+        url="https://example.com/h",
+        secret=new,
+        created_at=wd.testing.FakeClock().now(),
+        updated_at=wd.testing.FakeClock().now(),
+    )
+    message = wd.Message(
+        id="msg_1", event_type="a.b", payload=b"{}", created_at=subscription.created_at
+    )
+    request = build_request(message, subscription, timestamp=clock_now, signing_secrets=[new, old])
+    signatures = request.headers["webhook-signature"].split(" ")
+    assert signatures == [
+        wd.sign(new, "msg_1", clock_now, b"{}"),
+        wd.sign(old, "msg_1", clock_now, b"{}"),
+    ]
+    for secret in (old, new):
+        wd.verify(b"{}", request.headers, secret, now=clock_now)
+
+
+def test_async_dispatcher_delivers_on_the_callers_loop(loopback: LoopbackReceiver) -> None:
+    secret = wd.generate_secret()
+    url = loopback.route("/async", [200], secret=secret)
+
+    async def scenario() -> list[wd.Attempt]:
+        async with wd.AsyncDispatcher() as dispatcher:
+            await dispatcher.subscribe(url, secret=secret)
+            message = await dispatcher.publish("order.created", {"n": 1})
+            await dispatcher.run_until_idle()
+            return await dispatcher.attempts(message.id)
+
+    (attempt,) = asyncio.run(scenario())
+    assert attempt.status_code == 200
+    assert loopback.received[0].verified is True

@@ -1,0 +1,398 @@
+"""SQLite-only behaviour: durability across reopen, schema checks, URLs, locking, and
+several threads and processes sharing one file."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import sqlite3
+import stat
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from webhook_dispatch.errors import InvalidStoreURL, SchemaError, StoreError, StoreUnavailable
+from webhook_dispatch.models import (
+    Attempt,
+    AttemptTrigger,
+    DeliveryStatus,
+    Message,
+    Subscription,
+    new_id,
+)
+from webhook_dispatch.stores import AttemptRecord, Claim, Store, open_store
+from webhook_dispatch.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+
+# Worker processes are spawned (not forked) so none inherits an open connection.
+_MP = multiprocessing.get_context("spawn")
+_PROCESS_TIMEOUT = 60.0
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def make_subscription(**changes: Any) -> Subscription:
+    fields: dict[str, Any] = {
+        "id": new_id("sub"),
+        "url": "https://example.com/hooks",
+        "secret": "whsec_" + "A" * 32,
+        "created_at": T0,
+        "updated_at": T0,
+        **changes,
+    }
+    return Subscription(**fields)
+
+
+def make_message(key: str | None = None) -> Message:
+    return Message(
+        id=new_id("msg"),
+        event_type="order.created",
+        payload=b"{}",
+        created_at=T0,
+        idempotency_key=key,
+    )
+
+
+def claim(store: Store, now: datetime = T0, *, limit: int = 10, worker: str = "w1") -> list[Claim]:
+    return store.claim_due(
+        now, limit=limit, lease_until=now + timedelta(minutes=5), worker_id=worker
+    )
+
+
+def retry_record(held: Claim, *, started: datetime, retry_at: datetime) -> AttemptRecord:
+    attempt = Attempt(
+        id=new_id("att"),
+        delivery_id=held.delivery.id,
+        message_id=held.message.id,
+        subscription_id=held.subscription.id,
+        number=1,
+        trigger=AttemptTrigger.SCHEDULED,
+        started_at=started,
+        duration=0.5,
+        url=held.subscription.url,
+        status_code=503,
+        response_body=b"down",
+        webhook_timestamp=int(started.timestamp()),
+    )
+    delivery = attrs.evolve(
+        held.delivery,
+        status=DeliveryStatus.PENDING,
+        attempt_count=1,
+        next_attempt_at=retry_at,
+        last_status_code=503,
+        updated_at=started,
+    )
+    return AttemptRecord(attempt, delivery)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "w.db"
+
+
+def test_everything_survives_close_and_reopen(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    subscription = make_subscription(headers={"X-Tenant": "42"}, metadata={"team": "a"})
+    store.add_subscription(subscription)
+    message = make_message("key-1")
+    store.publish(message, [subscription.id], T0)
+    [held] = claim(store)
+    retry_at = T0 + timedelta(minutes=5, microseconds=7)
+    record = retry_record(held, started=T0 + timedelta(seconds=1), retry_at=retry_at)
+    store.record([record], "w1")
+    version = store.subscriptions_version()
+    store.close()
+
+    reopened = SQLiteStore(db_path)
+    try:
+        assert reopened.list_subscriptions() == [subscription]
+        assert reopened.subscriptions_version() == version
+        assert reopened.get_message(message.id) == message
+        [delivery] = reopened.list_deliveries()
+        assert delivery == record.delivery
+        assert delivery.status is DeliveryStatus.PENDING
+        assert delivery.next_attempt_at == retry_at
+        assert delivery.next_attempt_at.tzinfo is not None
+        assert reopened.next_due_at() == retry_at
+        assert reopened.list_attempts(message_id=message.id) == [record.attempt]
+        assert not reopened.publish(make_message("key-1"), [subscription.id], T0).created
+        assert claim(reopened, retry_at)[0].delivery.id == delivery.id
+    finally:
+        reopened.close()
+
+
+def test_new_file_is_private_wal_and_versioned(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    store.close()
+    if os.name == "posix":
+        assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        version = connection.execute(
+            "SELECT value FROM webhook_dispatch_meta WHERE key = 'schema_version'"
+        ).fetchone()[0]
+    connection.close()
+    assert version == SCHEMA_VERSION
+
+
+def test_path_and_repr_hide_secrets(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    assert store.path == str(db_path)
+    assert repr(store) == f"SQLiteStore({str(db_path)!r})"
+    assert subscription.secret not in repr(store)
+    assert store.blocking is True
+    store.close()
+
+
+def test_newer_schema_is_refused_and_left_untouched(db_path: Path) -> None:
+    SQLiteStore(db_path).close()
+    connection = sqlite3.connect(db_path)
+    with connection:
+        connection.execute(
+            "UPDATE webhook_dispatch_meta SET value = ? WHERE key = 'schema_version'",
+            (SCHEMA_VERSION + 1,),
+        )
+    connection.close()
+    before = db_path.read_bytes()
+
+    with pytest.raises(SchemaError) as caught:
+        SQLiteStore(db_path)
+    text = str(caught.value)
+    assert str(db_path) in text
+    assert str(SCHEMA_VERSION + 1) in text
+    assert str(SCHEMA_VERSION) in text
+    assert caught.value.path == str(db_path)  # type: ignore[attr-defined]
+    assert db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [os.urandom(4096), b"just some notes\n" * 300],
+    ids=["random-bytes", "text-file"],
+)
+def test_not_a_database_is_refused_and_left_untouched(db_path: Path, content: bytes) -> None:
+    db_path.write_bytes(content)
+    with pytest.raises(SchemaError) as caught:
+        open_store(f"sqlite:///{db_path}")
+    assert str(db_path) in str(caught.value)
+    assert db_path.read_bytes() == content
+
+
+def test_foreign_database_is_refused_and_left_untouched(db_path: Path) -> None:
+    connection = sqlite3.connect(db_path)
+    with connection:
+        connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO customers (name) VALUES ('ada')")
+    connection.close()
+    before = db_path.read_bytes()
+    with pytest.raises(SchemaError) as caught:
+        SQLiteStore(db_path)
+    assert str(db_path) in str(caught.value)
+    assert "customers" in str(caught.value)
+    assert db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///w.db?mode=ro",
+        "sqlite:///w.db#frag",
+        "sqlite://host/w.db",
+    ],
+)
+def test_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(InvalidStoreURL):
+        open_store(url)
+
+
+def test_missing_directory_is_refused_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "w.db"
+    with pytest.raises(InvalidStoreURL) as caught:
+        open_store(f"sqlite:///{path}")
+    assert str(path) in str(caught.value)
+    assert not path.parent.exists()
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidStoreURL):
+        SQLiteStore(tmp_path)
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and no root"
+)
+def test_unreadable_file_is_refused(db_path: Path) -> None:
+    SQLiteStore(db_path).close()
+    db_path.chmod(0)
+    try:
+        with pytest.raises(InvalidStoreURL) as caught:
+            SQLiteStore(db_path)
+        assert str(db_path) in str(caught.value)
+    finally:
+        db_path.chmod(0o600)
+
+
+def test_relative_url_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///relative.db")
+    assert isinstance(store, SQLiteStore)
+    assert store.path == "relative.db"
+    store.close()
+    assert (tmp_path / "relative.db").exists()
+
+    memory = open_store("sqlite:///:memory:")
+    subscription = make_subscription()
+    memory.add_subscription(subscription)
+    assert memory.list_subscriptions() == [subscription]
+    memory.close()
+
+
+def test_locked_database_raises_unavailable_and_stores_nothing(db_path: Path) -> None:
+    store = SQLiteStore(db_path, busy_timeout=0.05)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    message = make_message()
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            store.publish(message, [subscription.id], T0)
+        assert str(db_path) in str(caught.value)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.list_messages() == []
+    assert store.list_deliveries() == []
+    assert store.publish(message, [subscription.id], T0).created  # usable again
+    store.close()
+
+
+def test_closed_store_raises_store_error(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    store.close()
+    with pytest.raises(StoreError):
+        store.list_subscriptions()
+
+
+def test_one_key_from_two_threads_makes_one_message(db_path: Path) -> None:
+    setup = SQLiteStore(db_path)
+    subscription = make_subscription()
+    setup.add_subscription(subscription)
+    stores = [SQLiteStore(db_path), SQLiteStore(db_path)]  # two connections
+    barrier = threading.Barrier(len(stores))
+    created: list[bool] = []
+    ids: list[str] = []
+
+    def publish(store: SQLiteStore) -> None:
+        barrier.wait(timeout=10)
+        for _ in range(20):
+            result = store.publish(make_message("same-key"), [subscription.id], T0)
+            created.append(result.created)
+            ids.append(result.message.id)
+
+    threads = [threading.Thread(target=publish, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert created.count(True) == 1
+    assert len(set(ids)) == 1
+    assert len(setup.list_messages()) == 1
+    assert len(setup.list_deliveries()) == 1
+    for store in [setup, *stores]:
+        store.close()
+
+
+def _publish_in_process(path: str, subscription_id: str, start: Any, results: Any) -> None:
+    store = SQLiteStore(path)
+    try:
+        start.wait(timeout=30)
+        outcome = []
+        for _ in range(20):
+            result = store.publish(make_message("same-key"), [subscription_id], T0)
+            outcome.append((result.created, result.message.id))
+        results.put(outcome)
+    finally:
+        store.close()
+
+
+def _claim_in_process(path: str, worker_id: str, start: Any, results: Any) -> None:
+    store = SQLiteStore(path)
+    try:
+        start.wait(timeout=30)
+        taken: list[str] = []
+        while batch := claim(store, T0, limit=7, worker=worker_id):
+            taken.extend(c.delivery.id for c in batch)
+        results.put(taken)
+    finally:
+        store.close()
+
+
+def _run_processes(target: Any, arguments: list[tuple[Any, ...]]) -> list[Any]:
+    start = _MP.Event()
+    results = _MP.Queue()
+    processes = [
+        _MP.Process(target=target, args=(*args, start, results), daemon=True) for args in arguments
+    ]
+    for process in processes:
+        process.start()
+    start.set()
+    try:
+        collected = [results.get(timeout=_PROCESS_TIMEOUT) for _ in processes]
+    except queue.Empty:
+        pytest.fail("a worker process did not report in time")
+    finally:
+        for process in processes:
+            process.join(timeout=_PROCESS_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+    assert all(process.exitcode == 0 for process in processes)
+    return collected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "emscripten", reason="no processes")
+def test_one_key_from_two_processes_makes_one_message(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    outcomes = _run_processes(
+        _publish_in_process, [(str(db_path), subscription.id), (str(db_path), subscription.id)]
+    )
+    flat = [item for outcome in outcomes for item in outcome]
+    assert [created for created, _ in flat].count(True) == 1
+    assert len({message_id for _, message_id in flat}) == 1
+    assert len(store.list_messages()) == 1
+    assert len(store.list_deliveries()) == 1
+    store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "emscripten", reason="no processes")
+def test_two_processes_never_claim_the_same_delivery(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    subscriptions = [make_subscription() for _ in range(5)]
+    for subscription in subscriptions:
+        store.add_subscription(subscription)
+    items = [(make_message(), [s.id for s in subscriptions]) for _ in range(100)]
+    store.publish_many(items, T0)
+    every = {d.id for d in store.list_deliveries()}
+    assert len(every) == 500
+
+    first, second = _run_processes(
+        _claim_in_process, [(str(db_path), "worker-a"), (str(db_path), "worker-b")]
+    )
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == 500
+    assert set(first) | set(second) == every
+    assert len(store.list_deliveries(status=DeliveryStatus.DELIVERING)) == 500
+    store.close()

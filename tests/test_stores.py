@@ -1,0 +1,584 @@
+"""One behaviour suite for every store: memory and SQLite must be indistinguishable.
+
+To cover another store (PostgreSQL), add its name to ``STORES`` and a URL to ``_url``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import attrs
+import pytest
+
+from webhook_dispatch.errors import NotFound
+from webhook_dispatch.models import (
+    Attempt,
+    AttemptTrigger,
+    DeliveryStatus,
+    ErrorKind,
+    Message,
+    RetiredSecret,
+    Subscription,
+    new_id,
+)
+from webhook_dispatch.stores import AttemptRecord, Claim, Store, open_store
+
+STORES = ["memory", "sqlite"]
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+LEASE = timedelta(seconds=30)
+
+
+def _url(kind: str, tmp_path: Path) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/w.db"
+    raise AssertionError(f"no URL for store {kind!r}")
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(_url(request.param, tmp_path))
+    yield opened
+    opened.close()
+
+
+# -- builders ------------------------------------------------------------------------
+def make_subscription(**changes: object) -> Subscription:
+    fields: dict[str, object] = {
+        "id": new_id("sub"),
+        "url": "https://example.com/hooks",
+        "secret": "whsec_" + "A" * 32,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    fields.update(changes)
+    return Subscription(**fields)  # type: ignore[arg-type]
+
+
+def make_message(
+    key: str | None = None, *, at: datetime = T0, event: str = "order.created"
+) -> Message:
+    return Message(
+        id=new_id("msg"),
+        event_type=event,
+        payload=b'{"type":"order.created","data":{"id":1}}',
+        created_at=at,
+        idempotency_key=key,
+    )
+
+
+def make_attempt(claim: Claim, *, started: datetime, status_code: int | None = 503) -> Attempt:
+    delivery = claim.delivery
+    return Attempt(
+        id=new_id("att"),
+        delivery_id=delivery.id,
+        message_id=delivery.message_id,
+        subscription_id=delivery.subscription_id,
+        number=delivery.attempt_count + 1,
+        trigger=delivery.next_trigger,
+        started_at=started,
+        duration=0.25,
+        url=claim.subscription.url,
+        status_code=status_code,
+        response_body=b"busy",
+        response_headers={"retry-after": "5"},
+        webhook_timestamp=int(started.timestamp()),
+    )
+
+
+def retry_record(claim: Claim, *, started: datetime, retry_at: datetime) -> AttemptRecord:
+    attempt = make_attempt(claim, started=started)
+    delivery = attrs.evolve(
+        claim.delivery,
+        status=DeliveryStatus.PENDING,
+        attempt_count=attempt.number,
+        next_attempt_at=retry_at,
+        next_trigger=AttemptTrigger.SCHEDULED,
+        last_status_code=503,
+        last_error="503 Service Unavailable",
+        updated_at=started,
+    )
+    return AttemptRecord(attempt, delivery)
+
+
+def final_record(
+    claim: Claim, *, started: datetime, status: DeliveryStatus, disable: str | None = None
+) -> AttemptRecord:
+    code = 200 if status is DeliveryStatus.SUCCEEDED else 410
+    attempt = make_attempt(claim, started=started, status_code=code)
+    delivery = attrs.evolve(
+        claim.delivery,
+        status=status,
+        attempt_count=attempt.number,
+        next_attempt_at=None,
+        last_status_code=code,
+        updated_at=started,
+    )
+    return AttemptRecord(attempt, delivery, disable)
+
+
+def claim(store: Store, now: datetime = T0, *, limit: int = 10, worker: str = "w1") -> list[Claim]:
+    return store.claim_due(now, limit=limit, lease_until=now + LEASE, worker_id=worker)
+
+
+def published(store: Store, *subscriptions: Subscription, key: str | None = None) -> Message:
+    message = make_message(key)
+    store.publish(message, [s.id for s in subscriptions], T0)
+    return message
+
+
+# -- subscriptions ---------------------------------------------------------------------
+def test_add_get_and_list_subscriptions(store: Store) -> None:
+    rich = make_subscription(
+        event_types=("order.*", "invoice.paid"),
+        previous_secrets=(RetiredSecret("whsec_" + "B" * 32, T0 + timedelta(hours=1)),),
+        headers={"X-Tenant": "42"},
+        metadata={"team": "billing"},
+        timeout=2.5,
+    )
+    plain = make_subscription()
+    store.add_subscription(rich)
+    store.add_subscription(plain)
+    assert store.get_subscription(rich.id) == rich
+    assert store.get_subscription(rich.id).secret == rich.secret
+    assert store.get_subscription(rich.id).previous_secrets == rich.previous_secrets
+    assert store.list_subscriptions() == [rich, plain]
+
+
+def test_save_subscription_replaces_and_keeps_order(store: Store) -> None:
+    first, second = make_subscription(), make_subscription()
+    store.add_subscription(first)
+    store.add_subscription(second)
+    changed = attrs.evolve(first, url="https://example.org/new", enabled=False, disabled_reason="x")
+    store.save_subscription(changed)
+    assert store.get_subscription(first.id) == changed
+    assert [s.id for s in store.list_subscriptions()] == [first.id, second.id]
+
+
+def test_subscriptions_version_changes_on_every_change(store: Store) -> None:
+    seen = [store.subscriptions_version()]
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    seen.append(store.subscriptions_version())
+    store.save_subscription(attrs.evolve(subscription, url="https://example.org/"))
+    seen.append(store.subscriptions_version())
+    store.remove_subscription(subscription.id, T0)
+    seen.append(store.subscriptions_version())
+    assert len(set(seen)) == 4
+    published_only = store.subscriptions_version()
+    store.publish(make_message(), [], T0)
+    assert store.subscriptions_version() == published_only
+
+
+def test_remove_subscription_cancels_unfinished_deliveries(store: Store) -> None:
+    subscription, other = make_subscription(), make_subscription()
+    store.add_subscription(subscription)
+    store.add_subscription(other)
+    done, leased, waiting = (published(store, subscription) for _ in range(3))
+    mine = {c.delivery.message_id: c for c in claim(store, limit=2)}
+    store.record([final_record(mine[done.id], started=T0, status=DeliveryStatus.SUCCEEDED)], "w1")
+    kept = published(store, other)
+    later = T0 + timedelta(minutes=1)
+    store.remove_subscription(subscription.id, later)
+
+    with pytest.raises(NotFound):
+        store.get_subscription(subscription.id)
+    statuses = {d.message_id: d for d in store.list_deliveries(subscription_id=subscription.id)}
+    assert statuses[done.id].status is DeliveryStatus.SUCCEEDED
+    for message in (leased, waiting):
+        assert statuses[message.id].status is DeliveryStatus.CANCELLED
+        assert statuses[message.id].next_attempt_at is None
+        assert statuses[message.id].updated_at == later
+    assert [c.delivery.message_id for c in claim(store, later + LEASE * 2)] == [kept.id]
+    assert store.list_subscriptions() == [other]
+
+
+def test_subscription_not_found_errors(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.get_subscription("sub_missing")
+    with pytest.raises(NotFound):
+        store.save_subscription(make_subscription())
+    with pytest.raises(NotFound):
+        store.remove_subscription("sub_missing", T0)
+    with pytest.raises(NotFound):
+        store.recover("sub_missing", since=T0, until=T0, now=T0)
+    assert store.list_subscriptions() == []
+
+
+# -- publishing ------------------------------------------------------------------------
+def test_publish_creates_one_due_delivery_per_subscription(store: Store) -> None:
+    subscriptions = [make_subscription() for _ in range(3)]
+    for subscription in subscriptions:
+        store.add_subscription(subscription)
+    message = make_message()
+    result = store.publish(message, [s.id for s in subscriptions], T0)
+    assert result.created
+    assert result.deliveries == 3
+    assert result.message == message
+    assert store.get_message(message.id) == message
+    deliveries = store.list_deliveries(message_id=message.id)
+    assert sorted(d.subscription_id for d in deliveries) == sorted(s.id for s in subscriptions)
+    for delivery in deliveries:
+        assert delivery.status is DeliveryStatus.PENDING
+        assert delivery.attempt_count == 0
+        assert delivery.next_attempt_at == T0
+        assert delivery.next_trigger is AttemptTrigger.SCHEDULED
+        assert delivery.created_at == delivery.updated_at == T0
+        assert store.get_delivery(delivery.id) == delivery
+
+
+def test_publish_to_unknown_subscription_stores_nothing(store: Store) -> None:
+    message = make_message()
+    with pytest.raises(NotFound):
+        store.publish(message, ["sub_missing"], T0)
+    with pytest.raises(NotFound):
+        store.get_message(message.id)
+    assert store.list_deliveries() == []
+
+
+def test_idempotency_key_returns_earlier_message(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    first = make_message("order-1:created")
+    assert store.publish(first, [subscription.id], T0).created
+    again = store.publish(make_message("order-1:created"), [subscription.id], T0)
+    assert not again.created
+    assert again.deliveries == 0
+    assert again.message == first
+    assert len(store.list_deliveries()) == 1
+    assert store.list_messages() == [first]
+
+
+def test_publish_many_in_order_with_idempotency(store: Store) -> None:
+    a, b = make_subscription(), make_subscription()
+    store.add_subscription(a)
+    store.add_subscription(b)
+    earlier = make_message("k-earlier")
+    store.publish(earlier, [a.id], T0)
+    batch = [
+        (make_message(), [a.id, b.id]),
+        (make_message("k-earlier"), [a.id]),
+        (make_message("k-new"), [b.id]),
+        (make_message("k-new"), [a.id, b.id]),
+    ]
+    results = store.publish_many(batch, T0)
+    assert [r.created for r in results] == [True, False, True, False]
+    assert [r.deliveries for r in results] == [2, 0, 1, 0]
+    assert results[1].message == earlier
+    assert results[3].message == batch[2][0]
+    assert len(store.list_deliveries()) == 1 + 2 + 1
+    assert store.publish_many([], T0) == []
+
+
+def test_publish_many_is_all_or_nothing(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    good, bad = make_message(), make_message()
+    with pytest.raises(NotFound):
+        store.publish_many([(good, [subscription.id]), (bad, ["sub_missing"])], T0)
+    assert store.list_messages() == []
+    assert store.list_deliveries() == []
+
+
+def test_list_messages_newest_first_by_event_type(store: Store) -> None:
+    created = make_message(event="order.created")
+    paid = make_message(event="invoice.paid")
+    shipped = make_message(event="order.created")
+    store.publish_many([(created, []), (paid, []), (shipped, [])], T0)
+    assert store.list_messages() == [shipped, paid, created]
+    assert store.list_messages(event_type="order.created") == [shipped, created]
+    assert store.list_messages(limit=1) == [shipped]
+    with pytest.raises(NotFound):
+        store.get_message("msg_missing")
+
+
+# -- claiming --------------------------------------------------------------------------
+def test_claim_due_respects_limit_due_time_and_order(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    messages = [make_message() for _ in range(3)]
+    for offset, message in enumerate(messages):
+        store.publish(message, [subscription.id], T0 + timedelta(seconds=offset))
+    assert claim(store, T0 - timedelta(seconds=1)) == []
+    first = claim(store, T0 + timedelta(seconds=5), limit=2)
+    assert [c.delivery.message_id for c in first] == [messages[0].id, messages[1].id]
+    for c in first:
+        assert c.delivery.status is DeliveryStatus.DELIVERING
+        assert c.subscription == subscription
+        assert c.message in messages
+        assert store.get_delivery(c.delivery.id).status is DeliveryStatus.DELIVERING
+    rest = claim(store, T0 + timedelta(seconds=5))
+    assert [c.delivery.message_id for c in rest] == [messages[2].id]
+    assert claim(store, T0 + timedelta(seconds=5)) == []
+    assert claim(store, T0, limit=0) == []
+
+
+def test_claim_holds_disabled_subscription_until_enabled(store: Store) -> None:
+    held, open_ = make_subscription(), make_subscription()
+    store.add_subscription(held)
+    store.add_subscription(open_)
+    published(store, held)
+    other = published(store, open_)
+    disabled = attrs.evolve(held, enabled=False, disabled_reason="paused")
+    store.save_subscription(disabled)
+    assert [c.delivery.message_id for c in claim(store)] == [other.id]
+    assert claim(store) == []
+    assert store.list_deliveries(subscription_id=held.id)[0].status is DeliveryStatus.PENDING
+    store.save_subscription(attrs.evolve(disabled, enabled=True, disabled_reason=None))
+    again = claim(store)
+    assert [c.delivery.subscription_id for c in again] == [held.id]
+    assert again[0].subscription.enabled
+
+
+def test_lease_excludes_other_workers_until_it_expires(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [held] = claim(store, worker="w1")
+    assert claim(store, T0 + LEASE - timedelta(microseconds=1), worker="w2") == []
+    [taken] = claim(store, T0 + LEASE, worker="w2")
+    assert taken.delivery.id == held.delivery.id
+    assert taken.delivery.status is DeliveryStatus.DELIVERING
+
+
+def test_record_applies_only_for_the_lease_holder(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    message = published(store, subscription)
+    [stale] = claim(store, worker="w1")
+    later = T0 + LEASE
+    [fresh] = claim(store, later, worker="w2")
+
+    late = retry_record(stale, started=T0 + timedelta(seconds=1), retry_at=T0 + timedelta(hours=9))
+    store.record([late], "w1")
+    assert store.get_delivery(fresh.delivery.id).status is DeliveryStatus.DELIVERING
+    assert store.list_attempts(message_id=message.id) == [late.attempt]
+
+    retry_at = later + timedelta(seconds=5)
+    ok = retry_record(fresh, started=later, retry_at=retry_at)
+    store.record([ok], "w2")
+    after = store.get_delivery(fresh.delivery.id)
+    assert after == ok.delivery
+    assert after.next_attempt_at == retry_at
+    assert after.last_status_code == 503
+    # the lease is gone: due again at retry_at, not before
+    assert claim(store, retry_at - timedelta(microseconds=1), worker="w3") == []
+    [third] = claim(store, retry_at, worker="w3")
+    assert third.delivery.attempt_count == 1
+
+
+def test_record_batch_and_disable_subscription(store: Store) -> None:
+    gone, fine = make_subscription(), make_subscription()
+    store.add_subscription(gone)
+    store.add_subscription(fine)
+    published(store, gone, fine)
+    claims = {c.delivery.subscription_id: c for c in claim(store)}
+    version = store.subscriptions_version()
+    store.record(
+        [
+            final_record(claims[gone.id], started=T0, status=DeliveryStatus.FAILED, disable="410"),
+            final_record(claims[fine.id], started=T0, status=DeliveryStatus.SUCCEEDED),
+        ],
+        "w1",
+    )
+    disabled = store.get_subscription(gone.id)
+    assert not disabled.enabled
+    assert disabled.disabled_reason == "410"
+    assert store.subscriptions_version() != version
+    assert store.get_subscription(fine.id).enabled
+    assert store.get_delivery(claims[gone.id].delivery.id).status is DeliveryStatus.FAILED
+    assert store.get_delivery(claims[fine.id].delivery.id).status is DeliveryStatus.SUCCEEDED
+    store.record([], "w1")
+
+
+def test_record_without_lease_does_not_disable(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [held] = claim(store, worker="w1")
+    record = final_record(held, started=T0, status=DeliveryStatus.FAILED, disable="410")
+    store.record([record], "intruder")
+    assert store.get_subscription(subscription.id).enabled
+    assert store.get_delivery(held.delivery.id).status is DeliveryStatus.DELIVERING
+
+
+def test_release_returns_deliveries_to_pending(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [held] = claim(store, worker="w1")
+    store.release([held.delivery.id], "someone-else")
+    assert store.get_delivery(held.delivery.id).status is DeliveryStatus.DELIVERING
+    store.release([held.delivery.id], "w1")
+    released = store.get_delivery(held.delivery.id)
+    assert released.status is DeliveryStatus.PENDING
+    assert released.next_attempt_at == T0
+    assert [c.delivery.id for c in claim(store, worker="w2")] == [held.delivery.id]
+    store.release([], "w1")
+
+
+def test_next_due_at(store: Store) -> None:
+    assert store.next_due_at() is None
+    held, open_ = make_subscription(), make_subscription()
+    store.add_subscription(held)
+    store.add_subscription(open_)
+    store.publish(make_message(), [held.id], T0)
+    store.publish(make_message(), [open_.id], T0 + timedelta(minutes=5))
+    assert store.next_due_at() == T0
+    store.save_subscription(attrs.evolve(held, enabled=False))
+    assert store.next_due_at() == T0 + timedelta(minutes=5)
+    [leased] = claim(store, T0 + timedelta(minutes=5))
+    assert store.next_due_at() == T0 + timedelta(minutes=5) + LEASE
+    store.record([final_record(leased, started=T0, status=DeliveryStatus.SUCCEEDED)], "w1")
+    assert store.next_due_at() is None
+
+
+# -- inspection ------------------------------------------------------------------------
+def test_list_deliveries_filters(store: Store) -> None:
+    a, b = make_subscription(), make_subscription()
+    store.add_subscription(a)
+    store.add_subscription(b)
+    m1 = published(store, a, b)
+    m2 = published(store, a)
+    [first] = claim(store, limit=1)
+    assert first.delivery.message_id == m1.id
+    everything = store.list_deliveries()
+    assert [d.message_id for d in everything] == [m1.id, m1.id, m2.id]
+    assert {d.subscription_id for d in store.list_deliveries(message_id=m1.id)} == {a.id, b.id}
+    assert [d.message_id for d in store.list_deliveries(subscription_id=a.id)] == [m1.id, m2.id]
+    assert len(store.list_deliveries(message_id=m1.id, subscription_id=b.id)) == 1
+    delivering = store.list_deliveries(status=DeliveryStatus.DELIVERING)
+    assert [d.id for d in delivering] == [first.delivery.id]
+    assert len(store.list_deliveries(status=DeliveryStatus.PENDING)) == 2
+    assert store.list_deliveries(limit=2) == everything[:2]
+    assert store.list_deliveries(message_id="msg_missing") == []
+    with pytest.raises(NotFound):
+        store.get_delivery("dlv_missing")
+
+
+def test_list_attempts_oldest_first(store: Store) -> None:
+    a, b = make_subscription(), make_subscription()
+    store.add_subscription(a)
+    store.add_subscription(b)
+    message = published(store, a, b)
+    claims = claim(store)
+    later, earlier = claims
+    records = [
+        retry_record(later, started=T0 + timedelta(seconds=2), retry_at=T0 + timedelta(hours=1)),
+        retry_record(earlier, started=T0 + timedelta(seconds=1), retry_at=T0 + timedelta(hours=1)),
+    ]
+    store.record(records, "w1")
+    attempts = store.list_attempts(message_id=message.id)
+    assert attempts == [records[1].attempt, records[0].attempt]
+    assert attempts[0].response_body == b"busy"
+    assert dict(attempts[0].response_headers) == {"retry-after": "5"}
+    assert store.list_attempts(delivery_id=later.delivery.id) == [records[0].attempt]
+    assert store.list_attempts(message_id="msg_missing") == []
+
+
+def test_attempt_fields_round_trip(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    message = published(store, subscription)
+    [held] = claim(store)
+    attempt = attrs.evolve(
+        make_attempt(held, started=T0, status_code=None),
+        error_kind=ErrorKind.TIMEOUT,
+        error="timed out after 15 s",
+        response_body=b"",
+        response_headers={},
+    )
+    next_state = retry_record(held, started=T0, retry_at=T0 + timedelta(seconds=5)).delivery
+    store.record([AttemptRecord(attempt, next_state)], "w1")
+    assert store.list_attempts(message_id=message.id) == [attempt]
+
+
+# -- manual attempts, recovery and purge -----------------------------------------------
+def _finish(store: Store, status: DeliveryStatus, now: datetime = T0) -> None:
+    for held in claim(store, now, limit=100):
+        store.record([final_record(held, started=now, status=status)], "w1")
+
+
+def test_schedule_manual(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    _finish(store, DeliveryStatus.FAILED)
+    busy_message = published(store, subscription)
+    [busy] = claim(store)
+    [failed] = store.list_deliveries(status=DeliveryStatus.FAILED)
+    later = T0 + timedelta(hours=1)
+
+    updated = store.schedule_manual([failed.id, busy.delivery.id], later)
+    assert [d.id for d in updated] == [failed.id]
+    assert updated[0].status is DeliveryStatus.PENDING
+    assert updated[0].next_attempt_at == later
+    assert updated[0].next_trigger is AttemptTrigger.MANUAL
+    assert store.get_delivery(failed.id) == updated[0]
+    assert store.get_delivery(busy.delivery.id).status is DeliveryStatus.DELIVERING
+    # the busy delivery's lease has expired by now, so it comes back as well
+    again = {c.delivery.id: c.delivery for c in claim(store, later)}
+    assert set(again) == {failed.id, busy.delivery.id}
+    assert again[failed.id].next_trigger is AttemptTrigger.MANUAL
+    assert again[busy.delivery.id].message_id == busy_message.id
+    with pytest.raises(NotFound):
+        store.schedule_manual(["dlv_missing"], later)
+
+
+def test_recover_window(store: Store) -> None:
+    subscription, other = make_subscription(), make_subscription()
+    store.add_subscription(subscription)
+    store.add_subscription(other)
+    times = [T0 - timedelta(hours=h) for h in (3, 2, 1)]
+    messages = [make_message(at=at) for at in times]
+    for message in messages:
+        store.publish(message, [subscription.id, other.id], T0)
+    _finish(store, DeliveryStatus.EXHAUSTED)
+    now = T0 + timedelta(minutes=1)
+
+    recovered = store.recover(subscription.id, since=times[1], until=T0, now=now)
+    assert [d.message_id for d in recovered] == [messages[1].id, messages[2].id]
+    assert all(d.subscription_id == subscription.id for d in recovered)
+    assert all(d.next_trigger is AttemptTrigger.MANUAL for d in recovered)
+    assert all(d.next_attempt_at == now for d in recovered)
+    assert len(store.list_deliveries(status=DeliveryStatus.EXHAUSTED)) == 4
+    # since is inclusive, until exclusive; pending deliveries are not recovered twice
+    assert store.recover(subscription.id, since=times[0], until=times[1], now=now)[
+        0
+    ].message_id == (messages[0].id)
+    assert store.recover(subscription.id, since=times[0], until=T0, now=now) == []
+
+
+def test_purge_removes_only_old_finished_messages(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    old_done = make_message(at=T0 - timedelta(days=40))
+    old_busy = make_message(at=T0 - timedelta(days=40))
+    new_done = make_message(at=T0)
+    store.publish(old_done, [subscription.id], T0)
+    store.publish(new_done, [subscription.id], T0)
+    for held in claim(store):
+        store.record([final_record(held, started=T0, status=DeliveryStatus.SUCCEEDED)], "w1")
+    keyed = make_message("reusable", at=T0 - timedelta(days=40))
+    store.publish(keyed, [], T0)
+    store.publish(old_busy, [subscription.id], T0)
+
+    assert store.purge(T0 - timedelta(days=30)) == 2
+    with pytest.raises(NotFound):
+        store.get_message(old_done.id)
+    assert store.list_deliveries(message_id=old_done.id) == []
+    assert store.list_attempts(message_id=old_done.id) == []
+    assert {m.id for m in store.list_messages()} == {old_busy.id, new_done.id}
+    assert len(store.list_attempts(message_id=new_done.id)) == 1
+    # a purged idempotency key can be used again
+    assert store.publish(make_message("reusable"), [], T0).created
+    assert store.purge(T0 - timedelta(days=30)) == 0
+
+
+def test_close_is_idempotent(store: Store) -> None:
+    store.close()
+    store.close()

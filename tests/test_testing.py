@@ -1,0 +1,116 @@
+"""webhook_dispatch.testing and its pytest fixtures, as a user's test suite uses them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+import respx
+
+import webhook_dispatch as wd
+from webhook_dispatch.testing import FakeClock, MockReceiver, drain
+
+
+def test_fixtures_come_from_the_plugin(
+    dispatcher: wd.Dispatcher, mock_receiver: MockReceiver, fake_clock: FakeClock
+) -> None:
+    subscription = dispatcher.subscribe("https://example.com/h")
+    message = dispatcher.publish("order.created", {"id": 1})
+    dispatcher.run_until_idle()
+    (request,) = mock_receiver.requests
+    assert request.webhook_id == message.id
+    assert request.at == fake_clock.now()
+    wd.verify(request.body, request.headers, subscription.secret, now=fake_clock.now())
+
+
+def test_fake_clock_moves_only_when_told() -> None:
+    clock = FakeClock()
+    start = clock.now()
+    assert clock.now() == start
+    assert clock.advance(5) == start + timedelta(seconds=5)
+    clock.advance(timedelta(hours=1))
+    assert clock.now() == start + timedelta(hours=1, seconds=5)
+    clock.set(start)
+    assert clock.now() == start
+    with pytest.raises(ValueError, match="non-negative"):
+        clock.advance(-1)
+
+
+def test_mock_receiver_routes_and_verification() -> None:
+    clock = FakeClock()
+    with wd.Dispatcher(clock=clock, transport=MockReceiver(clock=clock)) as probe:
+        del probe
+    secret = wd.generate_secret()
+    receiver = MockReceiver(routes={"https://gone.example/h": [410]}, secret=secret, clock=clock)
+    with wd.Dispatcher(clock=clock, transport=receiver) as dispatcher:
+        ok = dispatcher.subscribe("https://ok.example/h", secret=secret)
+        gone = dispatcher.subscribe("https://gone.example/h", secret=secret)
+        dispatcher.publish("order.created", {})
+        drain(dispatcher, clock)
+        assert [r.reply for r in receiver.for_url("https://ok.example/h")] == ["200"]
+        assert [r.reply for r in receiver.for_url("https://gone.example/h")] == ["410"]
+        receiver.assert_all_verified()
+        assert dispatcher.get_subscription(ok.id).enabled
+        assert not dispatcher.get_subscription(gone.id).enabled
+
+
+def test_mock_receiver_flags_a_wrong_secret() -> None:
+    clock = FakeClock()
+    receiver = MockReceiver(secret=wd.generate_secret(), clock=clock)
+    with wd.Dispatcher(clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")  # its own, different secret
+        dispatcher.publish("order.created", {})
+        drain(dispatcher, clock)
+    assert receiver.requests[0].verified is False
+    with pytest.raises(AssertionError, match="failed verification"):
+        receiver.assert_all_verified()
+
+
+def test_mock_receiver_raises_scripted_exceptions() -> None:
+    clock = FakeClock()
+    receiver = MockReceiver([httpx.ConnectError("refused"), 200], clock=clock)
+    with wd.Dispatcher(clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        message = dispatcher.publish("order.created", {})
+        drain(dispatcher, clock)
+        attempts = dispatcher.attempts(message.id)
+    assert [r.reply for r in receiver.requests] == ["ConnectError", "200"]
+    assert attempts[0].error_kind is wd.ErrorKind.CONNECT
+
+
+def test_drain_reports_work_left_after_max_steps() -> None:
+    clock = FakeClock()
+    receiver = MockReceiver(default=503, clock=clock)
+    with wd.Dispatcher(clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish("order.created", {})
+        with pytest.raises(RuntimeError, match="still pending"):
+            drain(dispatcher, clock, max_steps=2)
+
+
+def test_respx_router_as_the_transport() -> None:
+    clock = FakeClock()
+    with respx.mock(base_url="https://hooks.example.com", assert_all_called=True) as router:
+        route = router.post("/in").mock(side_effect=[httpx.Response(503), httpx.Response(204)])
+        transport = httpx.MockTransport(router.async_handler)
+        with wd.Dispatcher(clock=clock, transport=transport) as dispatcher:
+            dispatcher.subscribe("https://hooks.example.com/in")
+            message = dispatcher.publish("order.created", {"id": 1})
+            drain(dispatcher, clock)
+        assert route.call_count == 2
+        assert route.calls.last.request.headers["webhook-id"] == message.id
+
+
+def test_httpx_mock_transport() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    with wd.Dispatcher(transport=httpx.MockTransport(handler)) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish("order.created", {})
+        dispatcher.run_until_idle()
+    assert len(seen) == 1

@@ -1,0 +1,960 @@
+"""The SQLite store: the durable embedded default (``store="sqlite:///webhooks.db"``).
+
+One file, WAL mode, forward-only migrations; writers serialize on ``BEGIN IMMEDIATE`` so
+several threads and several processes can share a file without double-leasing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+
+from webhook_dispatch.errors import (
+    InvalidStoreURL,
+    NotFound,
+    SchemaError,
+    StoreError,
+    StoreUnavailable,
+)
+from webhook_dispatch.models import (
+    Attempt,
+    AttemptTrigger,
+    Delivery,
+    DeliveryStatus,
+    ErrorKind,
+    Message,
+    RetiredSecret,
+    Subscription,
+    new_id,
+)
+from webhook_dispatch.stores.base import AttemptRecord, Claim, PublishResult
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+_META = "webhook_dispatch_meta"
+"""Named after us so a foreign database's own ``meta`` table is never mistaken for ours."""
+
+# Each step moves the schema one version forward and runs inside the migration
+# transaction. Never edit a released step: append a new one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"CREATE TABLE {_META} (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        f"INSERT INTO {_META} (key, value) VALUES ('schema_version', 0)",
+        f"INSERT INTO {_META} (key, value) VALUES ('subscriptions_version', 0)",
+        # seq columns alias the rowid: insertion order that VACUUM keeps.
+        """CREATE TABLE subscriptions (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            url TEXT NOT NULL,
+            event_types TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            previous_secrets TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            disabled_reason TEXT,
+            timeout REAL NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            content_type TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            idempotency_key TEXT UNIQUE
+        )""",
+        "CREATE INDEX messages_event_type ON messages (event_type)",
+        "CREATE INDEX messages_created_at ON messages (created_at)",
+        # No foreign key to subscriptions: a removed subscription's deliveries stay,
+        # cancelled, as history.
+        """CREATE TABLE deliveries (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            subscription_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempt_count INTEGER NOT NULL,
+            next_attempt_at INTEGER,
+            next_trigger TEXT NOT NULL,
+            lease_owner TEXT,
+            lease_expires_at INTEGER,
+            last_status_code INTEGER,
+            last_error TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )""",
+        """CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
+            WHERE status = 'pending'""",
+        """CREATE INDEX deliveries_lease ON deliveries (lease_expires_at)
+            WHERE status = 'delivering'""",
+        "CREATE INDEX deliveries_message ON deliveries (message_id)",
+        "CREATE INDEX deliveries_subscription ON deliveries (subscription_id)",
+        """CREATE TABLE attempts (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            delivery_id TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+            message_id TEXT NOT NULL,
+            subscription_id TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            trigger TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            duration REAL NOT NULL,
+            url TEXT NOT NULL,
+            status_code INTEGER,
+            response_body BLOB NOT NULL,
+            response_headers TEXT NOT NULL,
+            error_kind TEXT,
+            error TEXT,
+            webhook_timestamp INTEGER NOT NULL
+        )""",
+        "CREATE INDEX attempts_message ON attempts (message_id, started_at, number)",
+        "CREATE INDEX attempts_delivery ON attempts (delivery_id, started_at, number)",
+    ),
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The schema version this code writes; files with a newer one are refused."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_CHUNK = 500
+"""Ids per ``IN (...)`` list: far below SQLite's oldest variable limit (999)."""
+
+# Primary result codes (sqlite3.h) that mean "try again later".
+_UNAVAILABLE_CODES = {5, 6, 10, 13}  # BUSY, LOCKED, IOERR, FULL
+_UNAVAILABLE_TEXT = ("database is locked", "disk i/o error", "database or disk is full")
+_NOT_OURS_CODES = {11, 26}  # CORRUPT, NOTADB
+_CANTOPEN = 14
+
+_DELIVERY_COLUMNS = (
+    "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
+    "next_trigger, created_at, updated_at, last_status_code, last_error"
+)
+_MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
+_SUBSCRIPTION_COLUMNS = (
+    "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
+    "disabled_reason, timeout, created_at, updated_at"
+)
+_ATTEMPT_COLUMNS = (
+    "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
+    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
+)
+_UNFINISHED = "('pending', 'delivering')"
+
+
+class SQLiteStore:
+    """A `Store` in one SQLite file: durable, shareable by threads and processes.
+
+    ``path`` is a file path (created, readable by its owner only, when missing) or
+    ``":memory:"``. ``busy_timeout`` is how many seconds a write waits for another
+    writer before `StoreUnavailable` is raised.
+    """
+
+    blocking = True
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+        self._path = os.fspath(path)
+        if not isinstance(self._path, str) or not self._path:
+            raise InvalidStoreURL("SQLite store needs a file path (or ':memory:')")
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        if self._path != ":memory:":
+            _check_path(self._path)
+        with self._translate(opening=True):
+            connection = sqlite3.connect(
+                self._path,
+                timeout=busy_timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # shared by threads, serialized by self._lock
+            )
+        try:
+            with self._translate(opening=True):
+                self._prepare(connection, busy_timeout)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    @classmethod
+    def from_url(cls, url: str, *, busy_timeout: float = 5.0) -> SQLiteStore:
+        """Open the store a ``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` URL names.
+
+        ``sqlite:///:memory:`` gives a private in-memory database. Query strings are
+        refused: there are no options to pass that way.
+        """
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() != "sqlite":
+            raise InvalidStoreURL(
+                f"not a SQLite store URL: {url!r}; use 'sqlite:///path/to/file.db'"
+            )
+        if "?" in rest or "#" in rest:
+            raise InvalidStoreURL(
+                f"SQLite store URL {url!r} has a query or fragment; none is supported"
+            )
+        if not rest.startswith("/"):
+            raise InvalidStoreURL(
+                f"SQLite store URL {url!r} names a host; use three slashes and a relative "
+                "path ('sqlite:///file.db') or four and an absolute one ('sqlite:////abs/file.db')"
+            )
+        path = rest[1:]
+        if not path:
+            raise InvalidStoreURL(f"SQLite store URL {url!r} has no file path")
+        return cls(path, busy_timeout=busy_timeout)
+
+    @property
+    def path(self) -> str:
+        """The database file's path as given (or ``":memory:"``)."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self._path!r})"
+
+    # -- opening and migrating -----------------------------------------------------
+    def _prepare(self, connection: sqlite3.Connection, busy_timeout: float) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        # Inspect before changing anything: a foreign or newer file must stay untouched.
+        self._schema_version(connection)
+        connection.execute("PRAGMA foreign_keys = ON")
+        if self._path != ":memory:":
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self._path}: cannot switch to WAL mode (got {mode!r})")
+        # In WAL mode, NORMAL loses no committed transaction when the process crashes
+        # (only an OS crash or power cut can drop the last commits), and saves an fsync
+        # per commit.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process may have migrated meanwhile.
+            version = self._schema_version(connection)
+            for steps in _MIGRATIONS[version:]:
+                for statement in steps:
+                    connection.execute(statement)
+            if version < SCHEMA_VERSION:
+                connection.execute(
+                    f"UPDATE {_META} SET value = ? WHERE key = 'schema_version'",
+                    (SCHEMA_VERSION,),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self, connection: sqlite3.Connection) -> int:
+        tables = {
+            row[0]
+            for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if _META not in tables:
+            if tables:
+                raise SchemaError(
+                    f"{self._path}: not a webhook_dispatch database (it holds other tables: "
+                    f"{', '.join(sorted(tables)[:5])}); use another file",
+                    path=self._path,
+                )
+            return 0
+        row = connection.execute(
+            f"SELECT value FROM {_META} WHERE key = 'schema_version'"
+        ).fetchone()
+        if row is None or not isinstance(row[0], int):
+            raise SchemaError(f"{self._path}: schema version missing", path=self._path)
+        version: int = row[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self._path}: database schema version {version} is newer than this "
+                f"webhook_dispatch supports ({SCHEMA_VERSION}); upgrade webhook_dispatch",
+                path=self._path,
+                found_version=version,
+                supported_version=SCHEMA_VERSION,
+            )
+        return version
+
+    # -- the one place sqlite3 errors are translated ------------------------------------
+    @contextlib.contextmanager
+    def _translate(self, *, opening: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _translate_error(exc, self._path, opening=opening) from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._translate():
+            yield self._open_connection()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the file's write lock up front, so the
+        reads inside see the latest commit and no other process writes in between."""
+        with self._lock, self._translate():
+            connection = self._open_connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                raise
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"{self._path}: the store is closed", path=self._path)
+        return self._connection
+
+    # -- subscriptions -----------------------------------------------------------
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Store a new subscription."""
+        with self._writing() as db:
+            db.execute(
+                f"INSERT INTO subscriptions ({_SUBSCRIPTION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _subscription_row(subscription),
+            )
+            _bump_subscriptions_version(db)
+
+    def save_subscription(self, subscription: Subscription) -> None:
+        """Replace a stored subscription by id; `NotFound` if it does not exist."""
+        row = _subscription_row(subscription)
+        with self._writing() as db:
+            changed = db.execute(
+                "UPDATE subscriptions SET url = ?, event_types = ?, secret = ?, "
+                "previous_secrets = ?, headers = ?, metadata = ?, enabled = ?, "
+                "disabled_reason = ?, timeout = ?, created_at = ?, updated_at = ? WHERE id = ?",
+                (*row[1:], row[0]),
+            ).rowcount
+            if not changed:
+                raise NotFound(f"no subscription with id {subscription.id!r}")
+            _bump_subscriptions_version(db)
+
+    def remove_subscription(self, subscription_id: str, now: datetime) -> None:
+        """Delete a subscription; its unfinished deliveries become ``cancelled``."""
+        with self._writing() as db:
+            if not db.execute(
+                "DELETE FROM subscriptions WHERE id = ?", (subscription_id,)
+            ).rowcount:
+                raise NotFound(f"no subscription with id {subscription_id!r}")
+            db.execute(
+                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                f"WHERE subscription_id = ? AND status IN {_UNFINISHED}",
+                (_to_us(now), subscription_id),
+            )
+            _bump_subscriptions_version(db)
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        """The subscription with this id; `NotFound` otherwise."""
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?",
+                (subscription_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no subscription with id {subscription_id!r}")
+        return _subscription(row)
+
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, oldest first."""
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY seq"
+            ).fetchall()
+        return [_subscription(row) for row in rows]
+
+    def subscriptions_version(self) -> int:
+        """A counter bumped, in the same transaction, by every subscription change."""
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT value FROM {_META} WHERE key = 'subscriptions_version'"
+            ).fetchone()
+        return int(row[0])
+
+    # -- messages ----------------------------------------------------------------
+    def publish(
+        self, message: Message, subscription_ids: Sequence[str], now: datetime
+    ) -> PublishResult:
+        """Store a message and one pending delivery per subscription, in one transaction."""
+        return self.publish_many([(message, subscription_ids)], now)[0]
+
+    def publish_many(
+        self, items: Sequence[tuple[Message, Sequence[str]]], now: datetime
+    ) -> list[PublishResult]:
+        """`publish` for a batch, in one transaction, results in input order.
+
+        The idempotency check reads and inserts under the file's write lock (``BEGIN
+        IMMEDIATE``), so concurrent publishers in other threads or processes cannot both
+        create a message for one key; the unique index on the key is the backstop.
+        """
+        if not items:
+            return []
+        now_us = _to_us(now)
+        with self._writing() as db:
+            keys = {m.idempotency_key for m, _ in items if m.idempotency_key is not None}
+            stored_by_key: dict[str, Message] = {}
+            if keys:
+                for chunk, marks in _chunks(sorted(keys)):
+                    rows = db.execute(
+                        f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                        f"WHERE idempotency_key IN ({marks})",
+                        chunk,
+                    )
+                    stored_by_key.update((row[5], _message(row)) for row in rows)
+            results: list[PublishResult] = []
+            new_messages: list[Message] = []
+            deliveries: list[tuple[Any, ...]] = []
+            for message, subscription_ids in items:
+                key = message.idempotency_key
+                if key is not None:
+                    if key in stored_by_key:
+                        results.append(PublishResult(stored_by_key[key], False, 0))
+                        continue
+                    stored_by_key[key] = message  # a later duplicate in this batch
+                new_messages.append(message)
+                deliveries.extend(
+                    (new_id("dlv"), message.id, subscription_id, now_us, now_us, now_us)
+                    for subscription_id in subscription_ids
+                )
+                results.append(PublishResult(message, True, len(subscription_ids)))
+            if not new_messages:
+                return results
+            _require_subscriptions(db, {row[2] for row in deliveries})
+            db.executemany(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        m.id,
+                        m.event_type,
+                        m.payload,
+                        m.content_type,
+                        _to_us(m.created_at),
+                        m.idempotency_key,
+                    )
+                    for m in new_messages
+                ],
+            )
+            db.executemany(
+                "INSERT INTO deliveries (id, message_id, subscription_id, status, "
+                "attempt_count, next_attempt_at, next_trigger, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?)",
+                deliveries,
+            )
+        return results
+
+    def get_message(self, message_id: str) -> Message:
+        """The message with this id; `NotFound` otherwise."""
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no message with id {message_id!r}")
+        return _message(row)
+
+    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
+        """The newest messages first, optionally of one event type."""
+        with self._reading() as db:
+            if event_type is None:
+                rows = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY seq DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE event_type = ? "
+                    "ORDER BY seq DESC LIMIT ?",
+                    (event_type, limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
+    # -- deliveries --------------------------------------------------------------
+    def claim_due(
+        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries to ``worker_id``: expired leases first,
+        then pending ones on enabled subscriptions, oldest due first.
+
+        Selecting and leasing happen in one ``BEGIN IMMEDIATE`` transaction, so two
+        processes on one file never lease the same delivery.
+        """
+        if limit <= 0:
+            return []
+        now_us = _to_us(now)
+        with self._writing() as db:
+            rows = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
+                "WHERE status = 'delivering' AND lease_expires_at <= ? "
+                "ORDER BY lease_expires_at LIMIT ?",
+                (now_us, limit),
+            ).fetchall()
+            if len(rows) < limit:
+                # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
+                # order; disabled subscriptions' deliveries are skipped (held), not taken.
+                rows += db.execute(
+                    f"SELECT {_prefixed('d', _DELIVERY_COLUMNS)} FROM deliveries AS d "
+                    "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
+                    "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
+                    "ORDER BY d.next_attempt_at, d.seq LIMIT ?",
+                    (now_us, limit - len(rows)),
+                ).fetchall()
+            if not rows:
+                return []
+            ids = [row[0] for row in rows]
+            for chunk, marks in _chunks(ids):
+                db.execute(
+                    "UPDATE deliveries SET status = 'delivering', lease_owner = ?, "
+                    f"lease_expires_at = ?, updated_at = ? WHERE id IN ({marks})",
+                    (worker_id, _to_us(lease_until), now_us, *chunk),
+                )
+            messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
+            subscriptions = _fetch_by_id(
+                db, "subscriptions", _SUBSCRIPTION_COLUMNS, {row[2] for row in rows}
+            )
+        message_objects = {key: _message(row) for key, row in messages.items()}
+        subscription_objects = {key: _subscription(row) for key, row in subscriptions.items()}
+        claims: list[Claim] = []
+        for row in rows:
+            delivery = attrs.evolve(
+                _delivery(row), status=DeliveryStatus.DELIVERING, updated_at=now
+            )
+            claims.append(
+                Claim(
+                    delivery,
+                    message_objects[delivery.message_id],
+                    subscription_objects[delivery.subscription_id],
+                )
+            )
+        return claims
+
+    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
+        """Write finished attempts and, where ``worker_id`` still holds the lease, the
+        deliveries' next states (and subscription disabling), in one transaction."""
+        if not records:
+            return
+        with self._writing() as db:
+            db.executemany(
+                f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_attempt_row(record.attempt) for record in records],
+            )
+            held: set[str] = set()
+            for chunk, marks in _chunks([record.attempt.delivery_id for record in records]):
+                held.update(
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT id FROM deliveries WHERE id IN ({marks}) "
+                        "AND status = 'delivering' AND lease_owner = ?",
+                        (*chunk, worker_id),
+                    )
+                )
+            applied = [record for record in records if record.attempt.delivery_id in held]
+            db.executemany(
+                "UPDATE deliveries SET status = ?, attempt_count = ?, next_attempt_at = ?, "
+                "next_trigger = ?, last_status_code = ?, last_error = ?, updated_at = ?, "
+                "lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND status = 'delivering' AND lease_owner = ?",
+                [
+                    (
+                        d.status.value,
+                        d.attempt_count,
+                        None if d.next_attempt_at is None else _to_us(d.next_attempt_at),
+                        d.next_trigger.value,
+                        d.last_status_code,
+                        d.last_error,
+                        _to_us(d.updated_at),
+                        d.id,
+                        worker_id,
+                    )
+                    for d in (record.delivery for record in applied)
+                ],
+            )
+            disabled = db.executemany(
+                "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
+                "WHERE id = ? AND enabled",
+                [
+                    (
+                        record.disable_subscription,
+                        _to_us(record.attempt.started_at),
+                        record.attempt.subscription_id,
+                    )
+                    for record in applied
+                    if record.disable_subscription is not None
+                ],
+            ).rowcount
+            if disabled > 0:
+                _bump_subscriptions_version(db)
+
+    def release(self, delivery_ids: Sequence[str], worker_id: str) -> None:
+        """Give leased deliveries back unattempted: pending again, due as before."""
+        if not delivery_ids:
+            return
+        with self._writing() as db:
+            for chunk, marks in _chunks(list(delivery_ids)):
+                db.execute(
+                    "UPDATE deliveries SET status = 'pending', lease_owner = NULL, "
+                    f"lease_expires_at = NULL WHERE id IN ({marks}) "
+                    "AND status = 'delivering' AND lease_owner = ?",
+                    (*chunk, worker_id),
+                )
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest due time of a pending delivery on an enabled subscription, or the
+        earliest lease expiry of a delivering one; None if there is neither."""
+        with self._reading() as db:
+            lease, due = db.execute(
+                "SELECT (SELECT MIN(lease_expires_at) FROM deliveries "
+                "WHERE status = 'delivering'), "
+                "(SELECT d.next_attempt_at FROM deliveries AS d "
+                "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
+                "WHERE d.status = 'pending' AND d.next_attempt_at IS NOT NULL AND s.enabled "
+                "ORDER BY d.next_attempt_at LIMIT 1)"
+            ).fetchone()
+        found = [value for value in (lease, due) if value is not None]
+        return _from_us(min(found)) if found else None
+
+    def get_delivery(self, delivery_id: str) -> Delivery:
+        """The delivery with this id; `NotFound` otherwise."""
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no delivery with id {delivery_id!r}")
+        return _delivery(row)
+
+    def list_deliveries(
+        self,
+        *,
+        message_id: str | None = None,
+        subscription_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int | None = None,
+    ) -> list[Delivery]:
+        """Deliveries matching every given filter, oldest first."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        for column, value in (
+            ("message_id", message_id),
+            ("subscription_id", subscription_id),
+            ("status", None if status is None else DeliveryStatus(status).value),
+        ):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                parameters.append(value)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {where}ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            parameters.append(limit)
+        with self._reading() as db:
+            rows = db.execute(sql, parameters).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def list_attempts(
+        self, *, message_id: str | None = None, delivery_id: str | None = None
+    ) -> list[Attempt]:
+        """Attempts of a message or of a delivery, oldest first."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        if message_id is not None:
+            conditions.append("message_id = ?")
+            parameters.append(message_id)
+        if delivery_id is not None:
+            conditions.append("delivery_id = ?")
+            parameters.append(delivery_id)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts {where}ORDER BY started_at, number, seq",
+                parameters,
+            ).fetchall()
+        return [_attempt(row) for row in rows]
+
+    def schedule_manual(self, delivery_ids: Sequence[str], now: datetime) -> list[Delivery]:
+        """Make deliveries due at ``now`` for one manual attempt, all or nothing.
+
+        Deliveries being delivered are left alone; an unknown id raises `NotFound` and
+        changes nothing.
+        """
+        with self._writing() as db:
+            return _schedule_manual(db, list(delivery_ids), now)
+
+    def recover(
+        self, subscription_id: str, *, since: datetime, until: datetime, now: datetime
+    ) -> list[Delivery]:
+        """Schedule a manual attempt for the subscription's failed or exhausted deliveries
+        whose message was created in ``[since, until)``."""
+        with self._writing() as db:
+            _require_subscriptions(db, {subscription_id})
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT d.id FROM deliveries AS d JOIN messages AS m ON m.id = d.message_id "
+                    "WHERE d.subscription_id = ? AND d.status IN ('failed', 'exhausted') "
+                    "AND m.created_at >= ? AND m.created_at < ? ORDER BY d.seq",
+                    (subscription_id, _to_us(since), _to_us(until)),
+                )
+            ]
+            return _schedule_manual(db, ids, now)
+
+    def purge(self, older_than: datetime) -> int:
+        """Delete messages created before ``older_than`` whose deliveries are all final;
+        their deliveries and attempts go with them (foreign-key cascade)."""
+        with self._writing() as db:
+            return db.execute(
+                "DELETE FROM messages WHERE created_at < ? AND NOT EXISTS ("
+                "SELECT 1 FROM deliveries WHERE deliveries.message_id = messages.id "
+                f"AND deliveries.status IN {_UNFINISHED})",
+                (_to_us(older_than),),
+            ).rowcount
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL into the file). Idempotent."""
+        with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is None:
+                return
+            with self._translate():
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("PRAGMA optimize")
+                connection.close()
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _check_path(path: str) -> None:
+    """Refuse unusable paths with a clear error, and create a missing file owner-only."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InvalidStoreURL(
+            f"SQLite store path {path!r}: directory {directory!r} does not exist", path=path
+        )
+    if os.path.isdir(path):
+        raise InvalidStoreURL(f"SQLite store path {path!r} is a directory", path=path)
+    if os.path.exists(path):
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise InvalidStoreURL(
+                f"SQLite store path {path!r} is not readable and writable", path=path
+            )
+        return
+    # The file holds signing secrets; SQLite gives its -wal and -shm files the same mode.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # created meanwhile by another process
+    except OSError as exc:
+        raise InvalidStoreURL(
+            f"SQLite store path {path!r} cannot be created: {exc.strerror}", path=path
+        ) from exc
+
+
+def _translate_error(
+    exc: sqlite3.Error, path: str, *, opening: bool
+) -> StoreError | InvalidStoreURL:
+    code: int | None = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    primary = None if code is None else code & 0xFF
+    text = str(exc)
+    lowered = text.lower()
+    if primary in _UNAVAILABLE_CODES or any(t in lowered for t in _UNAVAILABLE_TEXT):
+        return StoreUnavailable(f"{path}: {text}; try again later", path=path)
+    if primary in _NOT_OURS_CODES or "not a database" in lowered or "malformed" in lowered:
+        return SchemaError(f"{path}: not a usable SQLite database ({text})", path=path)
+    if opening and (primary == _CANTOPEN or "unable to open" in lowered):
+        return InvalidStoreURL(f"{path}: cannot open the database file ({text})", path=path)
+    return StoreError(f"{path}: {text}", path=path)
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[tuple[Sequence[Any], str]]:
+    """Slices of ``values`` short enough for one ``IN (...)``, with their placeholders."""
+    for start in range(0, len(values), _CHUNK):
+        chunk = values[start : start + _CHUNK]
+        yield chunk, ", ".join("?" * len(chunk))
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+def _fetch_by_id(
+    db: sqlite3.Connection, table: str, columns: str, ids: Iterable[str]
+) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for chunk, marks in _chunks(sorted(ids)):
+        for row in db.execute(f"SELECT {columns} FROM {table} WHERE id IN ({marks})", chunk):
+            found[row[0]] = row
+    return found
+
+
+def _require_subscriptions(db: sqlite3.Connection, ids: set[str]) -> None:
+    known: set[str] = set()
+    for chunk, marks in _chunks(sorted(ids)):
+        known.update(
+            row[0]
+            for row in db.execute(f"SELECT id FROM subscriptions WHERE id IN ({marks})", chunk)
+        )
+    missing = sorted(ids - known)
+    if missing:
+        raise NotFound(f"no subscription with id {missing[0]!r}")
+
+
+def _bump_subscriptions_version(db: sqlite3.Connection) -> None:
+    db.execute(f"UPDATE {_META} SET value = value + 1 WHERE key = 'subscriptions_version'")
+
+
+def _schedule_manual(db: sqlite3.Connection, ids: list[str], now: datetime) -> list[Delivery]:
+    rows = _fetch_by_id(db, "deliveries", _DELIVERY_COLUMNS, ids)
+    for delivery_id in ids:
+        if delivery_id not in rows:
+            raise NotFound(f"no delivery with id {delivery_id!r}")
+    updated: list[Delivery] = []
+    for delivery_id in ids:
+        delivery = _delivery(rows[delivery_id])
+        if delivery.status is DeliveryStatus.DELIVERING:
+            continue
+        updated.append(
+            attrs.evolve(
+                delivery,
+                status=DeliveryStatus.PENDING,
+                next_attempt_at=now,
+                next_trigger=AttemptTrigger.MANUAL,
+                updated_at=now,
+            )
+        )
+    now_us = _to_us(now)
+    db.executemany(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
+        "next_trigger = 'manual', updated_at = ? WHERE id = ? AND status != 'delivering'",
+        [(now_us, now_us, delivery.id) for delivery in updated],
+    )
+    return updated
+
+
+def _to_us(moment: datetime) -> int:
+    """Integer microseconds since the epoch; naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _subscription_row(s: Subscription) -> tuple[Any, ...]:
+    return (
+        s.id,
+        s.url,
+        _dumps(list(s.event_types)),
+        s.secret,
+        _dumps([[r.secret, _to_us(r.expires_at)] for r in s.previous_secrets]),
+        _dumps(dict(s.headers)),
+        _dumps(dict(s.metadata)),
+        int(s.enabled),
+        s.disabled_reason,
+        s.timeout,
+        _to_us(s.created_at),
+        _to_us(s.updated_at),
+    )
+
+
+def _subscription(row: Any) -> Subscription:
+    return Subscription(
+        id=row[0],
+        url=row[1],
+        event_types=tuple(json.loads(row[2])),
+        secret=row[3],
+        previous_secrets=tuple(
+            RetiredSecret(secret, _from_us(expires)) for secret, expires in json.loads(row[4])
+        ),
+        headers=json.loads(row[5]),
+        metadata=json.loads(row[6]),
+        enabled=bool(row[7]),
+        disabled_reason=row[8],
+        timeout=row[9],
+        created_at=_from_us(row[10]),
+        updated_at=_from_us(row[11]),
+    )
+
+
+def _message(row: Any) -> Message:
+    return Message(
+        id=row[0],
+        event_type=row[1],
+        payload=bytes(row[2]),
+        content_type=row[3],
+        created_at=_from_us(row[4]),
+        idempotency_key=row[5],
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=row[0],
+        message_id=row[1],
+        subscription_id=row[2],
+        status=DeliveryStatus(row[3]),
+        attempt_count=row[4],
+        next_attempt_at=None if row[5] is None else _from_us(row[5]),
+        next_trigger=AttemptTrigger(row[6]),
+        created_at=_from_us(row[7]),
+        updated_at=_from_us(row[8]),
+        last_status_code=row[9],
+        last_error=row[10],
+    )
+
+
+def _attempt_row(a: Attempt) -> tuple[Any, ...]:
+    return (
+        a.id,
+        a.delivery_id,
+        a.message_id,
+        a.subscription_id,
+        a.number,
+        a.trigger.value,
+        _to_us(a.started_at),
+        a.duration,
+        a.url,
+        a.status_code,
+        a.response_body,
+        _dumps(dict(a.response_headers)),
+        None if a.error_kind is None else a.error_kind.value,
+        a.error,
+        a.webhook_timestamp,
+    )
+
+
+def _attempt(row: Any) -> Attempt:
+    return Attempt(
+        id=row[0],
+        delivery_id=row[1],
+        message_id=row[2],
+        subscription_id=row[3],
+        number=row[4],
+        trigger=AttemptTrigger(row[5]),
+        started_at=_from_us(row[6]),
+        duration=row[7],
+        url=row[8],
+        status_code=row[9],
+        response_body=bytes(row[10]),
+        response_headers=json.loads(row[11]),
+        error_kind=None if row[12] is None else ErrorKind(row[12]),
+        error=row[13],
+        webhook_timestamp=row[14],
+    )

@@ -122,6 +122,8 @@ class Worker:
                 if want_claim and free > 0 and not self._stopping:
                     wake.clear()
                     claims = await self._claim(free)
+                    if claims is None:
+                        continue  # the store failed and was waited on: claim again
                     for claim in claims:
                         in_flight[asyncio.ensure_future(self._attempt(claim))] = claim
                     want_claim = len(claims) == free  # a full batch: more may be due
@@ -182,7 +184,8 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
 
-    async def _claim(self, limit: int) -> list[Claim]:
+    async def _claim(self, limit: int) -> list[Claim] | None:
+        """Lease up to ``limit`` due deliveries; None after a store failure (backed off)."""
         now = self.clock.now()
         try:
             claims = await self._store_call(
@@ -194,7 +197,7 @@ class Worker:
             )
         except StoreError as exc:
             await self._store_backoff("claim", exc)
-            return []
+            return None
         self._store_failures = 0
         return claims
 

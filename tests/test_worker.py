@@ -1,0 +1,92 @@
+"""The worker loop: store failures are retried with backoff, never fatal; batches and
+concurrency are bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+import webhook_dispatch as wd
+from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore
+from webhook_dispatch.testing import FakeClock, MockReceiver
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose claim and record calls fail a few times first."""
+
+    def __init__(self, claim_failures: int, record_failures: int) -> None:
+        super().__init__()
+        self.claim_failures = claim_failures
+        self.record_failures = record_failures
+        self.claim_sizes: list[int] = []
+
+    def claim_due(
+        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+    ) -> list[Claim]:
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise wd.StoreUnavailable("database is locked")
+        claims = super().claim_due(now, limit=limit, lease_until=lease_until, worker_id=worker_id)
+        self.claim_sizes.append(len(claims))
+        return claims
+
+    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
+        if self.record_failures:
+            self.record_failures -= 1
+            raise wd.StoreUnavailable("disk I/O error")
+        super().record(records, worker_id)
+
+
+def test_store_errors_are_retried_not_fatal() -> None:
+    store = FlakyStore(claim_failures=2, record_failures=2)
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(store, clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        message = dispatcher.publish("order.created", {})
+        dispatcher.run_until_idle()
+        assert dispatcher.deliveries()[0].status is wd.DeliveryStatus.SUCCEEDED
+        assert len(dispatcher.attempts(message.id)) == 1
+    assert len(receiver.requests) == 1  # the record retry did not resend
+    assert store.claim_failures == 0 and store.record_failures == 0
+
+
+def test_concurrency_bounds_attempts_in_flight() -> None:
+    in_flight = 0
+    peak = 0
+
+    class Counting(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.01)
+            in_flight -= 1
+            return httpx.Response(200)
+
+    store = FlakyStore(0, 0)
+    with wd.Dispatcher(store, transport=Counting(), concurrency=8) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(100))
+        assert dispatcher.run_until_idle() == 100
+    assert peak == 8
+    assert max(store.claim_sizes) <= 8
+
+
+def test_a_transport_bug_becomes_a_retryable_attempt() -> None:
+    class Broken(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> Any:
+            raise RuntimeError("bug in a custom transport")
+
+    with wd.Dispatcher(transport=Broken(), retry=wd.RetryPolicy.fixed([0, 0])) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        message = dispatcher.publish("order.created", {})
+        dispatcher.run_until_idle()
+        attempts = dispatcher.attempts(message.id)
+    assert [a.error_kind for a in attempts] == [wd.ErrorKind.OTHER, wd.ErrorKind.OTHER]
+    assert attempts[0].error is not None and "bug in a custom transport" in attempts[0].error
+    assert dispatcher.deliveries()[0].status is wd.DeliveryStatus.EXHAUSTED

@@ -4,8 +4,9 @@ concurrency are bounded."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -90,3 +91,25 @@ def test_a_transport_bug_becomes_a_retryable_attempt() -> None:
     assert [a.error_kind for a in attempts] == [wd.ErrorKind.OTHER, wd.ErrorKind.OTHER]
     assert attempts[0].error is not None and "bug in a custom transport" in attempts[0].error
     assert dispatcher.deliveries()[0].status is wd.DeliveryStatus.EXHAUSTED
+
+
+def test_idle_worker_applies_the_retention() -> None:
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(
+        clock=clock, transport=receiver, retention=timedelta(days=1), poll_interval=0.05
+    ) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        old = dispatcher.publish("order.created", {})
+        dispatcher.run_until_idle()
+        clock.advance(timedelta(days=2))
+        fresh = dispatcher.publish("order.created", {})
+        dispatcher.run_until_idle()
+        dispatcher.start()
+        for _ in range(200):
+            if not dispatcher.messages(limit=10)[1:]:
+                break
+            time.sleep(0.01)
+        dispatcher.stop()
+        assert [m.id for m in dispatcher.messages()] == [fresh.id]
+        assert dispatcher.attempts(old.id) == []

@@ -108,7 +108,7 @@ class _Core:
         envelope: bool,
         lease: timedelta,
         poll_interval: float,
-        retention: timedelta,
+        retention: timedelta | None,
     ) -> None:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be a webhook_dispatch.RetryPolicy")
@@ -125,8 +125,10 @@ class _Core:
         )
         if not isinstance(lease, timedelta) or lease <= timedelta(0):
             raise ConfigurationError("lease must be a positive timedelta")
-        if not isinstance(retention, timedelta) or retention <= timedelta(0):
-            raise ConfigurationError("retention must be a positive timedelta")
+        if retention is not None and (
+            not isinstance(retention, timedelta) or retention <= timedelta(0)
+        ):
+            raise ConfigurationError("retention must be a positive timedelta, or None")
         self.poll_interval = validate_timeout(poll_interval)
         self.envelope = bool(envelope)
         self.retention = retention
@@ -145,6 +147,7 @@ class _Core:
             concurrency=self.concurrency,
             lease=lease,
             poll_interval=self.poll_interval,
+            retention=retention,
         )
         self._registry = Registry()
         self._registry_version: int | None = None
@@ -310,7 +313,7 @@ class _Core:
 
     def purge(self, older_than: timedelta | datetime | None) -> int:
         if older_than is None:
-            older_than = self.retention
+            older_than = self.retention or DEFAULT_RETENTION
         cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
         return self.store.purge(utc(cutoff))
 
@@ -367,6 +370,12 @@ class Dispatcher:
     ``retry`` is a `RetryPolicy`; ``transport`` any `httpx.AsyncBaseTransport` (tests pass a
     `webhook_dispatch.testing.MockReceiver` or ``httpx.MockTransport``); ``clock`` a
     `Clock` (tests pass a `FakeClock`). Use it as a context manager, or call `close`.
+
+    ``concurrency`` bounds attempts in flight per worker; ``lease`` is how long a claimed
+    delivery stays reserved (a crashed worker's deliveries are retried after it);
+    ``poll_interval`` is how often an idle worker looks for work published by other
+    processes. While running, the worker purges finished messages older than
+    ``retention`` (30 days; ``None`` keeps everything) about once an hour.
     """
 
     def __init__(
@@ -381,7 +390,7 @@ class Dispatcher:
         envelope: bool = True,
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 1.0,
-        retention: timedelta = DEFAULT_RETENTION,
+        retention: timedelta | None = DEFAULT_RETENTION,
     ) -> None:
         self._core = _Core(
             store,
@@ -641,7 +650,7 @@ class AsyncDispatcher:
         envelope: bool = True,
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 1.0,
-        retention: timedelta = DEFAULT_RETENTION,
+        retention: timedelta | None = DEFAULT_RETENTION,
     ) -> None:
         self._core = _Core(
             store,

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -55,6 +55,8 @@ class Worker:
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 1.0,
         worker_id: str | None = None,
+        retention: timedelta | None = None,
+        purge_every: timedelta = timedelta(hours=1),
     ) -> None:
         self.store = store
         self.engine = engine
@@ -64,6 +66,9 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.worker_id = worker_id or _default_worker_id()
+        self.retention = retention
+        self.purge_every = purge_every
+        self._next_purge_at: datetime | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -172,6 +177,7 @@ class Worker:
 
     async def _idle(self, wake: asyncio.Event) -> None:
         """Sleep until woken, the next due time, or the poll interval, whichever is first."""
+        await self._purge_if_due()
         delay = self.poll_interval
         try:
             due = await self._store_call(self.store.next_due_at)
@@ -183,6 +189,22 @@ class Worker:
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
+
+    async def _purge_if_due(self) -> None:
+        """Apply the retention while idle, at most once per ``purge_every``."""
+        if self.retention is None:
+            return
+        now = self.clock.now()
+        if self._next_purge_at is not None and now < self._next_purge_at:
+            return
+        self._next_purge_at = now + self.purge_every
+        try:
+            purged = await self._store_call(self.store.purge, now - self.retention)
+        except StoreError as exc:
+            logger.warning("retention purge failed (%s); next try in %s", exc, self.purge_every)
+            return
+        if purged:
+            logger.info("retention: purged %d finished messages", purged)
 
     async def _claim(self, limit: int) -> list[Claim] | None:
         """Lease up to ``limit`` due deliveries; None after a store failure (backed off)."""

@@ -63,7 +63,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             disabled_reason TEXT,
             timeout REAL NOT NULL,
             created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL
+            updated_at INTEGER NOT NULL,
+            -- Later per-subscription settings (signature scheme, auth, TLS, flow
+            -- control) live in this JSON document, so adding one needs no migration.
+            options TEXT NOT NULL DEFAULT '{}'
         )""",
         """CREATE TABLE messages (
             seq INTEGER PRIMARY KEY,

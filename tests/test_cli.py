@@ -1,0 +1,452 @@
+"""The ``webhook-dispatch`` command: every subcommand in-process against a SQLite file,
+plus the demo and a worker run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+import webhook_dispatch as wd
+from webhook_dispatch._receiver import LoopbackReceiver
+from webhook_dispatch.cli import format_table, main, parse_moment
+from webhook_dispatch.testing import MockReceiver
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.delenv("WEBHOOK_DISPATCH_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return "sqlite:///" + (tmp_path / "cli.db").as_posix()
+
+
+class Runner:
+    """Calls `main` in-process and keeps every output, to search for leaked secrets."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], store: str) -> None:
+        self.capsys = capsys
+        self.store = store
+        self.outputs: list[str] = []
+
+    def __call__(self, *argv: str, store: bool = True) -> tuple[int, str, str]:
+        args = [*argv, "--store", self.store] if store else list(argv)
+        code = main(args)
+        captured = self.capsys.readouterr()
+        self.outputs += [captured.out, captured.err]
+        return code, captured.out, captured.err
+
+    def json(self, *argv: str) -> list[dict[str, object]]:
+        code, out, err = self(*argv, "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert isinstance(data, list)
+        return data
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], store: str) -> Runner:
+    return Runner(capsys, store)
+
+
+def _deliver(
+    store: str, *events: str, script: list[int], routes: dict[str, list[int]] | None = None
+) -> list[wd.Message]:
+    """Publish ``events`` into ``store`` and attempt them once against a scripted receiver."""
+    receiver = MockReceiver(script, default=script[-1], routes=routes)
+    with wd.Dispatcher(store, transport=receiver, retry=wd.RetryPolicy.fixed([0])) as dispatcher:
+        messages = [dispatcher.publish(event, {"n": n}) for n, event in enumerate(events)]
+        dispatcher.run_until_idle()
+    return messages
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"webhook-dispatch {wd.__version__}"
+
+
+def test_subscription_lifecycle(cli: Runner) -> None:
+    code, out, _ = cli(
+        "subscriptions",
+        "add",
+        "https://hooks.example.com/in",
+        "--event-type",
+        "order.*",
+        "--event-type",
+        "invoice.paid",
+        "--header",
+        "X-Tenant: 42",
+    )
+    assert code == 0
+    sub_id = out.split()[2]
+    assert sub_id.startswith("sub_")
+
+    [listed] = cli.json("subscriptions", "list")
+    assert listed["id"] == sub_id
+    assert listed["event_types"] == ["order.*", "invoice.paid"]
+    assert listed["header_names"] == ["X-Tenant"]
+    assert listed["enabled"] is True
+
+    assert cli("subscriptions", "disable", sub_id, "--reason", "maintenance")[0] == 0
+    code, out, _ = cli("subscriptions", "list")
+    assert "disabled" in out and f"{sub_id} disabled: maintenance" in out
+    assert cli.json("subscriptions", "list")[0]["disabled_reason"] == "maintenance"
+
+    assert cli("subscriptions", "enable", sub_id)[0] == 0
+    assert cli.json("subscriptions", "list")[0]["enabled"] is True
+
+    assert cli("subscriptions", "remove", sub_id)[0] == 0
+    assert cli.json("subscriptions", "list") == []
+    assert cli("subscriptions", "list")[1].strip() == "no subscriptions"
+
+
+def test_secret_is_printed_once_and_never_again(cli: Runner) -> None:
+    code, out, _ = cli("subscriptions", "add", "https://hooks.example.com/in")
+    assert code == 0
+    secret = next(line.split()[1] for line in out.splitlines() if line.startswith("secret:"))
+    assert secret.startswith("whsec_")
+    assert out.count(secret) == 1
+    first_output_count = len(cli.outputs)
+
+    [message] = _deliver(cli.store, "order.created", script=[503])
+    [delivery] = cli.json("deliveries", "list")
+    cli("subscriptions", "list")
+    cli.json("subscriptions", "list")
+    cli("messages", "list")
+    cli.json("messages", "list")
+    cli("deliveries", "list")
+    cli("attempts", message.id)
+    cli.json("attempts", message.id)
+    cli("retry", str(delivery["id"]))
+    sub_id = cli.json("subscriptions", "list")[0]["id"]
+    cli("recover", str(sub_id), "--since", "1h")
+    cli("subscriptions", "disable", str(sub_id))
+    cli("purge", "--older-than", "30d")
+
+    later = cli.outputs[first_output_count:]
+    assert all(secret not in output for output in later)
+    assert all("whsec_" not in output for output in later)
+
+
+def test_given_secret_is_not_echoed(cli: Runner) -> None:
+    secret = wd.generate_secret()
+    code, out, _ = cli("subscriptions", "add", "https://hooks.example.com/in", "--secret", secret)
+    assert code == 0
+    assert secret not in out and "whsec_" not in out
+
+
+def test_messages_list(cli: Runner) -> None:
+    cli("subscriptions", "add", "https://hooks.example.com/in")
+    _deliver(cli.store, "order.created", "order.created", "user.signup", script=[200])
+
+    messages = cli.json("messages", "list")
+    assert [m["event_type"] for m in messages] == ["user.signup", "order.created", "order.created"]
+    payload = json.loads(str(messages[0]["payload"]))
+    assert payload["type"] == "user.signup" and payload["data"] == {"n": 2}
+    datetime.fromisoformat(str(messages[0]["created_at"]).replace("Z", "+00:00"))
+
+    assert len(cli.json("messages", "list", "--event-type", "order.created")) == 2
+    assert len(cli.json("messages", "list", "--limit", "1")) == 1
+
+    _, out, _ = cli("messages", "list")
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "EVENT", "TYPE", "CREATED", "(UTC)", "BYTES"]
+    assert len(rows) == 3 and all(row.startswith("msg_") for row in rows)
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_deliveries_list_filters(cli: Runner) -> None:
+    cli("subscriptions", "add", "https://ok.example.com/in")
+    cli("subscriptions", "add", "https://bad.example.com/in")
+    ok_id, bad_id = (s["id"] for s in cli.json("subscriptions", "list"))
+    first, second = _deliver(
+        cli.store,
+        "order.created",
+        "order.paid",
+        script=[200],
+        routes={"https://bad.example.com/in": [404, 200]},
+    )
+
+    assert len(cli.json("deliveries", "list")) == 4
+    failed = cli.json("deliveries", "list", "--status", "failed")
+    assert len(failed) == 1
+    assert failed[0]["last_status_code"] == 404
+    assert failed[0]["next_attempt_at"] is None
+    assert len(cli.json("deliveries", "list", "--subscription", str(ok_id))) == 2
+    by_message = cli.json("deliveries", "list", "--message", first.id)
+    assert {d["subscription_id"] for d in by_message} == {ok_id, bad_id}
+
+    _, out, _ = cli("deliveries", "list", "--message", second.id)
+    assert out.splitlines()[0].split() == ["ID", "SUBSCRIPTION", "STATUS", "TRIES", "LAST", "NEXT"]
+    assert "succeeded" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert cli("deliveries", "list", "--status", "exhausted")[1].strip() == "no deliveries"
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli("deliveries", "list", "--status", "lost")
+    assert exit_info.value.code == 2
+
+
+def test_attempts(cli: Runner) -> None:
+    cli("subscriptions", "add", "https://hooks.example.com/in")
+    [message] = _deliver(cli.store, "order.created", script=[503])
+
+    code, out, _ = cli("attempts", message.id)
+    assert code == 0
+    assert message.id in out and "order.created" in out
+    assert "exhausted" in out and "503" in out and "scheduled" in out
+
+    [attempt] = cli.json("attempts", message.id)
+    assert attempt["status_code"] == 503
+    assert attempt["number"] == 1
+    assert attempt["trigger"] == "scheduled"
+    assert attempt["url"] == "https://hooks.example.com/in"
+    assert isinstance(attempt["response_body"], str)
+
+
+def test_retry_and_recover(cli: Runner) -> None:
+    cli("subscriptions", "add", "https://hooks.example.com/in")
+    [sub] = cli.json("subscriptions", "list")
+    _deliver(cli.store, "order.created", "order.paid", script=[500])
+    first, second = cli.json("deliveries", "list")
+    assert first["status"] == second["status"] == "exhausted"
+
+    code, out, _ = cli("retry", str(first["id"]))
+    assert code == 0 and "scheduled for one manual attempt" in out
+    retried = cli.json("deliveries", "list", "--status", "pending")
+    assert [d["id"] for d in retried] == [first["id"]]
+    assert retried[0]["next_trigger"] == "manual"
+
+    code, out, _ = cli("recover", str(sub["id"]), "--since", "1h")
+    assert code == 0
+    assert "scheduled 1 delivery" in out and str(second["id"]) in out
+    assert len(cli.json("deliveries", "list", "--status", "pending")) == 2
+
+    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    code, out, _ = cli("recover", str(sub["id"]), "--since", future)
+    assert code == 0 and "scheduled 0 deliveries" in out
+
+    code, _, err = cli("recover", str(sub["id"]), "--since", "1h", "--until", "2h")
+    assert code == 2 and err.startswith("error:")
+
+
+def test_purge(cli: Runner) -> None:
+    cli("subscriptions", "add", "https://hooks.example.com/in")
+    _deliver(cli.store, "order.created", script=[200])
+
+    code, out, _ = cli("purge", "--older-than", "30d")
+    assert code == 0 and "purged 0 finished messages" in out
+    assert len(cli.json("messages", "list")) == 1
+
+    time.sleep(0.01)
+    code, out, _ = cli("purge", "--older-than", "0s")
+    assert code == 0 and "purged 1 finished message " in out
+    assert cli.json("messages", "list") == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["attempts", "msg_00000000000000000000000000"],
+        ["retry", "dlv_00000000000000000000000000"],
+        ["recover", "sub_00000000000000000000000000", "--since", "1d"],
+        ["subscriptions", "disable", "sub_00000000000000000000000000"],
+        ["subscriptions", "enable", "sub_00000000000000000000000000"],
+        ["subscriptions", "remove", "sub_00000000000000000000000000"],
+    ],
+)
+def test_unknown_id_exits_2(cli: Runner, argv: list[str]) -> None:
+    code, out, err = cli(*argv)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize(
+    "store_url", ["bogus://x", "webhooks.db", "sqlite:///no/such/dir/x.db", "memory://junk"]
+)
+def test_bad_store_url_exits_2(cli: Runner, store_url: str) -> None:
+    code, _, err = cli("subscriptions", "list", "--store", store_url, store=False)
+    assert code == 2
+    assert err.startswith("error: ")
+
+
+def test_invalid_input_exits_2(cli: Runner) -> None:
+    code, _, err = cli("subscriptions", "add", "ftp://hooks.example.com/in")
+    assert code == 2 and err.startswith("error: ")
+    bad_secret = "whsec_not-a-valid-secret!"
+    code, _, err = cli("subscriptions", "add", "https://a.example", "--secret", bad_secret)
+    assert code == 2 and err.startswith("error: ")
+    assert bad_secret not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["subscriptions", "add", "https://a.example", "--header", "no colon"],
+        ["recover", "sub_x", "--since", "yesterday"],
+        ["purge", "--older-than", "soon"],
+        ["messages", "list", "--limit", "0"],
+        ["subscriptions"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], store: str, argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_store_from_environment_and_before_the_command(
+    cli: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("subscriptions", "add", "https://hooks.example.com/in")
+    monkeypatch.setenv("WEBHOOK_DISPATCH_STORE", cli.store)
+    code, out, _ = cli("subscriptions", "list", "--json", store=False)
+    assert code == 0 and len(json.loads(out)) == 1
+    monkeypatch.delenv("WEBHOOK_DISPATCH_STORE")
+    code, out, _ = cli("--store", cli.store, "subscriptions", "list", "--json", store=False)
+    assert code == 0 and len(json.loads(out)) == 1
+
+
+def test_default_store_is_webhooks_db_in_the_working_directory(cli: Runner, tmp_path: Path) -> None:
+    code, _, _ = cli("subscriptions", "list", store=False)
+    assert code == 0
+    assert (tmp_path / "webhooks.db").exists()
+
+
+def test_format_table_aligns_columns() -> None:
+    lines = format_table(("ID", "N", "NAME"), [("a", 1, "x"), ("bbb", 22, "")], right={1})
+    assert lines == ["ID    N  NAME", "a     1  x", "bbb  22"]
+
+
+def test_parse_moment() -> None:
+    now = datetime(2030, 1, 1, 12, tzinfo=timezone.utc)
+    assert parse_moment("2h", now) == now - timedelta(hours=2)
+    assert parse_moment("1h30m", now) == now - timedelta(minutes=90)
+    assert parse_moment("7d", now) == now - timedelta(days=7)
+    assert parse_moment("2029-12-31T00:00:00Z", now) == datetime(2029, 12, 31, tzinfo=timezone.utc)
+    assert parse_moment("2029-12-31T01:00:00+01:00", now) == datetime(
+        2029, 12, 31, tzinfo=timezone.utc
+    )
+    assert parse_moment("2029-12-31", now) == datetime(2029, 12, 31, tzinfo=timezone.utc)
+
+
+def test_demo_in_process_with_a_given_store(cli: Runner) -> None:
+    code, out, err = cli("demo")
+    assert code == 0, err
+    assert "signatures verified by receiver: 8/8" in out
+    deliveries = cli.json("deliveries", "list")
+    assert len(deliveries) == 6
+    assert "whsec_" not in "".join(cli.outputs)
+
+    code, _, err = cli("demo")
+    assert code == 2
+    assert err.startswith("error: the demo needs a store without subscriptions")
+
+
+def _clean_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WEBHOOK_DISPATCH_STORE", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.mark.slow
+def test_demo_subprocess(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook_dispatch", "demo"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "webhook-dispatch demo: store sqlite:///" in out
+    assert "receiver http://127.0.0.1:" in out
+    assert "TIME" in out and "ENDPOINT" in out and "OUTCOME" in out
+    assert "healthy  4 delivered, 0 failed" in out
+    assert "flaky    1 delivered, 0 failed (3 attempts)" in out
+    assert "gone     0 delivered, 1 failed" in out
+    assert "signatures verified by receiver: 8/8" in out
+    assert "subscription 'gone' disabled: " in out
+    assert "whsec_" not in out + result.stderr
+    assert time.monotonic() - started < 30
+    assert list(tmp_path.iterdir()) == []  # the temporary store went away
+
+
+@pytest.fixture
+def loopback() -> Iterator[LoopbackReceiver]:
+    with LoopbackReceiver() as receiver:
+        yield receiver
+
+
+@pytest.mark.slow
+def test_worker_subprocess_delivers_and_stops_on_sigterm(
+    tmp_path: Path, loopback: LoopbackReceiver
+) -> None:
+    store = "sqlite:///" + (tmp_path / "worker.db").as_posix()
+    secret = wd.generate_secret()
+    loopback.route("/hook", [200], secret=secret)
+    with wd.Dispatcher(store) as dispatcher:
+        dispatcher.subscribe(loopback.url("/hook"), secret=secret)
+
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "webhook_dispatch",
+            "worker",
+            "--store",
+            store,
+            "--concurrency",
+            "4",
+            "--allow-private-networks",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        first_line = worker.stdout.readline()
+        assert "worker" in first_line and "concurrency 4" in first_line
+
+        with wd.Dispatcher(store) as dispatcher:
+            message = dispatcher.publish("order.created", {"id": "ord_1"})
+        deadline = time.monotonic() + 20
+        while not loopback.requests_to("/hook") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [received] = loopback.requests_to("/hook")
+        assert received.webhook_id == message.id
+        assert received.verified is True
+
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, err
+    assert "stopped" in out
+    assert "Traceback" not in err
+    with wd.Dispatcher(store) as dispatcher:
+        [delivery] = dispatcher.deliveries(message_id=message.id)
+        assert delivery.status is wd.DeliveryStatus.SUCCEEDED

@@ -1,0 +1,880 @@
+"""The ``webhook-dispatch`` command: a self-contained demo, a long-running worker, and
+commands to inspect and repair any store (subscriptions, messages, deliveries, attempts).
+
+Every command is a thin layer over `Dispatcher`; output is plain aligned text, or JSON
+with ``--json``. Secrets are printed once, when ``subscriptions add`` generates one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import attrs
+
+from ._receiver import LoopbackReceiver
+from ._version import __version__
+from .dispatcher import Dispatcher
+from .errors import ConfigurationError, WebhookDispatchError
+from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription
+from .retry import RetryPolicy
+from .signing import generate_secret
+
+__all__ = ["DEFAULT_STORE", "STORE_ENV", "format_table", "main", "parse_moment"]
+
+DEFAULT_STORE = "sqlite:///webhooks.db"
+"""The store commands use when neither ``--store`` nor ``WEBHOOK_DISPATCH_STORE`` is set."""
+STORE_ENV = "WEBHOOK_DISPATCH_STORE"
+"""The environment variable naming the default store URL."""
+
+_DEMO_RETRY = (0.0, 0.5, 1.0, 2.0)
+_DEMO_DEADLINE = 15.0
+_URL_WIDTH = 40
+_EVENTS_WIDTH = 20
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- small formatting helpers --------------------------------------------------------
+def format_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    right: Collection[int] = (),
+    indent: str = "",
+) -> list[str]:
+    """Lay out ``rows`` under ``headers`` in columns two spaces apart; return the lines.
+
+    Columns whose index is in ``right`` are right-aligned (numbers). The last column is
+    not padded, so no line ends in spaces.
+    """
+    text_rows = [[str(cell) for cell in row] for row in rows]
+    table = [list(headers), *text_rows]
+    widths = [max(len(row[index]) for row in table) for index in range(len(headers))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.rjust(widths[index]) if index in right else cell.ljust(widths[index])
+            for index, cell in enumerate(row)
+        ]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _when(moment: datetime | None, *, milliseconds: bool = False) -> str:
+    if moment is None:
+        return "-"
+    moment = moment.astimezone(timezone.utc)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{moment.microsecond // 1000:03d}" if milliseconds else text
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _relative(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    seconds = (moment - now).total_seconds()
+    if seconds <= 0:
+        return "due"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {int(seconds // size)}{unit}"
+    return f"in {int(seconds) or 1}s"
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password in a store URL (``postgresql://user:secret@host``)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
+
+
+def _result(status_code: int | None, error_kind: object, error: str | None) -> str:
+    if status_code is not None:
+        return str(status_code)
+    if error_kind is not None:
+        return str(getattr(error_kind, "value", error_kind))
+    return (error or "error").partition(":")[0]
+
+
+def _plural(count: int, word: str, words: str | None = None) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {words or word + 's'}"
+
+
+def _print_json(items: Sequence[dict[str, Any]]) -> None:
+    print(json.dumps(list(items), indent=2))
+
+
+# -- JSON views (never a secret) -------------------------------------------------------
+def _subscription_json(subscription: Subscription) -> dict[str, Any]:
+    # Header values may be credentials (Authorization, API keys): names only.
+    return {
+        "id": subscription.id,
+        "url": subscription.url,
+        "event_types": list(subscription.event_types),
+        "enabled": subscription.enabled,
+        "disabled_reason": subscription.disabled_reason,
+        "header_names": sorted(subscription.headers),
+        "metadata": dict(subscription.metadata),
+        "timeout": subscription.timeout,
+        "created_at": _iso(subscription.created_at),
+        "updated_at": _iso(subscription.updated_at),
+    }
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "event_type": message.event_type,
+        "content_type": message.content_type,
+        "created_at": _iso(message.created_at),
+        "idempotency_key": message.idempotency_key,
+        "size": len(message.payload),
+        "payload": _text(message.payload),
+    }
+
+
+def _delivery_json(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "message_id": delivery.message_id,
+        "subscription_id": delivery.subscription_id,
+        "status": delivery.status.value,
+        "attempt_count": delivery.attempt_count,
+        "next_attempt_at": _iso(delivery.next_attempt_at),
+        "next_trigger": delivery.next_trigger.value,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "created_at": _iso(delivery.created_at),
+        "updated_at": _iso(delivery.updated_at),
+    }
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "delivery_id": attempt.delivery_id,
+        "message_id": attempt.message_id,
+        "subscription_id": attempt.subscription_id,
+        "number": attempt.number,
+        "trigger": attempt.trigger.value,
+        "started_at": _iso(attempt.started_at),
+        "duration_ms": round(attempt.duration * 1000, 3),
+        "url": attempt.url,
+        "status_code": attempt.status_code,
+        "error_kind": attempt.error_kind.value if attempt.error_kind else None,
+        "error": attempt.error,
+        "response_headers": dict(attempt.response_headers),
+        "response_body": _text(attempt.response_body),
+        "webhook_timestamp": attempt.webhook_timestamp,
+    }
+
+
+# -- argument types ----------------------------------------------------------------------
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> timedelta:
+    """``30m``, ``2h``, ``7d``, ``1h30m`` -> a timedelta (argparse type)."""
+    compact = text.strip().lower()
+    if not _DURATION.fullmatch(compact):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 90s, 30m, 2h, 7d or 1h30m"
+        )
+    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long a duration") from None
+
+
+def _moment(text: str) -> timedelta | datetime:
+    """A duration ago (``2h``) or an ISO 8601 time (naive = UTC) (argparse type)."""
+    if _DURATION.fullmatch(text.strip().lower()):
+        return _duration(text)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30m, 2h, 7d) nor an ISO 8601 time "
+            "(2024-05-01T12:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def parse_moment(text: str, now: datetime) -> datetime:
+    """Turn ``--since``-style text into an aware UTC datetime.
+
+    A duration (``90s``, ``30m``, ``2h``, ``7d``, ``1w``, ``1h30m``) means that long before
+    ``now``; anything else is read as ISO 8601, a time without offset being UTC.
+    Raises `argparse.ArgumentTypeError` for anything else.
+    """
+    value = _moment(text)
+    return now - value if isinstance(value, timedelta) else value.astimezone(timezone.utc)
+
+
+def _resolve(value: timedelta | datetime | None, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    return now - value if isinstance(value, timedelta) else value.astimezone(timezone.utc)
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a header; write 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return number
+
+
+# -- commands ---------------------------------------------------------------------------------
+def _private_network_options(allow: bool) -> dict[str, Any]:
+    """``allow_private_networks=True`` when asked for and this `Dispatcher` has the option.
+
+    Without a network guard every address is reachable already, so there is nothing to pass.
+    """
+    if allow and "allow_private_networks" in inspect.signature(Dispatcher).parameters:
+        return {"allow_private_networks": True}
+    return {}
+
+
+def _open(args: argparse.Namespace) -> Dispatcher:
+    return Dispatcher(_store_url(args))
+
+
+def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        subscriptions = dispatcher.subscriptions()
+    if args.json:
+        _print_json([_subscription_json(s) for s in subscriptions])
+        return 0
+    if not subscriptions:
+        print("no subscriptions")
+        return 0
+    rows = [
+        (
+            s.id,
+            "enabled" if s.enabled else "disabled",
+            _shorten(",".join(s.event_types), _EVENTS_WIDTH),
+            _shorten(s.url, _URL_WIDTH),
+        )
+        for s in subscriptions
+    ]
+    for line in format_table(("ID", "STATE", "EVENTS", "URL"), rows):
+        print(line)
+    for s in subscriptions:
+        if not s.enabled:
+            print(f"{s.id} disabled: {s.disabled_reason or 'no reason given'}")
+    return 0
+
+
+def _read_secret(value: str | None) -> str | None:
+    if value == "-":
+        return sys.stdin.readline().strip()
+    return value
+
+
+def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
+    given_secret = _read_secret(args.secret)
+    headers = dict(args.header or [])
+    with _open(args) as dispatcher:
+        subscription = dispatcher.subscribe(
+            args.url,
+            event_types=args.event_type or None,
+            secret=given_secret,
+            headers=headers or None,
+        )
+    print(f"created subscription {subscription.id}")
+    print(f"  url:         {subscription.url}")
+    print(f"  event types: {', '.join(subscription.event_types)}")
+    if headers:
+        print(f"  headers:     {', '.join(sorted(headers))}")
+    if given_secret is None:
+        print(f"secret: {subscription.secret}")
+        print("This secret is shown once: give it to the receiver now, it cannot be read back.")
+    return 0
+
+
+def _cmd_subscriptions_disable(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        subscription = dispatcher.disable(args.id, reason=args.reason)
+    print(f"disabled {subscription.id} ({subscription.disabled_reason}); pending deliveries held")
+    return 0
+
+
+def _cmd_subscriptions_enable(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        subscription = dispatcher.enable(args.id)
+    print(f"enabled {subscription.id}; held deliveries resume when a worker runs")
+    return 0
+
+
+def _cmd_subscriptions_remove(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        subscription = dispatcher.get_subscription(args.id)
+        dispatcher.unsubscribe(args.id)
+    print(f"removed {subscription.id} ({subscription.url}); unfinished deliveries cancelled")
+    return 0
+
+
+def _cmd_messages_list(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        messages = dispatcher.messages(event_type=args.event_type, limit=args.limit)
+    if args.json:
+        _print_json([_message_json(m) for m in messages])
+        return 0
+    if not messages:
+        print("no messages")
+        return 0
+    rows = [
+        (m.id, _shorten(m.event_type, 28), _when(m.created_at), len(m.payload)) for m in messages
+    ]
+    for line in format_table(("ID", "EVENT TYPE", "CREATED (UTC)", "BYTES"), rows, right={3}):
+        print(line)
+    return 0
+
+
+def _cmd_deliveries_list(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        deliveries = dispatcher.deliveries(
+            message_id=args.message, subscription_id=args.subscription, status=args.status
+        )
+        now = dispatcher.clock.now()
+    if args.json:
+        _print_json([_delivery_json(d) for d in deliveries])
+        return 0
+    if not deliveries:
+        print("no deliveries")
+        return 0
+    # Three ids do not fit 100 columns: show the one not already fixed by a filter.
+    by_message = args.message is not None
+    rows = [
+        (
+            d.id,
+            d.subscription_id if by_message else d.message_id,
+            d.status.value,
+            d.attempt_count,
+            _shorten(_result(d.last_status_code, None, d.last_error), 14)
+            if d.attempt_count
+            else "-",
+            _relative(d.next_attempt_at, now),
+        )
+        for d in deliveries
+    ]
+    other = "SUBSCRIPTION" if by_message else "MESSAGE"
+    headers = ("ID", other, "STATUS", "TRIES", "LAST", "NEXT")
+    for line in format_table(headers, rows, right={3}):
+        print(line)
+    return 0
+
+
+def _cmd_attempts(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        message = dispatcher.get_message(args.message_id)
+        attempts = dispatcher.attempts(message.id)
+        deliveries = dispatcher.deliveries(message_id=message.id)
+    if args.json:
+        _print_json([_attempt_json(a) for a in attempts])
+        return 0
+    print(
+        f"message {message.id}  {message.event_type}  created {_when(message.created_at)} UTC  "
+        f"{_plural(len(attempts), 'attempt')}"
+    )
+    for delivery in deliveries:
+        mine = [a for a in attempts if a.delivery_id == delivery.id]
+        print()
+        print(f"delivery {delivery.id}  {delivery.status.value}")
+        url = mine[-1].url if mine else ""
+        print(f"  to {delivery.subscription_id}  {_shorten(url, 56)}".rstrip())
+        if not mine:
+            print("  no attempts yet")
+            continue
+        rows = [
+            (
+                a.number,
+                _when(a.started_at, milliseconds=True),
+                a.trigger.value,
+                _result(a.status_code, a.error_kind, a.error),
+                round(a.duration * 1000),
+                _shorten(a.error or "", 36),
+            )
+            for a in mine
+        ]
+        headers = ("TRY", "STARTED (UTC)", "TRIGGER", "RESULT", "MS", "DETAIL")
+        for line in format_table(headers, rows, right={0, 4}, indent="  "):
+            print(line)
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        delivery = dispatcher.retry(args.delivery_id)
+    if delivery.status is DeliveryStatus.DELIVERING:
+        print(f"delivery {delivery.id} is being attempted right now; not rescheduled")
+        return 0
+    print(
+        f"delivery {delivery.id} scheduled for one manual attempt; "
+        "a running worker sends it (webhook-dispatch worker)"
+    )
+    return 0
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        now = dispatcher.clock.now()
+        since = _resolve(args.since, now)
+        until = _resolve(args.until, now)
+        assert since is not None
+        if until is not None and until <= since:
+            raise ConfigurationError("--until must be later than --since")
+        subscription = dispatcher.get_subscription(args.subscription_id)
+        deliveries = dispatcher.recover(subscription.id, since, until)
+    span = f"{_when(since)} to {_when(until or now)} UTC"
+    print(
+        f"scheduled {_plural(len(deliveries), 'delivery', 'deliveries')} of {subscription.id} "
+        f"for a manual attempt (failed or exhausted, messages from {span})"
+    )
+    for delivery in deliveries:
+        print(f"  {delivery.id}  message {delivery.message_id}")
+    if deliveries:
+        print("a running worker sends them (webhook-dispatch worker)")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        cutoff = dispatcher.clock.now() - args.older_than
+        removed = dispatcher.purge(cutoff)
+    print(
+        f"purged {_plural(removed, 'finished message')} created before {_when(cutoff)} UTC, "
+        "with their deliveries and attempts"
+    )
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    store = _store_url(args)
+    dispatcher = Dispatcher(
+        store,
+        concurrency=args.concurrency,
+        **_private_network_options(args.allow_private_networks),
+    )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM and SIGINT both behave like Ctrl-C: Dispatcher.run() then stops the worker
+    # gracefully. SIGINT is set explicitly because shells start background jobs with it ignored.
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = (
+        {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals}
+        if in_main_thread
+        else {}
+    )
+    print(
+        f"webhook-dispatch worker {__version__}: store {_redact_url(store)}, "
+        f"concurrency {args.concurrency} (Ctrl-C or SIGTERM stops it)",
+        flush=True,
+    )
+    try:
+        dispatcher.run()
+    except KeyboardInterrupt:
+        pass  # arrived before or after run() handled one; close() still stops gracefully
+    finally:
+        try:
+            dispatcher.close()
+        finally:
+            for signum, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be restored
+                    signal.signal(signum, handler)
+    print("webhook-dispatch worker stopped: attempts in flight finished and were recorded")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+@attrs.frozen
+class _Endpoint:
+    name: str
+    script: tuple[int, ...]
+    event_types: tuple[str, ...]
+    description: str
+
+
+_DEMO_ENDPOINTS = (
+    _Endpoint("healthy", (200,), ("*",), "always 200"),
+    _Endpoint("flaky", (503, 503, 200), ("invoice.*",), "503, 503, then 200"),
+    _Endpoint("gone", (410,), ("order.shipped",), "410 Gone"),
+)
+_DEMO_EVENTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("order.created", {"order_id": "ord_1001", "total": 4200}),
+    ("order.created", {"order_id": "ord_1002", "total": 1300}),
+    ("invoice.paid", {"invoice_id": "inv_2001", "order_id": "ord_1001"}),
+    ("order.shipped", {"order_id": "ord_1001", "carrier": "ups"}),
+)
+
+
+def _attempt_outcome(attempt: Attempt, following: Attempt | None, delivery: Delivery) -> str:
+    if attempt.succeeded:
+        return "delivered"
+    if following is not None:
+        gap = (following.started_at - attempt.started_at).total_seconds()
+        return f"retry in {gap:.1f}s"
+    if delivery.status is DeliveryStatus.PENDING:
+        return "retry pending"
+    if attempt.status_code == 410:
+        return "failed, subscription disabled"
+    return str(delivery.status.value)
+
+
+def _demo_log(
+    attempts: Sequence[Attempt],
+    deliveries: dict[str, Delivery],
+    names: dict[str, str],
+    event_types: dict[str, str],
+    started: datetime,
+) -> list[str]:
+    by_delivery: dict[str, list[Attempt]] = {}
+    for attempt in attempts:
+        by_delivery.setdefault(attempt.delivery_id, []).append(attempt)
+    rows = []
+    for attempt in sorted(attempts, key=lambda a: (a.started_at, a.id)):
+        chain = by_delivery[attempt.delivery_id]
+        position = chain.index(attempt)
+        following = chain[position + 1] if position + 1 < len(chain) else None
+        offset = (attempt.started_at - started).total_seconds()
+        rows.append(
+            (
+                f"+{offset:.2f}s",
+                event_types.get(attempt.message_id, "?"),
+                names.get(attempt.subscription_id, attempt.subscription_id),
+                attempt.number,
+                _result(attempt.status_code, attempt.error_kind, attempt.error),
+                f"{attempt.duration * 1000:.1f}",
+                _attempt_outcome(attempt, following, deliveries[attempt.delivery_id]),
+            )
+        )
+    headers = ("TIME", "EVENT", "ENDPOINT", "TRY", "RESULT", "MS", "OUTCOME")
+    return format_table(headers, rows, right={3, 5}, indent="  ")
+
+
+def _wait_until_settled(dispatcher: Dispatcher, deadline: float) -> bool:
+    """Poll until no delivery is due or in flight (True), or the deadline passes (False)."""
+    while time.monotonic() < deadline:
+        if dispatcher.next_due_at() is None:
+            return True
+        time.sleep(0.05)
+    return dispatcher.next_due_at() is None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    temporary = None
+    store: str | None = getattr(args, "store", None)  # not $WEBHOOK_DISPATCH_STORE: a demo
+    if store is None:  # must not send its events to a real store's subscribers
+        temporary = tempfile.mkdtemp(prefix="webhook-dispatch-demo-")
+        store = "sqlite:///" + (Path(temporary) / "demo.db").as_posix()
+    try:
+        with LoopbackReceiver() as receiver:
+            return _run_demo(store, receiver, keep_hint=temporary is None)
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _run_demo(store: str, receiver: LoopbackReceiver, *, keep_hint: bool) -> int:
+    retry = RetryPolicy.fixed(_DEMO_RETRY, jitter=0.0)
+    options = _private_network_options(True)
+    with Dispatcher(store, retry=retry, **options) as dispatcher:
+        existing = dispatcher.subscriptions()
+        if existing:
+            raise ConfigurationError(
+                f"the demo needs a store without subscriptions (it would send its events to "
+                f"them); {_redact_url(store)} has {len(existing)}"
+            )
+        names: dict[str, str] = {}
+        subscriptions: dict[str, Subscription] = {}
+        for endpoint in _DEMO_ENDPOINTS:
+            secret = generate_secret()
+            url = receiver.route(f"/{endpoint.name}", endpoint.script, secret=secret)
+            subscription = dispatcher.subscribe(
+                url, event_types=endpoint.event_types, secret=secret
+            )
+            names[subscription.id] = endpoint.name
+            subscriptions[endpoint.name] = subscription
+
+        print(f"webhook-dispatch demo: store {_redact_url(store)}")
+        print(f"  receiver {receiver.url('')} (verifies every signature)")
+        for endpoint in _DEMO_ENDPOINTS:
+            print(
+                f"  endpoint {endpoint.name:<8} {endpoint.description:<19} "
+                f"events: {', '.join(endpoint.event_types)}"
+            )
+        print(f"  retry schedule: {', '.join(f'{d:g}s' for d in _DEMO_RETRY)} (no jitter)")
+
+        started = dispatcher.clock.now()
+        clock_start = time.monotonic()
+        messages = [dispatcher.publish(kind, payload) for kind, payload in _DEMO_EVENTS]
+        print(f"published {len(messages)} events: {', '.join(m.event_type for m in messages)}")
+        dispatcher.start()
+        settled = _wait_until_settled(dispatcher, clock_start + _DEMO_DEADLINE)
+        dispatcher.stop()
+        elapsed = time.monotonic() - clock_start
+
+        attempts = [a for m in messages for a in dispatcher.attempts(m.id)]
+        deliveries = {d.id: d for m in messages for d in dispatcher.deliveries(message_id=m.id)}
+        gone = dispatcher.get_subscription(subscriptions["gone"].id)
+
+    event_types = {m.id: m.event_type for m in messages}
+    print()
+    print("delivery log (time since publish)")
+    for line in _demo_log(attempts, deliveries, names, event_types, started):
+        print(line)
+
+    print()
+    print("summary")
+    problems: list[str] = []
+    for endpoint in _DEMO_ENDPOINTS:
+        mine = [
+            d for d in deliveries.values() if d.subscription_id == subscriptions[endpoint.name].id
+        ]
+        delivered = sum(d.status is DeliveryStatus.SUCCEEDED for d in mine)
+        failed = sum(d.status in (DeliveryStatus.FAILED, DeliveryStatus.EXHAUSTED) for d in mine)
+        tries = sum(d.attempt_count for d in mine)
+        other = len(mine) - delivered - failed
+        extra = f", {other} pending" if other else ""
+        print(
+            f"  {endpoint.name:<8} {delivered} delivered, {failed} failed{extra} "
+            f"({_plural(tries, 'attempt')})"
+        )
+        if endpoint.name != "gone" and delivered != len(mine):
+            problems.append(f"{endpoint.name}: {delivered} of {len(mine)} delivered")
+
+    verified = sum(r.verified is True for r in receiver.received)
+    received = len(receiver.received)
+    print(f"signatures verified by receiver: {verified}/{received}")
+    if verified != received or received != len(attempts) or not attempts:
+        problems.append(
+            f"receiver verified {verified} of {received} requests "
+            f"({len(attempts)} attempts recorded)"
+        )
+    if gone.enabled:
+        print("subscription 'gone' still enabled")
+        problems.append("subscription 'gone' was not disabled after 410 Gone")
+    else:
+        print(f"subscription 'gone' disabled: {gone.disabled_reason}")
+    if not settled:
+        problems.append(f"deliveries still pending after {_DEMO_DEADLINE:g} s")
+
+    if keep_hint:
+        print(f"inspect: webhook-dispatch deliveries list --store {_redact_url(store)}")
+    if problems:
+        print(f"demo FAILED: {'; '.join(problems)}", file=sys.stderr)
+        return 1
+    print(f"ok: every expected outcome happened in {elapsed:.1f} s")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+def _store_option(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    # SUPPRESS: given before or after the command, one value wins and no default hides it.
+    parser.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=help_text or f"store URL (default: ${STORE_ENV}, else {DEFAULT_STORE})",
+    )
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    given: str | None = getattr(args, "store", None)
+    return given or os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+
+
+def _command(
+    subparsers: Any, name: str, handler: Handler, help_text: str, *, store: bool = True
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help_text, description=help_text
+    )
+    parser.set_defaults(handler=handler)
+    if store:
+        _store_option(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``webhook-dispatch`` argument parser, every subcommand included."""
+    parser = argparse.ArgumentParser(
+        prog="webhook-dispatch",
+        description="Send webhooks: run the demo, a worker, or inspect and repair a store.",
+    )
+    parser.add_argument("--version", action="version", version=f"webhook-dispatch {__version__}")
+    _store_option(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = _command(
+        commands,
+        "demo",
+        _cmd_demo,
+        "deliver a few events to a local receiver and print the delivery log",
+        store=False,
+    )
+    _store_option(demo, "store URL (default: a SQLite file in a temporary folder)")
+
+    worker = _command(commands, "worker", _cmd_worker, "deliver from a store until stopped")
+    worker.add_argument(
+        "--concurrency", type=_positive, default=64, metavar="N", help="attempts in flight"
+    )
+    worker.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="let endpoints on loopback and private addresses be reached",
+    )
+
+    subscriptions = commands.add_parser(
+        "subscriptions", help="list, add, disable, enable or remove endpoints"
+    )
+    actions = subscriptions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _json_option(_command(actions, "list", _cmd_subscriptions_list, "list subscriptions"))
+    add = _command(actions, "add", _cmd_subscriptions_add, "subscribe an endpoint")
+    add.add_argument("url", help="the endpoint URL (http or https)")
+    add.add_argument(
+        "--event-type",
+        action="append",
+        metavar="PATTERN",
+        help="event type or pattern (order.created, order.*); repeatable; default: every event",
+    )
+    add.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        metavar="'NAME: VALUE'",
+        help="a header sent with every request; repeatable",
+    )
+    add.add_argument(
+        "--secret", help="signing secret (whsec_...); '-' reads it from stdin; default: generated"
+    )
+    disable = _command(actions, "disable", _cmd_subscriptions_disable, "stop deliveries")
+    disable.add_argument("id", help="subscription id")
+    disable.add_argument("--reason", default="disabled by operator", help="why (shown in lists)")
+    enable = _command(actions, "enable", _cmd_subscriptions_enable, "resume deliveries")
+    enable.add_argument("id", help="subscription id")
+    remove = _command(actions, "remove", _cmd_subscriptions_remove, "delete a subscription")
+    remove.add_argument("id", help="subscription id")
+
+    messages = commands.add_parser("messages", help="list published messages")
+    message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)
+    list_messages = _command(message_actions, "list", _cmd_messages_list, "newest messages first")
+    list_messages.add_argument("--event-type", metavar="TYPE", help="only this event type")
+    list_messages.add_argument("--limit", type=_positive, default=50, metavar="N")
+    _json_option(list_messages)
+
+    deliveries = commands.add_parser("deliveries", help="list deliveries")
+    delivery_actions = deliveries.add_subparsers(dest="action", metavar="ACTION", required=True)
+    list_deliveries = _command(
+        delivery_actions, "list", _cmd_deliveries_list, "deliveries, oldest first"
+    )
+    list_deliveries.add_argument(
+        "--status", choices=[status.value for status in DeliveryStatus], help="only this status"
+    )
+    list_deliveries.add_argument("--subscription", metavar="ID", help="only this subscription")
+    list_deliveries.add_argument("--message", metavar="ID", help="only this message")
+    _json_option(list_deliveries)
+
+    attempts = _command(commands, "attempts", _cmd_attempts, "every attempt made for a message")
+    attempts.add_argument("message_id", help="message id (msg_...)")
+    _json_option(attempts)
+
+    retry = _command(commands, "retry", _cmd_retry, "make one manual attempt of a delivery")
+    retry.add_argument("delivery_id", help="delivery id (dlv_...)")
+
+    recover = _command(
+        commands,
+        "recover",
+        _cmd_recover,
+        "re-send a subscription's failed and exhausted deliveries from a time window",
+    )
+    recover.add_argument("subscription_id", help="subscription id (sub_...)")
+    recover.add_argument(
+        "--since",
+        type=_moment,
+        required=True,
+        metavar="WHEN",
+        help="start of the window: 30m, 2h, 7d ago, or an ISO 8601 time (UTC if no offset)",
+    )
+    recover.add_argument(
+        "--until", type=_moment, metavar="WHEN", help="end of the window (default: now)"
+    )
+
+    purge = _command(
+        commands, "purge", _cmd_purge, "delete finished messages with their deliveries, attempts"
+    )
+    purge.add_argument(
+        "--older-than",
+        type=_duration,
+        default=timedelta(days=30),
+        metavar="AGE",
+        help="age of messages to delete: 12h, 30d, 1w (default: 30d)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``webhook-dispatch`` with ``argv`` (default: the process arguments); return the
+    exit code: 0 success, 1 the demo's expectations failed, 2 usage or library error."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except WebhookDispatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

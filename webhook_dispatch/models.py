@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +24,8 @@ __all__ = [
     "RetiredSecret",
     "Subscription",
     "new_id",
+    "options_document",
+    "options_fields",
 ]
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -196,3 +198,31 @@ class Attempt:
     def succeeded(self) -> bool:
         """True when the endpoint answered 2xx."""
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+# Subscription settings that stores keep in one JSON "options" document rather than
+# in columns of their own, so adding a setting needs no schema migration. Each entry:
+# field name -> (to JSON-safe value, from the stored value). Values equal to the field's
+# default are left out of the document.
+_OPTION_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {}
+
+
+def options_document(subscription: Subscription) -> dict[str, Any]:
+    """The subscription's settings that a store keeps in its JSON options document."""
+    document: dict[str, Any] = {}
+    defaults = attrs.fields_dict(Subscription)
+    for name, (encode, _) in _OPTION_CODECS.items():
+        value = getattr(subscription, name)
+        if value != defaults[name].default:
+            document[name] = encode(value)
+    return document
+
+
+def options_fields(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `Subscription` from a stored options document; unknown
+    keys (written by a newer version) are ignored."""
+    return {
+        name: _OPTION_CODECS[name][1](value)
+        for name, value in document.items()
+        if name in _OPTION_CODECS
+    }

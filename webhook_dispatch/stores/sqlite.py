@@ -34,6 +34,8 @@ from webhook_dispatch.models import (
     RetiredSecret,
     Subscription,
     new_id,
+    options_document,
+    options_fields,
 )
 from webhook_dispatch.stores.base import AttemptRecord, Claim, PublishResult
 
@@ -147,7 +149,7 @@ _DELIVERY_COLUMNS = (
 _MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
 _SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
-    "disabled_reason, timeout, created_at, updated_at"
+    "disabled_reason, timeout, created_at, updated_at, options"
 )
 _ATTEMPT_COLUMNS = (
     "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
@@ -326,7 +328,7 @@ class SQLiteStore:
         with self._writing() as db:
             db.execute(
                 f"INSERT INTO subscriptions ({_SUBSCRIPTION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _subscription_row(subscription),
             )
             _bump_subscriptions_version(db)
@@ -338,7 +340,8 @@ class SQLiteStore:
             changed = db.execute(
                 "UPDATE subscriptions SET url = ?, event_types = ?, secret = ?, "
                 "previous_secrets = ?, headers = ?, metadata = ?, enabled = ?, "
-                "disabled_reason = ?, timeout = ?, created_at = ?, updated_at = ? WHERE id = ?",
+                "disabled_reason = ?, timeout = ?, created_at = ?, updated_at = ?, options = ? "
+                "WHERE id = ?",
                 (*row[1:], row[0]),
             ).rowcount
             if not changed:
@@ -874,6 +877,7 @@ def _subscription_row(s: Subscription) -> tuple[Any, ...]:
         s.timeout,
         _to_us(s.created_at),
         _to_us(s.updated_at),
+        _dumps(options_document(s)),
     )
 
 
@@ -893,6 +897,7 @@ def _subscription(row: Any) -> Subscription:
         timeout=row[9],
         created_at=_from_us(row[10]),
         updated_at=_from_us(row[11]),
+        **options_fields(json.loads(row[12])),
     )
 
 

@@ -1,6 +1,9 @@
-"""One behaviour suite for every store: memory and SQLite must be indistinguishable.
+"""One behaviour suite for every store: memory, SQLite and PostgreSQL must be
+indistinguishable.
 
-To cover another store (PostgreSQL), add its name to ``STORES`` and a URL to ``_url``.
+To cover another store, add its name to ``STORES`` and a URL to ``_url``. The PostgreSQL
+runs need ``WEBHOOK_DISPATCH_TEST_POSTGRES`` (they skip without it); each test gets its
+own schema, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -25,23 +28,26 @@ from webhook_dispatch.models import (
 )
 from webhook_dispatch.stores import AttemptRecord, Claim, Store, open_store
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 LEASE = timedelta(seconds=30)
 
 
-def _url(kind: str, tmp_path: Path) -> str:
+def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if kind == "memory":
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/w.db"
+    if kind == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
     raise AssertionError(f"no URL for store {kind!r}")
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(_url(request.param, tmp_path))
+    opened = open_store(_url(request.param, request, tmp_path))
     yield opened
     opened.close()
 
@@ -577,6 +583,17 @@ def test_purge_removes_only_old_finished_messages(store: Store) -> None:
     # a purged idempotency key can be used again
     assert store.publish(make_message("reusable"), [], T0).created
     assert store.purge(T0 - timedelta(days=30)) == 0
+
+
+def test_purge_in_batches_takes_the_oldest_first(store: Store) -> None:
+    messages = [make_message(at=T0 - timedelta(days=40 - n)) for n in range(5)]
+    for message in messages:
+        store.publish(message, [], T0)
+    assert store.purge(T0, limit=2) == 2
+    assert {m.id for m in store.list_messages()} == {m.id for m in messages[2:]}
+    assert store.purge(T0, limit=2) == 2
+    assert store.purge(T0, limit=2) == 1
+    assert store.purge(T0, limit=2) == 0
 
 
 def test_close_is_idempotent(store: Store) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import json
+import os
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,9 +22,17 @@ import attrs
 import httpx
 
 from ._validation import validate_headers, validate_timeout, validate_url
+from .auth import EndpointAuth
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
-from .errors import ConfigurationError, InvalidHeader, InvalidPayload, PayloadTooLarge
+from .errors import (
+    ConfigurationError,
+    InvalidAuth,
+    InvalidHeader,
+    InvalidPayload,
+    InvalidURL,
+    PayloadTooLarge,
+)
 from .models import (
     Attempt,
     Delivery,
@@ -32,19 +42,28 @@ from .models import (
     Subscription,
     new_id,
 )
+from .netguard import NetworkPolicy, parse_host_literal, parse_networks
 from .registry import Registry, normalize_patterns, validate_event_type
 from .retry import RetryPolicy
-from .signing import generate_secret, parse_secret
+from .signing import DEFAULT_SIGNATURE, get_signer
 from .stores import Store, open_store
-from .transport import AiohttpTransport
+from .transport import AiohttpTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_SIZE", "DEFAULT_RETENTION", "AsyncDispatcher", "Dispatcher"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_SIZE",
+    "DEFAULT_RETENTION",
+    "PURGE_BATCH",
+    "AsyncDispatcher",
+    "Dispatcher",
+]
 
 T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD_SIZE = 1024 * 1024
 """Largest serialized payload `publish` accepts (1 MiB)."""
+PURGE_BATCH = 1000
+"""Messages deleted per store transaction by `Dispatcher.purge` and the worker."""
 DEFAULT_RETENTION = timedelta(days=30)
 """How old finished messages get before `purge` removes them by default."""
 
@@ -109,7 +128,21 @@ class _Core:
         lease: timedelta,
         poll_interval: float,
         retention: timedelta | None,
+        allow_private_networks: bool = False,
+        allowed_networks: Iterable[str] = (),
+        https_only: bool = False,
     ) -> None:
+        for name, flag in (
+            ("allow_private_networks", allow_private_networks),
+            ("https_only", https_only),
+        ):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be True or False")
+        self.network_policy = NetworkPolicy(
+            allow_private_networks=allow_private_networks,
+            allowed_networks=parse_networks(allowed_networks),
+            https_only=https_only,
+        )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be a webhook_dispatch.RetryPolicy")
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
@@ -136,8 +169,14 @@ class _Core:
         self.store = open_store(store)
         self.clock: Clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
+        # The SSRF guard is part of the default transport: one passed as transport=
+        # decides for itself where it connects (subscribe-time checks still apply).
         self.engine = Engine(
-            transport or AiohttpTransport(max_connections=max(concurrency, 16)), self.clock
+            transport
+            or AiohttpTransport(
+                max_connections=max(concurrency, 16), network_policy=self.network_policy
+            ),
+            self.clock,
         )
         self.worker = Worker(
             self.store,
@@ -163,25 +202,76 @@ class _Core:
         headers: Mapping[str, str] | None,
         metadata: Mapping[str, str] | None,
         timeout: float,
+        signature: str = DEFAULT_SIGNATURE,
+        auth: EndpointAuth | None = None,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> Subscription:
-        url = validate_url(url)
+        url = self.check_url(url)
         patterns = normalize_patterns(event_types)
+        signer = get_signer(signature)
         if secret is None:
-            secret = generate_secret()
+            secret = signer.generate_secret()
         else:
-            parse_secret(secret)
+            signer.check_secret(secret)
+        checked_headers = validate_headers(headers)
+        if auth is not None:
+            if not isinstance(auth, EndpointAuth):
+                raise InvalidAuth(
+                    "auth must be a webhook_dispatch auth object (ApiKeyHeader, BearerToken, "
+                    "BasicAuth, OAuth2ClientCredentials, JWTAuth) or a registered EndpointAuth"
+                )
+            token_url = getattr(auth, "token_url", None)
+            if isinstance(token_url, str):
+                self.check_url(token_url, what="token_url")
+        taken = {name.lower() for name in signer.header_names}
+        if auth is not None:
+            taken.update(auth.header_names())
+        for name in checked_headers:
+            if name.lower() in taken:
+                raise InvalidHeader(
+                    f"header {name!r} is set by the signature scheme or auth= of this subscription"
+                )
+        tls = TLSSettings(
+            _pem_path("ca_bundle", ca_bundle),
+            _pem_path("client_cert", client_cert),
+            _pem_path("client_key", client_key),
+        )
+        if not tls.is_default:
+            load_ssl_context(tls)
         now = self.clock.now()
         return Subscription(
             id=new_id("sub"),
             url=url,
             event_types=patterns,
             secret=secret,
-            headers=validate_headers(headers),
+            headers=checked_headers,
             metadata=_check_metadata(metadata),
             timeout=validate_timeout(timeout),
             created_at=now,
             updated_at=now,
+            signature=signer.name,
+            auth=auth,
+            ca_bundle=tls.ca_bundle,
+            client_cert=tls.client_cert,
+            client_key=tls.client_key,
         )
+
+    def check_url(self, url: object, *, what: str = "endpoint URL") -> str:
+        """`validate_url` plus the network policy: https_only, and IP-literal hosts (in
+        any spelling) the guard refuses. Names are checked when resolved, at delivery."""
+        checked = validate_url(url, https_only=self.network_policy.https_only)
+        host = httpx.URL(checked).host
+        literal = parse_host_literal(host)
+        if literal is not None:
+            reason = self.network_policy.check_address(literal)
+            if reason is not None:
+                raise InvalidURL(
+                    f"{what} host {host!r} is a {reason} address, refused by the network "
+                    "guard (allow_private_networks=True or allowed_networks= open it)"
+                )
+        return checked
 
     def new_message(
         self,
@@ -254,17 +344,49 @@ class _Core:
         self.store.add_subscription(subscription)
         return subscription
 
-    def publish(self, message: Message) -> Message:
-        result = self.store.publish(message, self.match(message.event_type), self.clock.now())
+    def publish(self, message: Message, connection: Any = None) -> Message:
+        result = self.store.publish(
+            message,
+            self.match(message.event_type),
+            self.clock.now(),
+            **self._outbox(connection),
+        )
         if result.deliveries:
             self.worker.wake()
         return result.message
 
-    def publish_many(self, messages: Sequence[Message]) -> list[Message]:
+    def publish_many(self, messages: Sequence[Message], connection: Any = None) -> list[Message]:
         items = [(message, self.match(message.event_type)) for message in messages]
-        results = self.store.publish_many(items, self.clock.now())
+        results = self.store.publish_many(items, self.clock.now(), **self._outbox(connection))
         if any(result.deliveries for result in results):
             self.worker.wake()
+        return [result.message for result in results]
+
+    # -- the transactional outbox: publish inside the caller's own transaction ------
+    def _outbox(self, connection: Any) -> dict[str, Any]:
+        """The ``connection=`` keyword for the store, refused by stores that cannot join
+        the caller's transaction (they say so with ``transactional_outbox = True``)."""
+        if connection is None:
+            return {}
+        if not getattr(self.store, "transactional_outbox", False):
+            raise ConfigurationError(
+                f"connection= (publishing inside your transaction) needs the PostgreSQL "
+                f"store; {self.store!r} cannot join a database transaction"
+            )
+        return {"connection": connection}
+
+    async def publish_many_async(
+        self, messages: Sequence[Message], connection: Any
+    ) -> list[Message]:
+        """`publish_many` inside an async psycopg connection's open transaction."""
+        self._outbox(connection)
+        publish_async = getattr(self.store, "publish_many_async", None)
+        if publish_async is None:
+            raise ConfigurationError(f"{self.store!r} cannot publish on an async connection")
+        items = await asyncio.to_thread(
+            lambda: [(message, self.match(message.event_type)) for message in messages]
+        )
+        results = await publish_async(items, self.clock.now(), connection=connection)
         return [result.message for result in results]
 
     def update(self, subscription_id: str, **changes: Any) -> Subscription:
@@ -280,9 +402,10 @@ class _Core:
     ) -> tuple[Subscription, str]:
         if not isinstance(grace, timedelta) or grace < timedelta(0):
             raise ConfigurationError("grace must be a timedelta of zero or more")
-        new_secret = generate_secret() if secret is None else secret
-        parse_secret(new_secret)
         current = self.store.get_subscription(subscription_id)
+        signer = get_signer(current.signature)
+        new_secret = signer.generate_secret() if secret is None else secret
+        signer.check_secret(new_secret)
         now = self.clock.now()
         kept = tuple(r for r in current.previous_secrets if r.expires_at > now)
         retired = (RetiredSecret(current.secret, now + grace),) if grace else ()
@@ -311,11 +434,21 @@ class _Core:
             self.worker.wake()
         return deliveries
 
-    def purge(self, older_than: timedelta | datetime | None) -> int:
+    def purge(
+        self,
+        older_than: timedelta | datetime | None,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> int:
         if older_than is None:
             older_than = self.retention or DEFAULT_RETENTION
         cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
-        return self.store.purge(utc(cutoff))
+        total = 0
+        # Small transactions: a long purge never holds the store's write lock for long.
+        while removed := self.store.purge(utc(cutoff), limit=PURGE_BATCH):
+            total += removed
+            if on_progress is not None:
+                on_progress(total)
+        return total
 
     def next_due_at(self) -> datetime | None:
         return self.store.next_due_at()
@@ -324,6 +457,16 @@ class _Core:
         self.worker.close()
         if self.owns_store:
             self.store.close()
+
+
+def _pem_path(option: str, value: object) -> str | None:
+    """An absolute path (workers may run elsewhere), or None."""
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str) or not path:
+        raise ConfigurationError(f"{option} must be the path of a PEM file, as a str")
+    return os.path.abspath(path)
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -336,6 +479,13 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     if len(metadata) > 50 or any(len(k) > 255 or len(v) > 4096 for k, v in metadata.items()):
         raise ConfigurationError("metadata takes at most 50 keys of 255 characters, values of 4096")
     return dict(metadata)
+
+
+def _is_async_connection(connection: Any) -> bool:
+    """True for an asyncio database connection (``psycopg.AsyncConnection``)."""
+    return connection is not None and inspect.iscoroutinefunction(
+        getattr(connection, "execute", None)
+    )
 
 
 class _LoopThread:
@@ -376,6 +526,13 @@ class Dispatcher:
     ``poll_interval`` is how often an idle worker looks for work published by other
     processes. While running, the worker purges finished messages older than
     ``retention`` (30 days; ``None`` keeps everything) about once an hour.
+
+    The network guard refuses endpoints on loopback, private, link-local (cloud
+    metadata), CGNAT, multicast and reserved addresses, checked after DNS on the address
+    actually connected to. ``allow_private_networks=True`` turns it off (tests on
+    127.0.0.1), ``allowed_networks=["10.1.0.0/16"]`` opens chosen networks,
+    ``https_only=True`` refuses plain-http endpoints. The guard is part of the default
+    transport: with your own ``transport=`` only the subscribe-time checks apply.
     """
 
     def __init__(
@@ -391,6 +548,9 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 1.0,
         retention: timedelta | None = DEFAULT_RETENTION,
+        allow_private_networks: bool = False,
+        allowed_networks: Iterable[str] = (),
+        https_only: bool = False,
     ) -> None:
         self._core = _Core(
             store,
@@ -403,6 +563,9 @@ class Dispatcher:
             lease=lease,
             poll_interval=poll_interval,
             retention=retention,
+            allow_private_networks=allow_private_networks,
+            allowed_networks=allowed_networks,
+            https_only=https_only,
         )
         self._loop_thread: _LoopThread | None = None
         self._running: concurrent.futures.Future[int] | None = None
@@ -431,6 +594,11 @@ class Dispatcher:
         headers: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        signature: str = DEFAULT_SIGNATURE,
+        auth: EndpointAuth | None = None,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> Subscription:
         """Register an endpoint for the event types matching ``event_types``.
 
@@ -438,6 +606,14 @@ class Dispatcher:
         ``**`` for any depth; ``None`` or ``["*"]`` means every event. Without ``secret`` a
         ``whsec_`` secret is generated (read it from ``.secret``). ``headers`` are sent
         with every request (reserved names are refused); ``timeout`` is per attempt.
+
+        ``signature`` picks the scheme: ``"standard"`` (Standard Webhooks v1, HMAC),
+        ``"standard-ed25519"`` (v1a; the secret is a ``whsk_`` key), ``"github"``,
+        ``"stripe"`` or a name given to `webhook_dispatch.signing.register_signer`.
+        ``auth`` authenticates each request (`BearerToken`, `OAuth2ClientCredentials`,
+        ...). ``ca_bundle`` (PEM CA file to trust), ``client_cert`` and ``client_key``
+        (mutual TLS) set TLS for this endpoint. Bad input raises a `ConfigurationError`
+        subclass and stores nothing.
         """
         subscription = self._core.new_subscription(
             url,
@@ -446,6 +622,11 @@ class Dispatcher:
             headers=headers,
             metadata=metadata,
             timeout=timeout,
+            signature=signature,
+            auth=auth,
+            ca_bundle=ca_bundle,
+            client_cert=client_cert,
+            client_key=client_key,
         )
         return self._core.subscribe(subscription)
 
@@ -469,7 +650,12 @@ class Dispatcher:
         secret: str | None = None,
     ) -> str:
         """Give a subscription a new secret and return it. For ``grace``, requests carry a
-        signature with the old secret too, so receivers can switch without losing any."""
+        signature with the old secret too, so receivers can switch without losing any.
+
+        The new secret follows the subscription's signature scheme (a ``whsk_`` key for
+        ``standard-ed25519``). ``stripe`` sends one ``v1=`` per secret during the grace
+        period; ``github`` has room for one signature, so it signs with the new secret
+        only, at once."""
         return self._core.rotate_secret(subscription_id, grace, secret)[1]
 
     def subscriptions(self) -> list[Subscription]:
@@ -488,6 +674,7 @@ class Dispatcher:
         *,
         idempotency_key: str | None = None,
         content_type: str | None = None,
+        connection: Any = None,
     ) -> Message:
         """Store an event for every matching subscription and return the `Message`.
 
@@ -495,15 +682,20 @@ class Dispatcher:
         "data"}`` and serialized once. Bytes (or str) with ``content_type=`` are sent
         as-is. With a durable store the message is safe once this returns. The same
         ``idempotency_key`` returns the first message and sends nothing again.
+
+        ``connection=`` (PostgreSQL store only) takes a psycopg 3 connection with an open
+        transaction: the event is written in that transaction and not committed, so it
+        is delivered if and only if the caller commits (the transactional outbox).
         """
         message = self._core.new_message(
             event_type, payload, idempotency_key=idempotency_key, content_type=content_type
         )
-        return self._core.publish(message)
+        return self._core.publish(message, connection)
 
-    def publish_many(self, events: Iterable[EventSpec]) -> list[Message]:
+    def publish_many(self, events: Iterable[EventSpec], *, connection: Any = None) -> list[Message]:
         """Publish ``(event_type, payload)`` or ``(event_type, payload, idempotency_key)``
-        tuples in one store transaction; all are validated before any is stored."""
+        tuples in one store transaction; all are validated before any is stored.
+        ``connection=`` joins the caller's transaction, as in `publish`."""
         messages = [
             self._core.new_message(
                 event[0],
@@ -513,7 +705,7 @@ class Dispatcher:
             )
             for event in events
         ]
-        return self._core.publish_many(messages)
+        return self._core.publish_many(messages, connection)
 
     # -- delivering ----------------------------------------------------------------
     def _loop(self) -> _LoopThread:
@@ -597,10 +789,17 @@ class Dispatcher:
         published in ``[since, until)`` (no upper bound by default)."""
         return self._core.recover(subscription_id, since, until)
 
-    def purge(self, older_than: timedelta | datetime | None = None) -> int:
+    def purge(
+        self,
+        older_than: timedelta | datetime | None = None,
+        *,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> int:
         """Delete finished messages older than ``older_than`` (default: the retention,
-        30 days) with their deliveries and attempts; return how many messages went."""
-        return self._core.purge(older_than)
+        30 days) with their deliveries and attempts; return how many messages went.
+
+        Works in batches of `PURGE_BATCH`; ``on_progress`` gets the running total."""
+        return self._core.purge(older_than, on_progress)
 
     def next_due_at(self) -> datetime | None:
         """When the next pending attempt is due, or None if nothing is pending."""
@@ -651,6 +850,9 @@ class AsyncDispatcher:
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 1.0,
         retention: timedelta | None = DEFAULT_RETENTION,
+        allow_private_networks: bool = False,
+        allowed_networks: Iterable[str] = (),
+        https_only: bool = False,
     ) -> None:
         self._core = _Core(
             store,
@@ -663,6 +865,9 @@ class AsyncDispatcher:
             lease=lease,
             poll_interval=poll_interval,
             retention=retention,
+            allow_private_networks=allow_private_networks,
+            allowed_networks=allowed_networks,
+            https_only=https_only,
         )
         self._task: asyncio.Task[int] | None = None
         self._closed = False
@@ -694,6 +899,11 @@ class AsyncDispatcher:
         headers: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        signature: str = DEFAULT_SIGNATURE,
+        auth: EndpointAuth | None = None,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> Subscription:
         """See `Dispatcher.subscribe`."""
         subscription = self._core.new_subscription(
@@ -703,6 +913,11 @@ class AsyncDispatcher:
             headers=headers,
             metadata=metadata,
             timeout=timeout,
+            signature=signature,
+            auth=auth,
+            ca_bundle=ca_bundle,
+            client_cert=client_cert,
+            client_key=client_key,
         )
         result: Subscription = await self._io(self._core.subscribe, subscription)
         return result
@@ -757,16 +972,22 @@ class AsyncDispatcher:
         *,
         idempotency_key: str | None = None,
         content_type: str | None = None,
+        connection: Any = None,
     ) -> Message:
-        """See `Dispatcher.publish`."""
+        """See `Dispatcher.publish`. ``connection=`` takes a ``psycopg.AsyncConnection``
+        (awaited on this loop) or a sync ``psycopg.Connection`` (used from a thread)."""
         message = self._core.new_message(
             event_type, payload, idempotency_key=idempotency_key, content_type=content_type
         )
-        result: Message = await self._io(self._core.publish, message)
+        if _is_async_connection(connection):
+            return (await self._core.publish_many_async([message], connection))[0]
+        result: Message = await self._io(self._core.publish, message, connection)
         return result
 
-    async def publish_many(self, events: Iterable[EventSpec]) -> list[Message]:
-        """See `Dispatcher.publish_many`."""
+    async def publish_many(
+        self, events: Iterable[EventSpec], *, connection: Any = None
+    ) -> list[Message]:
+        """See `Dispatcher.publish_many` and `publish` for ``connection=``."""
         messages = [
             self._core.new_message(
                 event[0],
@@ -776,7 +997,9 @@ class AsyncDispatcher:
             )
             for event in events
         ]
-        result: list[Message] = await self._io(self._core.publish_many, messages)
+        if _is_async_connection(connection):
+            return await self._core.publish_many_async(messages, connection)
+        result: list[Message] = await self._io(self._core.publish_many, messages, connection)
         return result
 
     async def run_until_idle(self) -> int:
@@ -851,9 +1074,14 @@ class AsyncDispatcher:
         result: list[Delivery] = await self._io(self._core.recover, subscription_id, since, until)
         return result
 
-    async def purge(self, older_than: timedelta | datetime | None = None) -> int:
+    async def purge(
+        self,
+        older_than: timedelta | datetime | None = None,
+        *,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> int:
         """See `Dispatcher.purge`."""
-        result: int = await self._io(self._core.purge, older_than)
+        result: int = await self._io(self._core.purge, older_than, on_progress)
         return result
 
     async def next_due_at(self) -> datetime | None:

@@ -57,6 +57,7 @@ class Worker:
         worker_id: str | None = None,
         retention: timedelta | None = None,
         purge_every: timedelta = timedelta(hours=1),
+        purge_batch: int = 1000,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -68,12 +69,14 @@ class Worker:
         self.worker_id = worker_id or _default_worker_id()
         self.retention = retention
         self.purge_every = purge_every
+        self.purge_batch = purge_batch
         self._next_purge_at: datetime | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._store_failures = 0
+        self._stop_listening: Callable[[], None] | None = None
 
     # -- control from any thread --------------------------------------------------
     def wake(self) -> None:
@@ -177,6 +180,7 @@ class Worker:
 
     async def _idle(self, wake: asyncio.Event) -> None:
         """Sleep until woken, the next due time, or the poll interval, whichever is first."""
+        self._listen_for_work()
         await self._purge_if_due()
         delay = self.poll_interval
         try:
@@ -190,6 +194,21 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
 
+    def _listen_for_work(self) -> None:
+        """Once, when the store can hear other processes' work (PostgreSQL LISTEN/NOTIFY,
+        the optional ``listen_for_work(callback)``), have it call `wake` from its thread;
+        the poll interval stays as the fallback for a lost notification."""
+        if self._stop_listening is not None:
+            return
+        listen = getattr(self.store, "listen_for_work", None)
+        if listen is None:
+            self._stop_listening = lambda: None
+            return
+        try:
+            self._stop_listening = listen(self.wake)
+        except StoreError as exc:
+            logger.warning("cannot listen for work (%s); polling instead", exc)
+
     async def _purge_if_due(self) -> None:
         """Apply the retention while idle, at most once per ``purge_every``."""
         if self.retention is None:
@@ -198,8 +217,14 @@ class Worker:
         if self._next_purge_at is not None and now < self._next_purge_at:
             return
         self._next_purge_at = now + self.purge_every
+        purged = 0
         try:
-            purged = await self._store_call(self.store.purge, now - self.retention)
+            while removed := await self._store_call(
+                self.store.purge, now - self.retention, limit=self.purge_batch
+            ):
+                purged += removed
+                if self._stopping or self._wake is None or self._wake.is_set():
+                    break  # work arrived: deliver first, finish the purge next time
         except StoreError as exc:
             logger.warning("retention purge failed (%s); next try in %s", exc, self.purge_every)
             return
@@ -312,7 +337,10 @@ class Worker:
         return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
 
     def close(self) -> None:
-        """Release the store thread."""
+        """Release the store thread and stop listening for work."""
+        stop_listening, self._stop_listening = self._stop_listening, None
+        if stop_listening is not None:
+            stop_listening()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

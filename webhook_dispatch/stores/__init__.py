@@ -16,7 +16,9 @@ def open_store(url: str | Store) -> Store:
     """Open the store a URL names, or return a `Store` object unchanged.
 
     ``memory://`` keeps everything in this process; ``sqlite:///path/to/file.db`` (three
-    slashes and a relative path, four for an absolute one) is the durable default.
+    slashes and a relative path, four for an absolute one) is the durable default;
+    ``postgresql://user@host:5432/dbname`` (``?schema=name`` optional) serves workers on
+    many machines and needs ``webhook-dispatch[postgres]``.
     """
     if not isinstance(url, str):
         if isinstance(url, Store):
@@ -37,10 +39,13 @@ def open_store(url: str | Store) -> Store:
 
         return SQLiteStore.from_url(url)
     if scheme in ("postgres", "postgresql"):
-        raise InvalidStoreURL(
-            "the PostgreSQL store is not available in this version; "
-            "use 'sqlite:///path/to/file.db' (durable) or 'memory://'"
-        )
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise InvalidStoreURL(
+                f"{exc}; or use 'sqlite:///path/to/file.db' (durable) or 'memory://'"
+            ) from None
+        return PostgresStore.from_url(url)
     raise InvalidStoreURL(
         f"unknown store scheme {scheme!r} in store URL; use 'memory://' or 'sqlite:///path'"
     )

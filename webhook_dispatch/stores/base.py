@@ -4,6 +4,21 @@ Every method is synchronous and does one unit of work in one transaction. Decisi
 (matching, signing, retry timing) are made before a store is called; the store only
 keeps and fetches. Claiming uses leases so a crashed worker's deliveries come back
 once its lease expires.
+
+Two optional capabilities, looked up with ``getattr`` (stores without them work as
+before):
+
+- The transactional outbox. A store whose ``transactional_outbox`` attribute is true
+  accepts a keyword-only ``connection=`` on `Store.publish` and `Store.publish_many`:
+  a database connection with an open transaction, in which the rows are written and
+  not committed (PostgreSQL: a ``psycopg.Connection``; ``publish_many_async`` takes a
+  ``psycopg.AsyncConnection``). The dispatcher passes ``connection=`` only when its
+  caller gave one, and refuses it with `ConfigurationError` for other stores
+  (memory, SQLite).
+- Hearing other processes' work. ``listen_for_work(callback) -> stop`` makes the
+  store call ``callback()`` from its own thread whenever work may have become due
+  elsewhere (PostgreSQL ``LISTEN/NOTIFY``); the worker passes its thread-safe
+  ``wake`` and keeps its poll as the fallback.
 """
 
 from __future__ import annotations
@@ -182,9 +197,11 @@ class Store(Protocol):
         whose message was created in ``[since, until)``. Returns the updated ones."""
         ...
 
-    def purge(self, older_than: datetime) -> int:
-        """Delete messages created before ``older_than`` whose deliveries are all final,
-        with their deliveries and attempts. Returns how many messages went."""
+    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
+        """Delete up to ``limit`` (None: all) messages created before ``older_than`` whose
+        deliveries are all final, with their deliveries and attempts, oldest first, in one
+        transaction. Returns how many messages went; callers loop in batches so a long
+        purge never holds the store's write lock for long."""
         ...
 
     def close(self) -> None:

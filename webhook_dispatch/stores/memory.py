@@ -347,7 +347,7 @@ class MemoryStore:
             ]
             return self.schedule_manual(chosen, now)
 
-    def purge(self, older_than: datetime) -> int:
+    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
         """Drop old messages whose deliveries are all final, with their attempts."""
         with self._lock:
             doomed = [
@@ -359,6 +359,8 @@ class MemoryStore:
                     for i in self._deliveries_by_message.get(m.id, [])
                 )
             ]
+            if limit is not None:
+                doomed = doomed[:limit]
             for message_id in doomed:
                 message = self._messages.pop(message_id)
                 if message.idempotency_key is not None:

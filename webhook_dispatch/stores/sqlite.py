@@ -717,15 +717,16 @@ class SQLiteStore:
             ]
             return _schedule_manual(db, ids, now)
 
-    def purge(self, older_than: datetime) -> int:
-        """Delete messages created before ``older_than`` whose deliveries are all final;
-        their deliveries and attempts go with them (foreign-key cascade)."""
+    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
+        """Delete up to ``limit`` messages created before ``older_than`` whose deliveries
+        are all final; their deliveries and attempts go with them (foreign-key cascade)."""
         with self._writing() as db:
             return db.execute(
-                "DELETE FROM messages WHERE created_at < ? AND NOT EXISTS ("
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                "WHERE created_at < ? AND NOT EXISTS ("
                 "SELECT 1 FROM deliveries WHERE deliveries.message_id = messages.id "
-                f"AND deliveries.status IN {_UNFINISHED})",
-                (_to_us(older_than),),
+                f"AND deliveries.status IN {_UNFINISHED}) ORDER BY created_at LIMIT ?)",
+                (_to_us(older_than), -1 if limit is None else limit),
             ).rowcount
 
     def close(self) -> None:

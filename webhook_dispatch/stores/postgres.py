@@ -1,0 +1,1278 @@
+"""The PostgreSQL store: any number of workers on any number of machines (``postgresql://``).
+
+Claims lease rows with ``FOR UPDATE SKIP LOCKED``; publishes ``NOTIFY`` so idle workers
+elsewhere wake at once; ``publish(connection=...)`` joins the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Generator, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+try:
+    import psycopg
+    import psycopg_pool
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.pq import TransactionStatus
+    from psycopg.types.json import Jsonb
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the PostgreSQL store needs psycopg 3 and psycopg-pool: "
+        "pip install 'webhook-dispatch[postgres]'"
+    ) from exc
+
+from webhook_dispatch.errors import (
+    ConfigurationError,
+    InvalidStoreURL,
+    NotFound,
+    SchemaError,
+    StoreError,
+    StoreUnavailable,
+)
+from webhook_dispatch.models import (
+    Attempt,
+    AttemptTrigger,
+    Delivery,
+    DeliveryStatus,
+    ErrorKind,
+    Message,
+    RetiredSecret,
+    Subscription,
+    new_id,
+    options_document,
+    options_fields,
+)
+from webhook_dispatch.stores.base import AttemptRecord, Claim, PublishResult
+
+__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStore"]
+
+DEFAULT_SCHEMA = "webhook_dispatch"
+"""The PostgreSQL schema (namespace) the tables live in unless another is named."""
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_META = "webhook_dispatch_meta"
+"""Named after us so a foreign ``meta`` table in a shared schema is never taken for ours."""
+
+# Every statement names its tables as "{schema}.table"; `_qualify` puts the validated,
+# quoted schema name in. Each step moves the schema one version forward inside the
+# migration transaction. Never edit a released step: append a new one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"CREATE TABLE {{schema}}.{_META} (key text PRIMARY KEY, value bigint NOT NULL)",
+        f"INSERT INTO {{schema}}.{_META} (key, value) VALUES "
+        "('schema_version', 0), ('subscriptions_version', 0)",
+        """CREATE TABLE {schema}.subscriptions (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            url text NOT NULL,
+            event_types text[] NOT NULL,
+            secret text NOT NULL,
+            previous_secrets jsonb NOT NULL,
+            -- [[name, value], ...]: a list keeps the order headers were given in
+            headers jsonb NOT NULL,
+            metadata jsonb NOT NULL,
+            enabled boolean NOT NULL,
+            disabled_reason text,
+            timeout double precision NOT NULL,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL,
+            -- Later per-subscription settings (signature scheme, auth, TLS, flow
+            -- control) live in this document, so adding one needs no migration.
+            options jsonb NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE {schema}.messages (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            event_type text NOT NULL,
+            payload bytea NOT NULL,
+            content_type text NOT NULL,
+            created_at timestamptz NOT NULL,
+            idempotency_key text UNIQUE
+        )""",
+        "CREATE INDEX messages_event_type ON {schema}.messages (event_type, seq)",
+        "CREATE INDEX messages_created_at ON {schema}.messages (created_at)",
+        # No foreign key to subscriptions: a removed subscription's deliveries stay,
+        # cancelled, as history.
+        """CREATE TABLE {schema}.deliveries (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            message_id text NOT NULL REFERENCES {schema}.messages (id) ON DELETE CASCADE,
+            subscription_id text NOT NULL,
+            status text NOT NULL,
+            attempt_count integer NOT NULL,
+            next_attempt_at timestamptz,
+            next_trigger text NOT NULL,
+            lease_owner text,
+            lease_expires_at timestamptz,
+            last_status_code integer,
+            last_error text,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        )""",
+        """CREATE INDEX deliveries_due ON {schema}.deliveries (next_attempt_at, seq)
+            WHERE status = 'pending'""",
+        """CREATE INDEX deliveries_lease ON {schema}.deliveries (lease_expires_at)
+            WHERE status = 'delivering'""",
+        "CREATE INDEX deliveries_message ON {schema}.deliveries (message_id)",
+        "CREATE INDEX deliveries_subscription ON {schema}.deliveries (subscription_id)",
+        """CREATE TABLE {schema}.attempts (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            delivery_id text NOT NULL REFERENCES {schema}.deliveries (id) ON DELETE CASCADE,
+            message_id text NOT NULL,
+            subscription_id text NOT NULL,
+            number integer NOT NULL,
+            trigger text NOT NULL,
+            started_at timestamptz NOT NULL,
+            duration double precision NOT NULL,
+            url text NOT NULL,
+            status_code integer,
+            response_body bytea NOT NULL,
+            response_headers jsonb NOT NULL,
+            error_kind text,
+            error text,
+            webhook_timestamp bigint NOT NULL
+        )""",
+        "CREATE INDEX attempts_message ON {schema}.attempts (message_id, started_at, number)",
+        "CREATE INDEX attempts_delivery ON {schema}.attempts (delivery_id, started_at, number)",
+    ),
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The schema version this code writes; schemas with a newer one are refused."""
+
+_DELIVERY_COLUMNS = (
+    "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
+    "next_trigger, created_at, updated_at, last_status_code, last_error"
+)
+_MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
+_SUBSCRIPTION_COLUMNS = (
+    "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
+    "disabled_reason, timeout, created_at, updated_at, options"
+)
+_ATTEMPT_COLUMNS = (
+    "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
+    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
+)
+_ATTEMPT_TYPES = (
+    "text[], text[], text[], text[], int[], text[], timestamptz[], float8[], "
+    "text[], int[], bytea[], jsonb[], text[], text[], int8[]"
+)
+_UNFINISHED = "('pending', 'delivering')"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+# SQLSTATE classes meaning "try again later": connection exception, insufficient
+# resources, operator intervention (shutdown, restart), transaction rollback
+# (serialization failure, deadlock), system error.
+_UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
+_INSUFFICIENT_PRIVILEGE = "42501"
+_MISSING_OBJECT = ("3F000", "42P01")  # invalid_schema_name, undefined_table
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+# The statement that claims: expired leases first, then due pending deliveries on
+# enabled subscriptions, locked with SKIP LOCKED and leased in the same statement,
+# returned joined to their messages and subscriptions. One round trip.
+_CLAIM = f"""
+WITH due AS (
+    SELECT seq, 0 AS branch, lease_expires_at AS due_at FROM (
+        SELECT seq, lease_expires_at FROM {{schema}}.deliveries
+        WHERE status = 'delivering' AND lease_expires_at <= %(now)s
+        ORDER BY lease_expires_at LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS expired
+    UNION ALL
+    SELECT seq, 1, next_attempt_at FROM (
+        SELECT d.seq, d.next_attempt_at FROM {{schema}}.deliveries AS d
+        JOIN {{schema}}.subscriptions AS s ON s.id = d.subscription_id
+        WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND s.enabled
+        ORDER BY d.next_attempt_at, d.seq LIMIT %(limit)s
+        FOR UPDATE OF d SKIP LOCKED
+    ) AS pending
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE {{schema}}.deliveries AS d
+    SET status = 'delivering', lease_owner = %(worker)s, lease_expires_at = %(until)s,
+        updated_at = %(now)s
+    FROM due WHERE d.seq = due.seq
+    RETURNING {_prefixed("d", _DELIVERY_COLUMNS)}, d.seq, due.branch, due.due_at
+)
+SELECT {_prefixed("c", _DELIVERY_COLUMNS)}, {_prefixed("m", _MESSAGE_COLUMNS)},
+    {_prefixed("s", _SUBSCRIPTION_COLUMNS)}
+FROM claimed AS c
+JOIN {{schema}}.messages AS m ON m.id = c.message_id
+JOIN {{schema}}.subscriptions AS s ON s.id = c.subscription_id
+ORDER BY c.branch, c.due_at, c.seq
+"""
+
+# The statement that records: attempts (idempotent, so a retried record after a lost
+# COMMIT acknowledgement is harmless), next states where the lease still holds, and
+# subscriptions disabled by those, with the version bump. One round trip.
+_RECORD = f"""
+WITH inserted AS (
+    INSERT INTO {{schema}}.attempts ({_ATTEMPT_COLUMNS})
+    SELECT * FROM unnest({", ".join(f"%s::{kind}" for kind in _ATTEMPT_TYPES.split(", "))})
+    ON CONFLICT (id) DO NOTHING
+), next_state (id, status, attempt_count, next_attempt_at, next_trigger, last_status_code,
+               last_error, updated_at, disable_reason, disabled_at) AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::text[],
+                         %s::int[], %s::text[], %s::timestamptz[], %s::text[],
+                         %s::timestamptz[])
+), applied AS (
+    UPDATE {{schema}}.deliveries AS d
+    SET status = n.status, attempt_count = n.attempt_count,
+        next_attempt_at = n.next_attempt_at, next_trigger = n.next_trigger,
+        last_status_code = n.last_status_code, last_error = n.last_error,
+        updated_at = n.updated_at, lease_owner = NULL, lease_expires_at = NULL
+    FROM next_state AS n
+    WHERE d.id = n.id AND d.status = 'delivering' AND d.lease_owner = %s
+    RETURNING d.subscription_id, n.disable_reason, n.disabled_at
+), disabled AS (
+    UPDATE {{schema}}.subscriptions AS s
+    SET enabled = false, disabled_reason = a.disable_reason, updated_at = a.disabled_at
+    FROM applied AS a
+    WHERE a.disable_reason IS NOT NULL AND s.id = a.subscription_id AND s.enabled
+    RETURNING s.id
+)
+UPDATE {{schema}}.{_META} SET value = value + 1
+WHERE key = 'subscriptions_version' AND EXISTS (SELECT 1 FROM disabled)
+"""
+
+# Messages (skipping keys another transaction committed meanwhile) and the deliveries
+# of the messages actually inserted, in one statement; returns the inserted ids.
+_INSERT_MESSAGES = f"""
+WITH inserted AS (
+    INSERT INTO {{schema}}.messages ({_MESSAGE_COLUMNS})
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[],
+                         %s::timestamptz[], %s::text[])
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), deliveries AS (
+    INSERT INTO {{schema}}.deliveries (id, message_id, subscription_id, status,
+        attempt_count, next_attempt_at, next_trigger, created_at, updated_at)
+    SELECT n.id, n.message_id, n.subscription_id, 'pending', 0, %s, 'scheduled', %s, %s
+    FROM unnest(%s::text[], %s::text[], %s::text[]) AS n (id, message_id, subscription_id)
+    JOIN inserted ON inserted.id = n.message_id
+)
+SELECT id FROM inserted
+"""
+
+
+class _Query:
+    """One statement a sans-I/O step wants run; ``rows`` says whether it returns any."""
+
+    __slots__ = ("params", "rows", "text")
+
+    def __init__(self, text: str, params: Sequence[Any] | dict[str, Any], rows: bool) -> None:
+        self.text = text
+        self.params = params
+        self.rows = rows
+
+
+_Steps = Generator[_Query, list[tuple[Any, ...]], list[PublishResult]]
+
+
+class PostgresStore:
+    """A `Store` in a PostgreSQL database, shared by any number of worker processes.
+
+    ``dsn`` is a libpq URL or ``key=value`` string; ``schema`` the PostgreSQL schema
+    holding the tables (created and migrated on first use). ``min_size``/``max_size``
+    bound the connection pool; ``timeout`` is how many seconds a call waits for a pooled
+    connection (`StoreUnavailable` after it); ``connect_timeout`` bounds each connection
+    attempt. Idle workers hear new work through ``LISTEN`` on one extra connection.
+    """
+
+    blocking = True
+    transactional_outbox = True
+    """`publish` and `publish_many` accept ``connection=`` (see `publish`)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+            raise InvalidStoreURL(
+                f"PostgreSQL schema name {schema!r} is not usable: use 1 to 48 lowercase "
+                "letters, digits and underscores, not starting with a digit"
+            )
+        if schema.startswith("pg_"):
+            raise InvalidStoreURL(f"PostgreSQL schema names starting 'pg_' are reserved: {schema}")
+        if not 1 <= min_size <= max_size:
+            raise ConfigurationError("pool sizes must satisfy 1 <= min_size <= max_size")
+        params = _parse_dsn(dsn)
+        self._password = params.get("password") or None
+        params.setdefault("connect_timeout", str(max(2, int(connect_timeout))))
+        params.setdefault("application_name", "webhook_dispatch")
+        self._conninfo = make_conninfo(**params)
+        self._schema = schema
+        self._quoted_schema = f'"{schema}"'
+        self._channel = f"{schema}.work"
+        self._where = (
+            f"PostgreSQL {params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+            f"/{params.get('dbname') or params.get('user') or ''} (schema {schema})"
+        )
+        self._timeout = timeout
+        self._statements: dict[str, str] = {}
+        self._closed = False
+        self._listener: _Listener | None = None
+        self._listener_lock = threading.Lock()
+        with self._translate():
+            with psycopg.connect(self._conninfo, autocommit=True) as connection:
+                self._migrate(connection)
+            self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = (
+                psycopg_pool.ConnectionPool(
+                    self._conninfo,
+                    min_size=min_size,
+                    max_size=max_size,
+                    timeout=timeout,
+                    kwargs={"autocommit": True},
+                    configure=_configure,
+                    check=psycopg_pool.ConnectionPool.check_connection,
+                    name=f"webhook_dispatch:{schema}",
+                    open=False,
+                )
+            )
+            self._pool.open(wait=False)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresStore:
+        """Open the store a ``postgresql://user@host:port/dbname`` URL names.
+
+        ``postgres://`` works too. The query string may name the schema
+        (``?schema=webhooks``) beside any libpq parameter (``sslmode=require``, ...).
+        """
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme.lower() not in ("postgres", "postgresql"):
+            raise InvalidStoreURL(
+                "not a PostgreSQL store URL; use 'postgresql://user@host:5432/dbname'"
+            )
+        try:
+            parts = urllib.parse.urlsplit(url)
+            query = urllib.parse.parse_qsl(
+                parts.query, keep_blank_values=True, strict_parsing=False
+            )
+        except ValueError as exc:
+            raise InvalidStoreURL(f"malformed PostgreSQL store URL: {exc}") from None
+        schemas = [value for key, value in query if key == "schema"]
+        if len(schemas) > 1:
+            raise InvalidStoreURL("the PostgreSQL store URL names 'schema' more than once")
+        if schemas:
+            options.setdefault("schema", schemas[0])
+        rest = urllib.parse.urlencode([(key, value) for key, value in query if key != "schema"])
+        dsn = urllib.parse.urlunsplit(
+            ("postgresql", parts.netloc, parts.path, rest, parts.fragment)
+        )
+        return cls(dsn, **options)
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the tables."""
+        return self._schema
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r})"
+
+    # -- opening and migrating -----------------------------------------------------
+    def _sql(self, text: str) -> str:
+        """``text`` with ``{schema}`` replaced by the quoted schema name (cached)."""
+        statement = self._statements.get(text)
+        if statement is None:
+            statement = self._statements[text] = text.replace("{schema}", self._quoted_schema)
+        return statement
+
+    def _migrate(self, connection: psycopg.Connection[tuple[Any, ...]]) -> None:
+        with connection.transaction():
+            # One migrator at a time per schema, across every process; released at COMMIT.
+            digest = hashlib.sha256(f"webhook_dispatch:{self._schema}".encode()).digest()
+            connection.execute(
+                "SELECT pg_advisory_xact_lock(%s)",
+                (int.from_bytes(digest[:8], "big", signed=True),),
+            )
+            version = self._schema_version(connection)
+            if version == SCHEMA_VERSION:
+                return
+            connection.execute(self._sql("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            for steps in _MIGRATIONS[version:]:
+                for statement in steps:
+                    connection.execute(self._sql(statement))
+            connection.execute(
+                self._sql(f"UPDATE {{schema}}.{_META} SET value = %s WHERE key = 'schema_version'"),
+                (SCHEMA_VERSION,),
+            )
+
+    def _schema_version(self, connection: psycopg.Connection[tuple[Any, ...]]) -> int:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')",
+                (self._schema,),
+            )
+        ]
+        if _META not in tables:
+            if tables:
+                raise SchemaError(
+                    f"{self._where}: schema {self._schema!r} is not webhook_dispatch's (it "
+                    f"holds other tables: {', '.join(sorted(tables)[:5])}); name another "
+                    "with ?schema=",
+                    schema=self._schema,
+                )
+            return 0
+        row = connection.execute(
+            self._sql(f"SELECT value FROM {{schema}}.{_META} WHERE key = 'schema_version'")
+        ).fetchone()
+        if row is None:
+            raise SchemaError(f"{self._where}: schema version missing", schema=self._schema)
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self._where}: database schema version {version} is newer than this "
+                f"webhook_dispatch supports ({SCHEMA_VERSION}); upgrade webhook_dispatch",
+                schema=self._schema,
+                found_version=version,
+                supported_version=SCHEMA_VERSION,
+            )
+        return version
+
+    # -- the one place psycopg errors are translated ----------------------------------
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise _translate_error(exc, self._where, self._password, self._timeout) from None
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled autocommit connection: each statement is its own transaction."""
+        if self._closed:
+            raise StoreError(f"{self._where}: the store is closed")
+        with self._translate(), self._pool.connection() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled connection inside BEGIN ... COMMIT (ROLLBACK on any exception)."""
+        with self._connection() as connection, connection.transaction():
+            yield connection
+
+    def _rows(self, text: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        with self._connection() as db:
+            return db.execute(self._sql(text), params).fetchall()
+
+    def _notify(self, db: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """Wake listening workers when this transaction commits (never before)."""
+        db.execute("SELECT pg_notify(%s, '')", (self._channel,))
+
+    # -- subscriptions -----------------------------------------------------------
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Store a new subscription."""
+        with self._transaction() as db:
+            db.execute(
+                self._sql(
+                    f"INSERT INTO {{schema}}.subscriptions ({_SUBSCRIPTION_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                ),
+                _subscription_row(subscription),
+            )
+            self._bump_subscriptions_version(db)
+
+    def save_subscription(self, subscription: Subscription) -> None:
+        """Replace a stored subscription by id; `NotFound` if it does not exist."""
+        row = _subscription_row(subscription)
+        with self._transaction() as db:
+            changed = db.execute(
+                self._sql(
+                    "UPDATE {schema}.subscriptions SET url = %s, event_types = %s, secret = %s, "
+                    "previous_secrets = %s, headers = %s, metadata = %s, enabled = %s, "
+                    "disabled_reason = %s, timeout = %s, created_at = %s, updated_at = %s, "
+                    "options = %s WHERE id = %s"
+                ),
+                (*row[1:], row[0]),
+            ).rowcount
+            if not changed:
+                raise NotFound(f"no subscription with id {subscription.id!r}")
+            self._bump_subscriptions_version(db)
+            if subscription.enabled:
+                self._notify(db)  # its held deliveries may be due
+
+    def remove_subscription(self, subscription_id: str, now: datetime) -> None:
+        """Delete a subscription; its unfinished deliveries become ``cancelled``."""
+        with self._transaction() as db:
+            if not db.execute(
+                self._sql("DELETE FROM {schema}.subscriptions WHERE id = %s"), (subscription_id,)
+            ).rowcount:
+                raise NotFound(f"no subscription with id {subscription_id!r}")
+            db.execute(
+                self._sql(
+                    "UPDATE {schema}.deliveries SET status = 'cancelled', "
+                    "next_attempt_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                    f"updated_at = %s WHERE subscription_id = %s AND status IN {_UNFINISHED}"
+                ),
+                (_utc(now), subscription_id),
+            )
+            self._bump_subscriptions_version(db)
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        """The subscription with this id; `NotFound` otherwise."""
+        rows = self._rows(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions WHERE id = %s",
+            (subscription_id,),
+        )
+        if not rows:
+            raise NotFound(f"no subscription with id {subscription_id!r}")
+        return _subscription(rows[0])
+
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, oldest first."""
+        rows = self._rows(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions ORDER BY seq"
+        )
+        return [_subscription(row) for row in rows]
+
+    def subscriptions_version(self) -> int:
+        """A counter bumped, in the same transaction, by every subscription change."""
+        rows = self._rows(
+            f"SELECT value FROM {{schema}}.{_META} WHERE key = 'subscriptions_version'"
+        )
+        return int(rows[0][0])
+
+    def _bump_subscriptions_version(self, db: psycopg.Connection[tuple[Any, ...]]) -> None:
+        db.execute(
+            self._sql(
+                f"UPDATE {{schema}}.{_META} SET value = value + 1 "
+                "WHERE key = 'subscriptions_version'"
+            )
+        )
+
+    # -- messages ----------------------------------------------------------------
+    def publish(
+        self,
+        message: Message,
+        subscription_ids: Sequence[str],
+        now: datetime,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> PublishResult:
+        """Store a message and one pending delivery per subscription, in one transaction.
+
+        With ``connection=`` (a psycopg connection inside an open transaction) the rows
+        are written in that transaction and nothing is committed: they exist, and the
+        workers hear of them, only once the caller commits.
+        """
+        return self.publish_many([(message, subscription_ids)], now, connection=connection)[0]
+
+    def publish_many(
+        self,
+        items: Sequence[tuple[Message, Sequence[str]]],
+        now: datetime,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> list[PublishResult]:
+        """`publish` for a batch, in one transaction, results in input order.
+
+        A key already stored, or committed by a concurrent publisher meanwhile (the
+        unique index decides), returns the stored message with ``created=False``.
+        """
+        if not items:
+            return []
+        if connection is not None:
+            _check_outbox_connection(connection, self._where, asynchronous=False)
+            with self._translate():
+                return _drive(connection, self._publish_steps(items, now))
+        with self._transaction() as db:
+            return _drive(db, self._publish_steps(items, now))
+
+    async def publish_many_async(
+        self,
+        items: Sequence[tuple[Message, Sequence[str]]],
+        now: datetime,
+        *,
+        connection: psycopg.AsyncConnection[Any],
+    ) -> list[PublishResult]:
+        """`publish_many` inside the open transaction of an async psycopg connection.
+
+        The same statements as the sync path, awaited on the caller's event loop;
+        nothing is committed.
+        """
+        if not items:
+            return []
+        _check_outbox_connection(connection, self._where, asynchronous=True)
+        try:
+            steps = self._publish_steps(items, now)
+            query = next(steps)
+            while True:
+                cursor = await connection.execute(query.text, query.params)
+                rows = await cursor.fetchall() if query.rows else []
+                query = steps.send(rows)
+        except StopIteration as done:
+            result: list[PublishResult] = done.value
+            return result
+        except psycopg.Error as exc:
+            raise _translate_error(exc, self._where, self._password, self._timeout) from None
+
+    def _publish_steps(
+        self, items: Sequence[tuple[Message, Sequence[str]]], now: datetime
+    ) -> _Steps:
+        """The publish transaction as a sans-I/O generator: it yields the statements to
+        run and receives their rows, so sync and async connections share one logic."""
+        keys = sorted({m.idempotency_key for m, _ in items if m.idempotency_key is not None})
+        stored_by_key: dict[str, Message] = {}
+        if keys:
+            rows = yield _Query(
+                self._sql(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages "
+                    "WHERE idempotency_key = ANY(%s)"
+                ),
+                (keys,),
+                True,
+            )
+            stored_by_key.update((row[5], _message(row)) for row in rows)
+        results: list[PublishResult] = []
+        new_messages: list[Message] = []
+        for message, subscription_ids in items:
+            key = message.idempotency_key
+            if key is not None:
+                if key in stored_by_key:
+                    results.append(PublishResult(stored_by_key[key], False, 0))
+                    continue
+                stored_by_key[key] = message  # a later duplicate in this batch
+            new_messages.append(message)
+            results.append(PublishResult(message, True, len(subscription_ids)))
+        if not new_messages:
+            return results
+        wanted = sorted({s for m, ids in items if m in new_messages for s in ids})
+        if wanted:
+            # FOR SHARE: a concurrent removal waits for this commit, then cancels these.
+            rows = yield _Query(
+                self._sql("SELECT id FROM {schema}.subscriptions WHERE id = ANY(%s) FOR SHARE"),
+                (wanted,),
+                True,
+            )
+            missing = sorted(set(wanted) - {row[0] for row in rows})
+            if missing:
+                raise NotFound(f"no subscription with id {missing[0]!r}")
+        by_id = {m.id: ids for m, ids in items}
+        deliveries = [
+            (new_id("dlv"), message.id, subscription_id)
+            for message in new_messages
+            for subscription_id in by_id[message.id]
+        ]
+        moment = _utc(now)
+        rows = yield _Query(
+            self._sql(_INSERT_MESSAGES),
+            (
+                [m.id for m in new_messages],
+                [m.event_type for m in new_messages],
+                [m.payload for m in new_messages],
+                [m.content_type for m in new_messages],
+                [_utc(m.created_at) for m in new_messages],
+                [m.idempotency_key for m in new_messages],
+                moment,
+                moment,
+                moment,
+                [d[0] for d in deliveries],
+                [d[1] for d in deliveries],
+                [d[2] for d in deliveries],
+            ),
+            True,
+        )
+        inserted = {row[0] for row in rows}
+        lost = sorted(
+            {m.idempotency_key for m in new_messages if m.id not in inserted} - {None},
+            key=str,
+        )
+        if lost:
+            # Another transaction committed these keys after our first look.
+            rows = yield _Query(
+                self._sql(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages "
+                    "WHERE idempotency_key = ANY(%s)"
+                ),
+                (lost,),
+                True,
+            )
+            winners = {row[5]: _message(row) for row in rows}
+            results = [
+                PublishResult(winners[r.message.idempotency_key], False, 0)
+                if r.created and r.message.id not in inserted and r.message.idempotency_key
+                else r
+                for r in results
+            ]
+        if any(r.created and r.deliveries for r in results):
+            yield _Query("SELECT pg_notify(%s, '')", (self._channel,), True)
+        return results
+
+    def get_message(self, message_id: str) -> Message:
+        """The message with this id; `NotFound` otherwise."""
+        rows = self._rows(
+            f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages WHERE id = %s", (message_id,)
+        )
+        if not rows:
+            raise NotFound(f"no message with id {message_id!r}")
+        return _message(rows[0])
+
+    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
+        """The newest messages first, optionally of one event type."""
+        if event_type is None:
+            rows = self._rows(
+                f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages ORDER BY seq DESC LIMIT %s",
+                (limit,),
+            )
+        else:
+            rows = self._rows(
+                f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages WHERE event_type = %s "
+                "ORDER BY seq DESC LIMIT %s",
+                (event_type, limit),
+            )
+        return [_message(row) for row in rows]
+
+    # -- deliveries --------------------------------------------------------------
+    def claim_due(
+        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries to ``worker_id``: expired leases first,
+        then pending ones on enabled subscriptions, oldest due first.
+
+        One statement: rows are locked with ``FOR UPDATE SKIP LOCKED`` (rows another
+        worker is claiming are skipped, not waited for), leased, and returned with their
+        messages and subscriptions.
+        """
+        if limit <= 0:
+            return []
+        rows = self._rows(
+            _CLAIM,
+            {
+                "now": _utc(now),
+                "limit": limit,
+                "until": _utc(lease_until),
+                "worker": worker_id,
+            },
+        )
+        width_d, width_m = 11, 6
+        return [
+            Claim(
+                _delivery(row[:width_d]),
+                _message(row[width_d : width_d + width_m]),
+                _subscription(row[width_d + width_m :]),
+            )
+            for row in rows
+        ]
+
+    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
+        """Write finished attempts and, where ``worker_id`` still holds the lease, the
+        deliveries' next states (and subscription disabling), in one statement."""
+        if not records:
+            return
+        attempts = [_attempt_row(record.attempt) for record in records]
+        states = [record.delivery for record in records]
+        params: list[Any] = [[row[i] for row in attempts] for i in range(15)]
+        params += [
+            [d.id for d in states],
+            [d.status.value for d in states],
+            [d.attempt_count for d in states],
+            [None if d.next_attempt_at is None else _utc(d.next_attempt_at) for d in states],
+            [d.next_trigger.value for d in states],
+            [d.last_status_code for d in states],
+            [d.last_error for d in states],
+            [_utc(d.updated_at) for d in states],
+            [r.disable_subscription for r in records],
+            [_utc(r.attempt.started_at) for r in records],
+            worker_id,
+        ]
+        with self._connection() as db:
+            db.execute(self._sql(_RECORD), params)
+
+    def release(self, delivery_ids: Sequence[str], worker_id: str) -> None:
+        """Give leased deliveries back unattempted: pending again, due as before."""
+        if not delivery_ids:
+            return
+        with self._transaction() as db:
+            released = db.execute(
+                self._sql(
+                    "UPDATE {schema}.deliveries SET status = 'pending', lease_owner = NULL, "
+                    "lease_expires_at = NULL WHERE id = ANY(%s) "
+                    "AND status = 'delivering' AND lease_owner = %s"
+                ),
+                (list(delivery_ids), worker_id),
+            ).rowcount
+            if released:
+                self._notify(db)
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest due time of a pending delivery on an enabled subscription, or the
+        earliest lease expiry of a delivering one; None if there is neither."""
+        [(lease, due)] = self._rows(
+            "SELECT (SELECT min(lease_expires_at) FROM {schema}.deliveries "
+            "WHERE status = 'delivering'), "
+            "(SELECT d.next_attempt_at FROM {schema}.deliveries AS d "
+            "JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id "
+            "WHERE d.status = 'pending' AND d.next_attempt_at IS NOT NULL AND s.enabled "
+            "ORDER BY d.next_attempt_at LIMIT 1)"
+        )
+        found = [_utc(value) for value in (lease, due) if value is not None]
+        return min(found) if found else None
+
+    def get_delivery(self, delivery_id: str) -> Delivery:
+        """The delivery with this id; `NotFound` otherwise."""
+        rows = self._rows(
+            f"SELECT {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries WHERE id = %s",
+            (delivery_id,),
+        )
+        if not rows:
+            raise NotFound(f"no delivery with id {delivery_id!r}")
+        return _delivery(rows[0])
+
+    def list_deliveries(
+        self,
+        *,
+        message_id: str | None = None,
+        subscription_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int | None = None,
+    ) -> list[Delivery]:
+        """Deliveries matching every given filter, oldest first."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        for column, value in (
+            ("message_id", message_id),
+            ("subscription_id", subscription_id),
+            ("status", None if status is None else DeliveryStatus(status).value),
+        ):
+            if value is not None:
+                conditions.append(f"{column} = %s")
+                parameters.append(value)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        text = f"SELECT {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries {where}ORDER BY seq"
+        if limit is not None:
+            text += " LIMIT %s"
+            parameters.append(limit)
+        return [_delivery(row) for row in self._rows(text, parameters)]
+
+    def list_attempts(
+        self, *, message_id: str | None = None, delivery_id: str | None = None
+    ) -> list[Attempt]:
+        """Attempts of a message or of a delivery, oldest first."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        if message_id is not None:
+            conditions.append("message_id = %s")
+            parameters.append(message_id)
+        if delivery_id is not None:
+            conditions.append("delivery_id = %s")
+            parameters.append(delivery_id)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        rows = self._rows(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM {{schema}}.attempts {where}"
+            "ORDER BY started_at, number, seq",
+            parameters,
+        )
+        return [_attempt(row) for row in rows]
+
+    def schedule_manual(self, delivery_ids: Sequence[str], now: datetime) -> list[Delivery]:
+        """Make deliveries due at ``now`` for one manual attempt, all or nothing.
+
+        Deliveries being delivered are left alone; an unknown id raises `NotFound` and
+        changes nothing.
+        """
+        with self._transaction() as db:
+            return self._schedule_manual(db, list(delivery_ids), now)
+
+    def recover(
+        self, subscription_id: str, *, since: datetime, until: datetime, now: datetime
+    ) -> list[Delivery]:
+        """Schedule a manual attempt for the subscription's failed or exhausted deliveries
+        whose message was created in ``[since, until)``."""
+        with self._transaction() as db:
+            if not db.execute(
+                self._sql("SELECT 1 FROM {schema}.subscriptions WHERE id = %s"),
+                (subscription_id,),
+            ).fetchall():
+                raise NotFound(f"no subscription with id {subscription_id!r}")
+            ids = [
+                row[0]
+                for row in db.execute(
+                    self._sql(
+                        "SELECT d.id FROM {schema}.deliveries AS d "
+                        "JOIN {schema}.messages AS m ON m.id = d.message_id "
+                        "WHERE d.subscription_id = %s AND d.status IN ('failed', 'exhausted') "
+                        "AND m.created_at >= %s AND m.created_at < %s ORDER BY d.seq"
+                    ),
+                    (subscription_id, _utc(since), _utc(until)),
+                )
+            ]
+            return self._schedule_manual(db, ids, now)
+
+    def _schedule_manual(
+        self, db: psycopg.Connection[tuple[Any, ...]], ids: list[str], now: datetime
+    ) -> list[Delivery]:
+        rows = {
+            row[0]: row
+            for row in db.execute(
+                self._sql(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries "
+                    "WHERE id = ANY(%s) FOR UPDATE"
+                ),
+                (ids,),
+            )
+        }
+        for delivery_id in ids:
+            if delivery_id not in rows:
+                raise NotFound(f"no delivery with id {delivery_id!r}")
+        moment = _utc(now)
+        updated = [
+            Delivery(
+                **{
+                    **_delivery_fields(rows[delivery_id]),
+                    "status": DeliveryStatus.PENDING,
+                    "next_attempt_at": moment,
+                    "next_trigger": AttemptTrigger.MANUAL,
+                    "updated_at": moment,
+                }
+            )
+            for delivery_id in ids
+            if rows[delivery_id][3] != DeliveryStatus.DELIVERING.value
+        ]
+        if updated:
+            db.execute(
+                self._sql(
+                    "UPDATE {schema}.deliveries SET status = 'pending', next_attempt_at = %s, "
+                    "next_trigger = 'manual', updated_at = %s "
+                    "WHERE id = ANY(%s) AND status != 'delivering'"
+                ),
+                (moment, moment, [d.id for d in updated]),
+            )
+            self._notify(db)
+        return updated
+
+    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
+        """Delete up to ``limit`` (None: all) messages created before ``older_than`` whose
+        deliveries are all final, oldest first; their deliveries and attempts go with them
+        (foreign-key cascade)."""
+        with self._connection() as db:
+            return db.execute(
+                self._sql(
+                    "DELETE FROM {schema}.messages WHERE id IN ("
+                    "SELECT m.id FROM {schema}.messages AS m WHERE m.created_at < %s "
+                    "AND NOT EXISTS (SELECT 1 FROM {schema}.deliveries AS d "
+                    f"WHERE d.message_id = m.id AND d.status IN {_UNFINISHED}) "
+                    "ORDER BY m.created_at LIMIT %s)"
+                ),
+                (_utc(older_than), limit),
+            ).rowcount
+
+    # -- waking idle workers ---------------------------------------------------------
+    def listen_for_work(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from a background thread) whenever another process may have
+        made work due: a publish, a manual retry, an enabled subscription, a release.
+
+        One dedicated connection per store ``LISTEN``s; it reconnects after the server
+        restarts and then calls every callback once, since notifications sent while it
+        was away are lost. Returns a function that stops these calls.
+        """
+        with self._listener_lock:
+            if self._closed:
+                raise StoreError(f"{self._where}: the store is closed")
+            if self._listener is None:
+                self._listener = _Listener(self._conninfo, self._channel)
+            return self._listener.add(callback)
+
+    def close(self) -> None:
+        """Stop listening and close the pool's connections. Idempotent."""
+        with self._listener_lock:
+            if self._closed:
+                return
+            self._closed = True
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        self._pool.close()
+
+
+class _Listener:
+    """A thread that keeps one connection ``LISTEN``ing and calls callbacks on notifies."""
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conninfo = conninfo
+        self._channel = channel
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._next_key = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="webhook-dispatch-listen", daemon=True
+        )
+        self._thread.start()
+
+    def add(self, callback: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            key = self._next_key
+            self._next_key += 1
+            self._callbacks[key] = callback
+
+        def remove() -> None:
+            with self._lock:
+                self._callbacks.pop(key, None)
+
+        callback()  # work may have been published before LISTEN took effect
+        return remove
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+    def _fire(self) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks.values())
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a broken callback must not end the listening
+                continue
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as connection:
+                    connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    delay = 0.1
+                    self._fire()  # notifications sent while we were away are lost
+                    while not self._stopping.is_set():
+                        # A short timeout bounds how long `stop` waits for this thread.
+                        for _ in connection.notifies(timeout=0.25, stop_after=1):
+                            self._fire()
+            except psycopg.Error:
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _parse_dsn(dsn: str) -> dict[str, str]:
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise InvalidStoreURL("the PostgreSQL store needs a DSN such as 'postgresql://host/db'")
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        password = _password_in(dsn)
+        if password:
+            text = text.replace(password, "***")
+        raise InvalidStoreURL(f"malformed PostgreSQL store URL or DSN: {text}") from None
+    port = params.get("port")
+    if port is not None and not all(part.isdigit() for part in port.split(",")):
+        raise InvalidStoreURL(f"PostgreSQL port must be a number, not {port!r}")
+    return params
+
+
+def _password_in(dsn: str) -> str | None:
+    with contextlib.suppress(ValueError):
+        return urllib.parse.urlsplit(dsn).password
+    return None
+
+
+def _configure(connection: psycopg.Connection[Any]) -> None:
+    """Run on each new pooled connection: times come back in UTC."""
+    connection.execute("SET TIME ZONE 'UTC'")
+
+
+def _check_outbox_connection(connection: Any, where: str, *, asynchronous: bool) -> None:
+    kind = psycopg.AsyncConnection if asynchronous else psycopg.Connection
+    if not isinstance(connection, kind):
+        raise ConfigurationError(
+            f"connection= takes a {kind.__module__}.{kind.__name__} here, not "
+            f"{type(connection).__module__}.{type(connection).__name__} (async connections "
+            "go to AsyncDispatcher; SQLAlchemy and Django hand out the psycopg one: see "
+            "'Scaling out with PostgreSQL' in the docs)"
+        )
+    status = connection.info.transaction_status
+    if status == TransactionStatus.INERROR:
+        raise StoreError(
+            f"{where}: the connection's transaction has already failed; roll it back first"
+        )
+    if status == TransactionStatus.IDLE and connection.autocommit:
+        raise ConfigurationError(
+            "connection= joins the caller's open transaction, but this autocommit "
+            "connection has none: publish inside 'with connection.transaction():'"
+        )
+
+
+def _drive(connection: psycopg.Connection[Any], steps: _Steps) -> list[PublishResult]:
+    """Run a sans-I/O step generator on a sync connection."""
+    try:
+        query = next(steps)
+        while True:
+            cursor = connection.execute(query.text, query.params)
+            query = steps.send(cursor.fetchall() if query.rows else [])
+    except StopIteration as done:
+        result: list[PublishResult] = done.value
+        return result
+
+
+def _translate_error(
+    exc: psycopg.Error, where: str, password: str | None, timeout: float
+) -> StoreError:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if password:
+        text = text.replace(password, "***")
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return StoreError(f"{where}: the store is closed")
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return StoreUnavailable(
+            f"{where}: no connection within {timeout:g}s (server down or pool exhausted); "
+            "try again later"
+        )
+    if sqlstate == _INSUFFICIENT_PRIVILEGE:
+        return StoreError(
+            f"{where}: missing privilege ({text}); grant the role USAGE and CREATE on the "
+            "schema (CREATE on the database to create it)",
+            cause="privilege",
+        )
+    if sqlstate in _MISSING_OBJECT:
+        return SchemaError(f"{where}: the store's tables are missing ({text})")
+    if isinstance(exc, psycopg.OperationalError) or sqlstate[:2] in _UNAVAILABLE_CLASSES:
+        return StoreUnavailable(f"{where}: {text}; try again later")
+    return StoreError(f"{where}: {text}")
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (as the SQLite store does)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _to_us(moment: datetime) -> int:
+    return (_utc(moment) - _EPOCH) // _MICROSECOND
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _subscription_row(s: Subscription) -> tuple[Any, ...]:
+    return (
+        s.id,
+        s.url,
+        list(s.event_types),
+        s.secret,
+        Jsonb([[r.secret, _to_us(r.expires_at)] for r in s.previous_secrets]),
+        Jsonb([[name, value] for name, value in s.headers.items()]),
+        Jsonb(dict(s.metadata)),
+        s.enabled,
+        s.disabled_reason,
+        s.timeout,
+        _utc(s.created_at),
+        _utc(s.updated_at),
+        Jsonb(options_document(s)),
+    )
+
+
+def _subscription(row: Sequence[Any]) -> Subscription:
+    return Subscription(
+        id=row[0],
+        url=row[1],
+        event_types=tuple(row[2]),
+        secret=row[3],
+        previous_secrets=tuple(
+            RetiredSecret(secret, _from_us(expires)) for secret, expires in row[4]
+        ),
+        headers=dict(row[5]),
+        metadata=row[6],
+        enabled=row[7],
+        disabled_reason=row[8],
+        timeout=row[9],
+        created_at=_utc(row[10]),
+        updated_at=_utc(row[11]),
+        **options_fields(row[12]),
+    )
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(
+        id=row[0],
+        event_type=row[1],
+        payload=bytes(row[2]),
+        content_type=row[3],
+        created_at=_utc(row[4]),
+        idempotency_key=row[5],
+    )
+
+
+def _delivery_fields(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "message_id": row[1],
+        "subscription_id": row[2],
+        "status": DeliveryStatus(row[3]),
+        "attempt_count": row[4],
+        "next_attempt_at": None if row[5] is None else _utc(row[5]),
+        "next_trigger": AttemptTrigger(row[6]),
+        "created_at": _utc(row[7]),
+        "updated_at": _utc(row[8]),
+        "last_status_code": row[9],
+        "last_error": row[10],
+    }
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(**_delivery_fields(row))
+
+
+def _attempt_row(a: Attempt) -> tuple[Any, ...]:
+    return (
+        a.id,
+        a.delivery_id,
+        a.message_id,
+        a.subscription_id,
+        a.number,
+        a.trigger.value,
+        _utc(a.started_at),
+        a.duration,
+        a.url,
+        a.status_code,
+        a.response_body,
+        json.dumps(dict(a.response_headers), separators=(",", ":"), ensure_ascii=False),
+        None if a.error_kind is None else a.error_kind.value,
+        a.error,
+        a.webhook_timestamp,
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    return Attempt(
+        id=row[0],
+        delivery_id=row[1],
+        message_id=row[2],
+        subscription_id=row[3],
+        number=row[4],
+        trigger=AttemptTrigger(row[5]),
+        started_at=_utc(row[6]),
+        duration=row[7],
+        url=row[8],
+        status_code=row[9],
+        response_body=bytes(row[10]),
+        response_headers=row[11],
+        error_kind=None if row[12] is None else ErrorKind(row[12]),
+        error=row[13],
+        webhook_timestamp=row[14],
+    )

@@ -403,7 +403,7 @@ def test_worker_subprocess_delivers_and_stops_on_sigterm(
     store = "sqlite:///" + (tmp_path / "worker.db").as_posix()
     secret = wd.generate_secret()
     loopback.route("/hook", [200], secret=secret)
-    with wd.Dispatcher(store) as dispatcher:
+    with wd.Dispatcher(store, allow_private_networks=True) as dispatcher:
         dispatcher.subscribe(loopback.url("/hook"), secret=secret)
 
     worker = subprocess.Popen(

@@ -21,7 +21,7 @@ def test_delivers_to_a_real_http_server_which_verifies_the_signature(
 ) -> None:
     secret = wd.generate_secret()
     url = loopback.route("/hooks", [200], secret=secret)
-    with wd.Dispatcher() as dispatcher:
+    with wd.Dispatcher(allow_private_networks=True) as dispatcher:
         dispatcher.subscribe(url, secret=secret, headers={"X-Tenant": "42"})
         message = dispatcher.publish("order.created", {"id": "ord_1"})
         assert dispatcher.run_until_idle() == 1
@@ -41,7 +41,9 @@ def test_delivers_to_a_real_http_server_which_verifies_the_signature(
 def test_real_server_retries_then_succeeds(loopback: LoopbackReceiver) -> None:
     secret = wd.generate_secret()
     url = loopback.route("/flaky", [503, 503, 200], secret=secret)
-    with wd.Dispatcher(retry=wd.RetryPolicy.fixed([0, 0, 0])) as dispatcher:
+    with wd.Dispatcher(
+        retry=wd.RetryPolicy.fixed([0, 0, 0]), allow_private_networks=True
+    ) as dispatcher:
         dispatcher.subscribe(url, secret=secret)
         message = dispatcher.publish("order.created", {"id": "ord_1"})
         dispatcher.run_until_idle()
@@ -117,7 +119,7 @@ def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServ
 
 
 def deliver_once(url: str, *, timeout: float = 15.0) -> wd.Attempt:
-    with wd.Dispatcher(retry=wd.RetryPolicy.fixed([0])) as dispatcher:
+    with wd.Dispatcher(retry=wd.RetryPolicy.fixed([0]), allow_private_networks=True) as dispatcher:
         dispatcher.subscribe(url, timeout=timeout)
         message = dispatcher.publish("order.created", {"id": "ord_1"})
         dispatcher.run_until_idle()
@@ -231,7 +233,7 @@ def test_async_dispatcher_delivers_on_the_callers_loop(loopback: LoopbackReceive
     url = loopback.route("/async", [200], secret=secret)
 
     async def scenario() -> list[wd.Attempt]:
-        async with wd.AsyncDispatcher() as dispatcher:
+        async with wd.AsyncDispatcher(allow_private_networks=True) as dispatcher:
             await dispatcher.subscribe(url, secret=secret)
             message = await dispatcher.publish("order.created", {"n": 1})
             await dispatcher.run_until_idle()

@@ -11,10 +11,21 @@ with wd.Dispatcher("sqlite:///webhooks.db") as d:
 """
 
 from ._version import __version__
+from .auth import (
+    ApiKeyHeader,
+    BasicAuth,
+    BearerToken,
+    EndpointAuth,
+    JWTAuth,
+    OAuth2ClientCredentials,
+    register_auth,
+)
 from .clock import Clock, SystemClock
 from .dispatcher import AsyncDispatcher, Dispatcher
 from .errors import (
+    AuthError,
     ConfigurationError,
+    InvalidAuth,
     InvalidEventType,
     InvalidHeader,
     InvalidPayload,
@@ -38,21 +49,37 @@ from .models import (
     Message,
     Subscription,
 )
+from .netguard import BlockedAddress, NetworkPolicy
 from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait
-from .signing import generate_secret, sign, verify
+from .signing import (
+    Signer,
+    generate_keypair,
+    generate_secret,
+    public_key,
+    register_signer,
+    sign,
+    verify,
+)
 from .stores import Store, open_store
 
 __all__ = [
+    "ApiKeyHeader",
     "AsyncDispatcher",
     "Attempt",
     "AttemptTrigger",
+    "AuthError",
+    "BasicAuth",
+    "BearerToken",
+    "BlockedAddress",
     "Clock",
     "ConfigurationError",
     "DEFAULT_SCHEDULE",
     "Delivery",
     "DeliveryStatus",
     "Dispatcher",
+    "EndpointAuth",
     "ErrorKind",
+    "InvalidAuth",
     "InvalidEventType",
     "InvalidHeader",
     "InvalidPayload",
@@ -60,12 +87,16 @@ __all__ = [
     "InvalidSignature",
     "InvalidStoreURL",
     "InvalidURL",
+    "JWTAuth",
     "Message",
+    "NetworkPolicy",
     "NotFound",
+    "OAuth2ClientCredentials",
     "PayloadTooLarge",
     "RetryPolicy",
     "ScheduleWait",
     "SchemaError",
+    "Signer",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -73,8 +104,12 @@ __all__ = [
     "SystemClock",
     "WebhookDispatchError",
     "__version__",
+    "generate_keypair",
     "generate_secret",
     "open_store",
+    "public_key",
+    "register_auth",
+    "register_signer",
     "sign",
     "verify",
 ]

@@ -167,7 +167,8 @@ def validate_url(url: object, *, https_only: bool = False) -> str:
     if authority is not None and "@" in authority:
         raise InvalidURL(
             f"endpoint URL {_describe_url(url)} contains credentials (user:password@); "
-            "use the auth= option or a header instead"
+            "pass them as subscribe(..., auth=webhook_dispatch.BasicAuth(user, password)) "
+            "or another auth= object instead"
         )
     if "#" in url:
         raise InvalidURL(

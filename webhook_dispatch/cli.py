@@ -8,7 +8,6 @@ with ``--json``. Secrets are printed once, when ``subscriptions add`` generates 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -29,11 +28,12 @@ import attrs
 
 from ._receiver import LoopbackReceiver
 from ._version import __version__
-from .dispatcher import Dispatcher
+from .auth import auth_to_document
+from .dispatcher import PURGE_BATCH, Dispatcher
 from .errors import ConfigurationError, WebhookDispatchError
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription
 from .retry import RetryPolicy
-from .signing import generate_secret
+from .signing import generate_secret, public_key, signer_names
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "format_table", "main", "parse_moment"]
 
@@ -141,11 +141,20 @@ def _subscription_json(subscription: Subscription) -> dict[str, Any]:
         "enabled": subscription.enabled,
         "disabled_reason": subscription.disabled_reason,
         "header_names": sorted(subscription.headers),
+        "signature": subscription.signature,
+        "auth": _auth_type(subscription),
         "metadata": dict(subscription.metadata),
         "timeout": subscription.timeout,
         "created_at": _iso(subscription.created_at),
         "updated_at": _iso(subscription.updated_at),
     }
+
+
+def _auth_type(subscription: Subscription) -> str | None:
+    # The kind of auth only: its settings hold credentials.
+    if subscription.auth is None:
+        return None
+    return str(auth_to_document(subscription.auth).get("type") or "unknown")
 
 
 def _message_json(message: Message) -> dict[str, Any]:
@@ -265,18 +274,9 @@ def _positive(text: str) -> int:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _private_network_options(allow: bool) -> dict[str, Any]:
-    """``allow_private_networks=True`` when asked for and this `Dispatcher` has the option.
-
-    Without a network guard every address is reachable already, so there is nothing to pass.
-    """
-    if allow and "allow_private_networks" in inspect.signature(Dispatcher).parameters:
-        return {"allow_private_networks": True}
-    return {}
-
-
 def _open(args: argparse.Namespace) -> Dispatcher:
-    return Dispatcher(_store_url(args))
+    allow = bool(getattr(args, "allow_private_networks", False))
+    return Dispatcher(_store_url(args), allow_private_networks=allow)
 
 
 def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
@@ -320,13 +320,16 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
             event_types=args.event_type or None,
             secret=given_secret,
             headers=headers or None,
+            signature=args.signature,
         )
     print(f"created subscription {subscription.id}")
     print(f"  url:         {subscription.url}")
     print(f"  event types: {', '.join(subscription.event_types)}")
     if headers:
         print(f"  headers:     {', '.join(sorted(headers))}")
-    if given_secret is None:
+    if subscription.signature == "standard-ed25519":
+        print(f"public key: {public_key(subscription.secret)} (receivers verify with it)")
+    elif given_secret is None:
         print(f"secret: {subscription.secret}")
         print("This secret is shown once: give it to the receiver now, it cannot be read back.")
     return 0
@@ -478,10 +481,16 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge_progress(total: int) -> None:
+    print(f"\rpurging... {total:,} messages so far", end="", file=sys.stderr, flush=True)
+
+
 def _cmd_purge(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         cutoff = dispatcher.clock.now() - args.older_than
-        removed = dispatcher.purge(cutoff)
+        removed = dispatcher.purge(cutoff, on_progress=_purge_progress)
+    if removed >= PURGE_BATCH:
+        print(file=sys.stderr)  # end the progress line
     print(
         f"purged {_plural(removed, 'finished message')} created before {_when(cutoff)} UTC, "
         "with their deliveries and attempts"
@@ -501,7 +510,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     dispatcher = Dispatcher(
         store,
         concurrency=args.concurrency,
-        **_private_network_options(args.allow_private_networks),
+        allow_private_networks=args.allow_private_networks,
     )
     in_main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM and SIGINT both behave like Ctrl-C: Dispatcher.run() then stops the worker
@@ -623,8 +632,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _run_demo(store: str, receiver: LoopbackReceiver, *, keep_hint: bool) -> int:
     retry = RetryPolicy.fixed(_DEMO_RETRY, jitter=0.0)
-    options = _private_network_options(True)
-    with Dispatcher(store, retry=retry, **options) as dispatcher:
+    # The demo's receiver is on 127.0.0.1, which the network guard refuses by default.
+    with Dispatcher(store, retry=retry, allow_private_networks=True) as dispatcher:
         existing = dispatcher.subscriptions()
         if existing:
             raise ConfigurationError(
@@ -797,6 +806,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--secret", help="signing secret (whsec_...); '-' reads it from stdin; default: generated"
+    )
+    add.add_argument(
+        "--signature",
+        choices=signer_names(),
+        default="standard",
+        help="signature scheme (default: standard, i.e. Standard Webhooks v1)",
+    )
+    add.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="accept an endpoint on a loopback or private IP address",
     )
     disable = _command(actions, "disable", _cmd_subscriptions_disable, "stop deliveries")
     disable.add_argument("id", help="subscription id")

@@ -15,10 +15,13 @@ import httpx
 
 from ._version import __version__
 from .clock import Clock
+from .errors import AuthError
 from .models import Attempt, ErrorKind, Message, Subscription, new_id
+from .netguard import BlockedAddress
 from .retry import Outcome
-from .signing import sign_all
+from .signing import get_signer
 from .stores.base import Claim
+from .transport import TLS_EXTENSION, TLSSettings
 
 __all__ = [
     "RESPONSE_BODY_CAP",
@@ -33,41 +36,54 @@ RESPONSE_BODY_CAP = 16 * 1024
 """Bytes of a response body read and kept; the rest is never read."""
 
 _KEPT_RESPONSE_HEADERS = ("content-type", "location", "retry-after")
+# A custom auth that asks to read responses (requires_response_body) gets at most this.
+_AUTH_RESPONSE_LIMIT = 1024 * 1024
 
 
 def build_request(
     message: Message, subscription: Subscription, *, timestamp: int, signing_secrets: list[str]
 ) -> httpx.Request:
-    """The POST for one attempt: exact stored body, fresh timestamp and signature(s)."""
+    """The POST for one attempt: exact stored body, fresh timestamp and signature(s) in
+    the subscription's scheme. Its own TLS settings travel in the request's extensions
+    (`TLS_EXTENSION`); authentication is applied when it is sent."""
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", message.content_type.encode("latin-1")),
         (b"user-agent", USER_AGENT.encode("ascii")),
         (b"webhook-id", message.id.encode("ascii")),
         (b"webhook-timestamp", str(timestamp).encode("ascii")),
-        (
-            b"webhook-signature",
-            sign_all(signing_secrets, message.id, timestamp, message.payload).encode("ascii"),
-        ),
     ]
+    signer = get_signer(subscription.signature)
+    headers.extend(
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in signer.sign(signing_secrets, message.id, timestamp, message.payload)
+    )
     headers.extend(
         (name.encode("latin-1"), value.encode("latin-1"))
         for name, value in subscription.headers.items()
     )
     timeout = subscription.timeout
+    extensions: dict[str, object] = {
+        "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+    }
+    tls = TLSSettings(subscription.ca_bundle, subscription.client_cert, subscription.client_key)
+    if not tls.is_default:
+        extensions[TLS_EXTENSION] = tls
     return httpx.Request(
         "POST",
         subscription.url,
         headers=headers,
         content=message.payload,
-        extensions={
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        },
+        extensions=extensions,
     )
 
 
 def outcome_from_exception(exc: BaseException) -> Outcome:
     """Classify why an attempt got no usable HTTP response. The one place that knows
     the exception types of httpx, of transports and of the event loop."""
+    if _caused_by(exc, BlockedAddress):
+        return Outcome(error_kind=ErrorKind.BLOCKED, error=_describe(exc, "blocked address"))
+    if _caused_by(exc, AuthError):
+        return Outcome(error_kind=ErrorKind.AUTH, error=_describe(exc, "credentials unavailable"))
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
         return Outcome(error_kind=ErrorKind.TIMEOUT, error=_describe(exc, "timed out"))
     if _caused_by(exc, ssl.SSLError) or (
@@ -97,6 +113,30 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+async def _buffered(response: httpx.Response, request: httpx.Request, limit: int) -> httpx.Response:
+    """A copy of ``response`` with its body read (at most ``limit`` bytes), for auth flows
+    that look at bodies."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise httpx.RemoteProtocolError(
+                    f"a response read for authentication is larger than {limit} bytes"
+                )
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(chunks),
+        request=request,
+        extensions=response.extensions,
+    )
 
 
 def _kept_headers(headers: httpx.Headers) -> Mapping[str, str]:
@@ -135,7 +175,7 @@ class Engine:
                 signing_secrets=subscription.signing_secrets(started_at),
             )
             status_code, kept, body = await asyncio.wait_for(
-                self._send(request), timeout=subscription.timeout
+                self._send(request, subscription.auth), timeout=subscription.timeout
             )
             outcome = Outcome(status_code=status_code, headers=kept)
         except asyncio.CancelledError:
@@ -162,13 +202,38 @@ class Engine:
         )
         return attempt, outcome
 
-    async def _send(self, request: httpx.Request) -> tuple[int, Mapping[str, str], bytes]:
-        response = await self.transport.handle_async_request(request)
+    async def _send(
+        self, request: httpx.Request, auth: httpx.Auth | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        if auth is None:
+            response = await self.transport.handle_async_request(request)
+        else:
+            response = await self._send_with_auth(request, auth)
         try:
             body = await self._read_capped(response)
         finally:
             await response.aclose()
         return response.status_code, _kept_headers(response.headers), body
+
+    async def _send_with_auth(self, request: httpx.Request, auth: httpx.Auth) -> httpx.Response:
+        """Drive an httpx auth flow over the transport (what `httpx.AsyncClient` does,
+        without the client): the flow yields requests (the webhook, a token fetch, a
+        retry after 401) and receives each response; the last response is returned."""
+        flow = auth.async_auth_flow(request)
+        try:
+            outgoing = await flow.__anext__()
+            while True:
+                response = await self.transport.handle_async_request(outgoing)
+                if auth.requires_response_body:
+                    response = await _buffered(response, outgoing, _AUTH_RESPONSE_LIMIT)
+                try:
+                    following = await flow.asend(response)
+                except StopAsyncIteration:
+                    return response
+                await response.aclose()
+                outgoing = following
+        finally:
+            await flow.aclose()
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         cap = self.response_body_cap

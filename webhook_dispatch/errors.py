@@ -9,8 +9,11 @@ WebhookDispatchError
 │   ├── InvalidEventType                   not dotted [A-Za-z0-9_] segments / bad pattern
 │   ├── InvalidPayload                     not JSON-serializable, or bytes without content type
 │   │   └── PayloadTooLarge                over the size cap
+│   ├── InvalidAuth                        unusable endpoint authentication settings
 │   └── InvalidStoreURL                    unknown scheme or unusable path
 ├── InvalidSignature (ValueError)          `verify()` refused a request
+├── AuthError                              endpoint credentials could not be obtained (token
+│                                          endpoint failed): recorded as a retried attempt
 ├── NotFound (LookupError)                 no subscription / delivery / message with that id
 └── StoreError                             the store could not do what was asked
     ├── StoreUnavailable                   locked, disk full, connection lost: try again later
@@ -29,7 +32,9 @@ if TYPE_CHECKING:
     from .models import Message, Subscription
 
 __all__ = [
+    "AuthError",
     "ConfigurationError",
+    "InvalidAuth",
     "InvalidEventType",
     "InvalidHeader",
     "InvalidPayload",
@@ -96,6 +101,18 @@ class InvalidPayload(ConfigurationError):
 
 class PayloadTooLarge(InvalidPayload):
     """A serialized payload is larger than the configured cap."""
+
+
+class InvalidAuth(ConfigurationError):
+    """Endpoint authentication settings are unusable (empty token, bad key, bad URL...)."""
+
+
+class AuthError(WebhookDispatchError):
+    """Credentials for an endpoint could not be obtained or applied during an attempt (the
+    OAuth 2 token endpoint failed, an auth type is not registered in this process).
+
+    The engine records the attempt with error kind ``auth`` and retries it on schedule.
+    """
 
 
 class InvalidStoreURL(ConfigurationError):

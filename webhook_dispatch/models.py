@@ -10,9 +10,12 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from .auth import EndpointAuth
 
 __all__ = [
     "Attempt",
@@ -89,6 +92,8 @@ class ErrorKind(str, enum.Enum):
     PROTOCOL = "protocol"
     BLOCKED = "blocked"
     """The endpoint resolved to an address the network guard refuses."""
+    AUTH = "auth"
+    """The endpoint's credentials could not be obtained (the token endpoint failed)."""
     OTHER = "other"
 
 
@@ -104,7 +109,9 @@ class RetiredSecret:
 class Subscription:
     """An endpoint that receives the events matching its patterns.
 
-    ``secret`` is the current signing secret (``whsec_...``); it never appears in ``repr``.
+    ``secret`` is the current signing secret (``whsec_...``, or what ``signature``'s
+    scheme takes); it never appears in ``repr``, nor does ``auth``. ``ca_bundle``,
+    ``client_cert`` and ``client_key`` are paths of PEM files for TLS to this endpoint.
     """
 
     id: str
@@ -119,6 +126,13 @@ class Subscription:
     timeout: float = 15.0
     created_at: datetime
     updated_at: datetime
+    signature: str = "standard"
+    """The signature scheme's name (see `webhook_dispatch.signing.get_signer`)."""
+    auth: EndpointAuth | None = attrs.field(default=None, repr=False)
+    """Authentication applied to every request, or None."""
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets that sign a request sent at ``now``: current first, then unexpired old."""
@@ -204,7 +218,31 @@ class Attempt:
 # in columns of their own, so adding a setting needs no schema migration. Each entry:
 # field name -> (to JSON-safe value, from the stored value). Values equal to the field's
 # default are left out of the document.
-_OPTION_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {}
+def _same(value: Any) -> Any:
+    return value
+
+
+def _encode_auth(auth: EndpointAuth) -> dict[str, Any]:
+    from .auth import auth_to_document
+
+    return auth_to_document(auth)
+
+
+def _decode_auth(document: Any) -> EndpointAuth | None:
+    from .auth import UnregisteredAuth, auth_from_document
+
+    if not isinstance(document, dict):
+        return UnregisteredAuth("", {})
+    return auth_from_document(document)
+
+
+_OPTION_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "signature": (_same, str),
+    "auth": (_encode_auth, _decode_auth),
+    "ca_bundle": (_same, _same),
+    "client_cert": (_same, _same),
+    "client_key": (_same, _same),
+}
 
 
 def options_document(subscription: Subscription) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Signing secrets, Standard Webhooks v1 signatures, and `verify()` for receivers.
+"""Signing secrets and signature schemes (Standard Webhooks v1 and v1a, GitHub and Stripe
+styles, custom `Signer`s), and `verify()` for receivers.
 
 Pure functions of their inputs and a clock: no I/O, cheap enough for the delivery hot path.
 """
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import httpx
 
@@ -24,19 +25,32 @@ from .clock import utc
 from .errors import ConfigurationError, InvalidSecret, InvalidSignature
 
 __all__ = [
+    "DEFAULT_SIGNATURE",
     "DEFAULT_TOLERANCE",
     "MAX_SECRET_BYTES",
     "MIN_SECRET_BYTES",
+    "PUBLIC_KEY_PREFIX",
+    "SECRET_KEY_PREFIX",
     "SECRET_PREFIX",
     "SIGNATURE_HEADERS",
     "WEBHOOK_ID_HEADER",
     "WEBHOOK_SIGNATURE_HEADER",
     "WEBHOOK_TIMESTAMP_HEADER",
+    "Ed25519Signer",
+    "GitHubSigner",
     "HeadersLike",
+    "Signer",
+    "StandardSigner",
+    "StripeSigner",
+    "generate_keypair",
     "generate_secret",
+    "get_signer",
     "parse_secret",
+    "public_key",
+    "register_signer",
     "sign",
     "sign_all",
+    "signer_names",
     "verify",
 ]
 
@@ -54,6 +68,16 @@ SIGNATURE_HEADERS = (WEBHOOK_ID_HEADER, WEBHOOK_TIMESTAMP_HEADER, WEBHOOK_SIGNAT
 
 SECRET_PREFIX = "whsec_"
 """Prefix of Standard Webhooks symmetric secrets; optional when a secret is parsed."""
+
+SECRET_KEY_PREFIX = "whsk_"
+"""Prefix of Standard Webhooks ed25519 secret keys: base64 of the 32-byte seed followed by
+the 32-byte public key."""
+
+PUBLIC_KEY_PREFIX = "whpk_"
+"""Prefix of Standard Webhooks ed25519 public keys: base64 of the 32-byte public key."""
+
+DEFAULT_SIGNATURE = "standard"
+"""The signature scheme subscriptions use unless told otherwise (Standard Webhooks v1)."""
 
 MIN_SECRET_BYTES = 16
 """Shortest decoded key `parse_secret()` accepts."""
@@ -158,6 +182,9 @@ def _signed_prefix(msg_id: str, timestamp: int) -> bytes:
 
 
 def _signature(secret: str, prefix: bytes, body: bytes) -> str:
+    if isinstance(secret, str) and secret.startswith(SECRET_KEY_PREFIX):
+        signature = _ed25519_private(secret).sign(prefix + body)
+        return "v1a," + binascii.b2a_base64(signature, newline=False).decode("ascii")
     mac = _hmac_for(secret)
     mac.update(prefix)
     mac.update(body)
@@ -169,7 +196,8 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
     The signature is base64 of HMAC-SHA256, keyed with `parse_secret(secret)`, over
     ``f"{msg_id}.{timestamp}.".encode() + body``; ``timestamp`` is integer Unix seconds.
-    Raises `InvalidSecret` for an unusable secret.
+    With a ``whsk_`` ed25519 secret key it is ``"v1a,<base64>"``, the ed25519 signature of
+    the same bytes. Raises `InvalidSecret` for an unusable secret.
     """
     return _signature(secret, _signed_prefix(msg_id, timestamp), body)
 
@@ -203,9 +231,10 @@ def verify(
     case-insensitive) from ``headers``: a mapping, `httpx.Headers`, or (name, value)
     pairs of ``str`` or ``bytes`` (raw ASGI headers work). The timestamp must lie within
     ``tolerance`` seconds of ``now`` (default: the system clock; a naive datetime is
-    taken as UTC) in either direction, and at least one ``v1,<base64>`` entry of the
-    signature header must match one of the secrets (several during a rotation). Entries
-    with other versions, such as ``v1a,``, are ignored.
+    taken as UTC) in either direction, and at least one entry of the signature header
+    must match one of the secrets (several during a rotation): ``v1,<base64>`` entries
+    are checked against ``whsec_`` secrets, ``v1a,<base64>`` (ed25519) entries against
+    ``whpk_`` public keys (or ``whsk_`` secret keys). Other versions are ignored.
 
     Raises `InvalidSignature`, and only that, for anything wrong with the request:
     missing, duplicated, non-ASCII or oversized headers, a malformed or out-of-tolerance
@@ -214,7 +243,7 @@ def verify(
     ``tolerance`` or an unusable ``now`` raises `ConfigurationError`.
     """
     # Caller mistakes surface first, whatever the request looks like.
-    macs = _macs_for(secret)
+    macs, public_keys = _verifiers_for(secret)
     current = _now_seconds(now)
     if (
         isinstance(tolerance, bool)
@@ -250,33 +279,49 @@ def verify(
         mac.update(payload)
         expected.append(mac.digest())
 
+    signed = prefix + payload if public_keys else b""
     for entry in signature_text.split():
         version, _, encoded = entry.partition(",")
-        if version != "v1":
+        if version not in ("v1", "v1a"):
             continue
         try:
             candidate = base64.b64decode(encoded, validate=True)
         except binascii.Error:
             continue
-        if len(candidate) != _SHA256_SIZE:
-            continue
-        for digest in expected:
-            if hmac.compare_digest(digest, candidate):
-                return
-    raise InvalidSignature("no v1 signature in the webhook-signature header matches the secret")
+        if version == "v1" and len(candidate) == _SHA256_SIZE:
+            for digest in expected:
+                if hmac.compare_digest(digest, candidate):
+                    return
+        elif version == "v1a" and len(candidate) == _ED25519_SIGNATURE_SIZE:
+            for key in public_keys:
+                if _ed25519_verifies(key, candidate, signed):
+                    return
+    kinds = " or ".join(kind for kind, present in (("v1", macs), ("v1a", public_keys)) if present)
+    raise InvalidSignature(
+        f"no {kinds} signature in the webhook-signature header matches the secret"
+    )
 
 
-def _macs_for(secret: str | Sequence[str]) -> list[hmac.HMAC]:
+def _verifiers_for(secret: str | Sequence[str]) -> tuple[list[hmac.HMAC], list[Any]]:
     given: object = secret  # checked at run time too: callers may not use mypy
     if isinstance(given, str):
-        return [_hmac_for(given)]
-    if isinstance(given, (bytes, bytearray)) or not isinstance(given, Sequence):
+        given = [given]
+    elif isinstance(given, (bytes, bytearray)) or not isinstance(given, Sequence):
         raise InvalidSecret(
             f"secret must be a str or a sequence of str, not {type(given).__name__}"
         )
     if not given:
         raise InvalidSecret("at least one secret is needed to verify")
-    return [_hmac_for(one) for one in given]
+    macs: list[hmac.HMAC] = []
+    public_keys: list[Any] = []
+    for one in given:
+        if isinstance(one, str) and one.startswith(PUBLIC_KEY_PREFIX):
+            public_keys.append(_ed25519_public(one))
+        elif isinstance(one, str) and one.startswith(SECRET_KEY_PREFIX):
+            public_keys.append(_ed25519_private(one).public_key())
+        else:
+            macs.append(_hmac_for(one))
+    return macs, public_keys
 
 
 def _now_seconds(now: datetime | float | None) -> float:
@@ -379,3 +424,281 @@ def _header_value(name: str, value: object) -> str:
     if not value.isascii() or not value.isprintable():
         raise InvalidSignature(f"the {name} header has non-printable or non-ASCII characters")
     return value
+
+
+# -- ed25519 (Standard Webhooks v1a) ----------------------------------------------------
+_ED25519_KEY_SIZE = 32
+_ED25519_SIGNATURE_SIZE = 64
+_ED25519_HINT = (
+    "ed25519 signatures (v1a) need the cryptography package: "
+    "pip install 'webhook-dispatch[ed25519]'"
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+
+def _ed25519_module() -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:  # pragma: no cover - the test extra installs cryptography
+        raise ConfigurationError(_ED25519_HINT) from None
+    return ed25519
+
+
+def _decode_key(text: str, prefix: str, size: int, what: str) -> bytes:
+    encoded = text[len(prefix) :]
+    if len(encoded) > 4 * -(-size // 3) + 2 or _BASE64_SECRET.fullmatch(encoded) is None:
+        raise InvalidSecret(f"the {what} is not base64 of {size} bytes after '{prefix}'")
+    try:
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise InvalidSecret(f"the {what} is not valid base64") from None
+    if len(raw) != size:
+        raise InvalidSecret(f"the {what} must decode to {size} bytes")
+    return raw
+
+
+@lru_cache(maxsize=_MAX_DECODE_CACHE)
+def _ed25519_private(secret_key: str) -> Ed25519PrivateKey:
+    if not isinstance(secret_key, str) or not secret_key.startswith(SECRET_KEY_PREFIX):
+        raise InvalidSecret(f"an ed25519 secret key is a str starting with {SECRET_KEY_PREFIX!r}")
+    raw = _decode_key(secret_key, SECRET_KEY_PREFIX, 2 * _ED25519_KEY_SIZE, "ed25519 secret key")
+    ed25519 = _ed25519_module()
+    private: Ed25519PrivateKey = ed25519.Ed25519PrivateKey.from_private_bytes(
+        raw[:_ED25519_KEY_SIZE]
+    )
+    if _raw_public(private.public_key()) != raw[_ED25519_KEY_SIZE:]:
+        raise InvalidSecret("the ed25519 secret key's public half does not match its seed")
+    return private
+
+
+@lru_cache(maxsize=_MAX_DECODE_CACHE)
+def _ed25519_public(public: str) -> Ed25519PublicKey:
+    if not isinstance(public, str) or not public.startswith(PUBLIC_KEY_PREFIX):
+        raise InvalidSecret(f"an ed25519 public key is a str starting with {PUBLIC_KEY_PREFIX!r}")
+    raw = _decode_key(public, PUBLIC_KEY_PREFIX, _ED25519_KEY_SIZE, "ed25519 public key")
+    key: Ed25519PublicKey = _ed25519_module().Ed25519PublicKey.from_public_bytes(raw)
+    return key
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _ed25519_verifies(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature as BadSignature
+
+    try:
+        key.verify(signature, signed)
+    except BadSignature:
+        return False
+    return True
+
+
+def generate_keypair() -> tuple[str, str]:
+    """Return a new ed25519 key pair for Standard Webhooks v1a: ``(secret_key, public_key)``.
+
+    The ``whsk_`` secret key signs (pass it as ``secret=`` with
+    ``signature="standard-ed25519"``); the ``whpk_`` public key is what receivers verify
+    with, and it can be published. Needs the ``[ed25519]`` extra (cryptography).
+    """
+    ed25519 = _ed25519_module()
+    private = ed25519.Ed25519PrivateKey.generate()
+    from cryptography.hazmat.primitives import serialization
+
+    seed = private.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    raw_public = _raw_public(private.public_key())
+    secret_key = SECRET_KEY_PREFIX + base64.b64encode(seed + raw_public).decode("ascii")
+    return secret_key, PUBLIC_KEY_PREFIX + base64.b64encode(raw_public).decode("ascii")
+
+
+def public_key(secret_key: str) -> str:
+    """The ``whpk_`` public key of a ``whsk_`` ed25519 secret key (give it to receivers)."""
+    raw = _raw_public(_ed25519_private(secret_key).public_key())
+    return PUBLIC_KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+# -- signature schemes ------------------------------------------------------------------
+@runtime_checkable
+class Signer(Protocol):
+    """A signature scheme: how a subscription's secret(s) sign each request.
+
+    ``name`` selects it (``subscribe(..., signature=name)``) once `register_signer` has
+    seen it; ``header_names`` are the headers `sign` sets (custom headers may not use
+    them). ``webhook-id`` and ``webhook-timestamp`` are sent with every scheme.
+    """
+
+    name: str
+    header_names: tuple[str, ...]
+
+    def check_secret(self, secret: str) -> None:
+        """Raise `InvalidSecret` unless ``secret`` can sign with this scheme; the message
+        must never contain the secret."""
+
+    def generate_secret(self) -> str:
+        """A new random secret suitable for this scheme."""
+
+    def sign(
+        self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+    ) -> list[tuple[str, str]]:
+        """The signature header(s) of one request; ``secrets`` holds the current secret
+        first, then those still valid during a rotation."""
+
+
+class StandardSigner:
+    """Standard Webhooks v1: ``webhook-signature: v1,<base64 HMAC-SHA256>`` (the default)."""
+
+    name = "standard"
+    header_names: tuple[str, ...] = (WEBHOOK_SIGNATURE_HEADER,)
+
+    def check_secret(self, secret: str) -> None:
+        """A ``whsec_`` secret (see `parse_secret`)."""
+        parse_secret(secret)
+
+    def generate_secret(self) -> str:
+        """A new ``whsec_`` secret."""
+        return generate_secret()
+
+    def sign(
+        self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+    ) -> list[tuple[str, str]]:
+        """One header with a space-separated signature per secret."""
+        return [(WEBHOOK_SIGNATURE_HEADER, sign_all(secrets, msg_id, timestamp, body))]
+
+
+class Ed25519Signer(StandardSigner):
+    """Standard Webhooks v1a: ``webhook-signature: v1a,<base64 ed25519 signature>``.
+
+    The secret is a ``whsk_`` key from `generate_keypair`; receivers verify with its
+    ``whpk_`` public key (`public_key`), which need not be kept secret.
+    """
+
+    name = "standard-ed25519"
+
+    def check_secret(self, secret: str) -> None:
+        """A ``whsk_`` ed25519 secret key whose halves match."""
+        _ed25519_private(secret)
+
+    def generate_secret(self) -> str:
+        """A new ``whsk_`` secret key."""
+        return generate_keypair()[0]
+
+
+def _check_plain_secret(secret: str) -> None:
+    if not isinstance(secret, str):
+        raise InvalidSecret(f"a secret must be a str, not {type(secret).__name__}")
+    if not 16 <= len(secret) <= 512:
+        raise InvalidSecret("the secret must be 16 to 512 characters long")
+    if not secret.isascii() or not secret.isprintable():
+        raise InvalidSecret("the secret must be printable ASCII")
+    if secret != secret.strip():
+        raise InvalidSecret("the secret must not start or end with whitespace")
+
+
+def _hex_hmac(secret: str, *parts: bytes) -> str:
+    mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return mac.hexdigest()
+
+
+class GitHubSigner:
+    """GitHub style: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``, keyed
+    with the secret's UTF-8 bytes, no timestamp. The header holds one signature, so during
+    a rotation only the new secret signs."""
+
+    name = "github"
+    header_names: tuple[str, ...] = ("x-hub-signature-256",)
+
+    def check_secret(self, secret: str) -> None:
+        """Any printable ASCII string of 16 to 512 characters."""
+        _check_plain_secret(secret)
+
+    def generate_secret(self) -> str:
+        """A new random secret (``whsec_`` shaped, used as plain text)."""
+        return generate_secret()
+
+    def sign(
+        self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+    ) -> list[tuple[str, str]]:
+        """``X-Hub-Signature-256`` with the current secret's signature."""
+        return [("X-Hub-Signature-256", "sha256=" + _hex_hmac(secrets[0], body))]
+
+
+class StripeSigner:
+    """Stripe style: ``Stripe-Signature: t=<ts>,v1=<hex>``, hex HMAC-SHA256 keyed with the
+    whole secret string's UTF-8 bytes over ``"{t}.{body}"``. During a rotation one ``v1=``
+    entry per secret, as Stripe does."""
+
+    name = "stripe"
+    header_names: tuple[str, ...] = ("stripe-signature",)
+
+    def check_secret(self, secret: str) -> None:
+        """Any printable ASCII string of 16 to 512 characters."""
+        _check_plain_secret(secret)
+
+    def generate_secret(self) -> str:
+        """A new random secret (``whsec_`` shaped, used as plain text)."""
+        return generate_secret()
+
+    def sign(
+        self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+    ) -> list[tuple[str, str]]:
+        """``Stripe-Signature`` with one ``v1=`` entry per secret."""
+        signed_prefix = f"{timestamp}.".encode()
+        entries = [f"v1={_hex_hmac(secret, signed_prefix, body)}" for secret in secrets]
+        return [("Stripe-Signature", ",".join([f"t={timestamp}", *entries]))]
+
+
+_SIGNER_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
+_SIGNERS: dict[str, Signer] = {
+    signer.name: signer
+    for signer in (StandardSigner(), Ed25519Signer(), GitHubSigner(), StripeSigner())
+}
+
+
+def register_signer(signer: Signer, *, replace: bool = False) -> Signer:
+    """Make ``signer`` selectable as ``subscribe(..., signature=signer.name)``.
+
+    Register it in every process that delivers (workers too) before they start.
+    Raises `ConfigurationError` for a malformed name, or one already taken unless
+    ``replace``. Returns ``signer``.
+    """
+    if not isinstance(signer, Signer):
+        raise ConfigurationError(
+            "a signer needs name, header_names, check_secret(), generate_secret() and sign()"
+        )
+    if not isinstance(signer.name, str) or _SIGNER_NAME.fullmatch(signer.name) is None:
+        raise ConfigurationError(
+            "a signer's name must be 1 to 64 lowercase letters, digits, '.', '_' or '-'"
+        )
+    if signer.name in _SIGNERS and not replace:
+        raise ConfigurationError(f"a signer named {signer.name!r} is already registered")
+    _SIGNERS[signer.name] = signer
+    return signer
+
+
+def get_signer(name: str) -> Signer:
+    """The registered signature scheme called ``name``; `ConfigurationError` otherwise."""
+    signer = _SIGNERS.get(name) if isinstance(name, str) else None
+    if signer is None:
+        shown = name[:40] if isinstance(name, str) else type(name).__name__
+        raise ConfigurationError(
+            f"unknown signature scheme {shown!r}; known: {', '.join(sorted(_SIGNERS))}"
+        )
+    return signer
+
+
+def signer_names() -> list[str]:
+    """The names of every registered signature scheme, sorted."""
+    return sorted(_SIGNERS)

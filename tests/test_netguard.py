@@ -1,0 +1,396 @@
+"""The SSRF guard: address classification, literal spellings, pinning against DNS
+rebinding, and what a refused delivery looks like. Names resolve through resolvers the
+tests control; nothing leaves 127.0.0.0/8."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import ipaddress
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import webhook_dispatch as wd
+from webhook_dispatch.engine import outcome_from_exception
+from webhook_dispatch.netguard import (
+    BlockedAddress,
+    GuardedResolver,
+    NetworkPolicy,
+    embedded_ipv4,
+    parse_host_literal,
+    parse_networks,
+    refusal_reason,
+)
+from webhook_dispatch.transport import AiohttpTransport
+
+REFUSED = [
+    "127.0.0.1",
+    "127.255.255.254",
+    "10.0.0.1",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",
+    "100.127.255.255",
+    "0.0.0.0",
+    "0.1.2.3",
+    "224.0.0.1",
+    "239.255.255.250",
+    "255.255.255.255",
+    "240.0.0.1",
+    "192.0.2.10",
+    "198.51.100.7",
+    "203.0.113.9",
+    "198.18.0.1",
+    "198.19.255.255",
+    "192.0.0.8",
+    "::",
+    "::1",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "fec0::1",
+    "ff02::1",
+    "2001:db8::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b:1::1",
+    "2002:7f00:1::1",
+    "2002:c0a8:101::1",
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+    "::127.0.0.1",
+]
+ALLOWED = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "100.128.0.1",
+    "172.32.0.1",
+    "192.169.0.1",
+    "2606:4700:4700::1111",
+    "2a00:1450:4001::200e",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "2002:808:808::1",
+]
+
+
+@pytest.mark.parametrize("text", REFUSED)
+def test_refused_addresses(text: str) -> None:
+    address = ipaddress.ip_address(text)
+    assert refusal_reason(address) is not None
+    assert NetworkPolicy().check_address(address) is not None
+    assert NetworkPolicy(allow_private_networks=True).check_address(address) is None
+
+
+@pytest.mark.parametrize("text", ALLOWED)
+def test_public_addresses_are_allowed(text: str) -> None:
+    assert refusal_reason(ipaddress.ip_address(text)) is None
+
+
+def test_reasons_name_the_range() -> None:
+    assert refusal_reason(ipaddress.ip_address("127.0.0.1")) == "loopback"
+    assert "metadata" in str(refusal_reason(ipaddress.ip_address("169.254.169.254")))
+    assert "carrier-grade" in str(refusal_reason(ipaddress.ip_address("100.64.1.1")))
+    assert "embedded in IPv6" in str(refusal_reason(ipaddress.ip_address("::ffff:10.0.0.1")))
+
+
+def test_embedded_ipv4() -> None:
+    def embedded(text: str) -> str:
+        return str(embedded_ipv4(ipaddress.IPv6Address(text)))
+
+    assert embedded("::ffff:7f00:1") == "127.0.0.1"
+    assert embedded("64:ff9b::a00:1") == "10.0.0.1"
+    assert embedded("2002:a00:1::") == "10.0.0.1"
+    assert embedded_ipv4(ipaddress.IPv6Address("2606:4700::1")) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0x7F000001", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
+        ("::1", "::1"),
+        ("127.0.0.1.", "127.0.0.1"),
+        ("8.8.8.8", "8.8.8.8"),
+    ],
+)
+def test_literal_spellings(host: str, expected: str) -> None:
+    assert str(parse_host_literal(host)) == expected
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "0x7g.1", "256.1.1.1", "1.2.3.4.5", "08.1.1.1", "", "a.1"]
+)
+def test_names_are_not_literals(host: str) -> None:
+    assert parse_host_literal(host) is None
+
+
+def test_allowed_networks_open_only_their_range() -> None:
+    policy = NetworkPolicy(allowed_networks=parse_networks(["10.1.0.0/16", "fd00::/8"]))
+    assert policy.check_address(ipaddress.ip_address("10.1.2.3")) is None
+    assert policy.check_address(ipaddress.ip_address("::ffff:10.1.2.3")) is None
+    assert policy.check_address(ipaddress.ip_address("fd00::5")) is None
+    assert policy.check_address(ipaddress.ip_address("10.2.0.1")) is not None
+    assert policy.check_address(ipaddress.ip_address("127.0.0.1")) is not None
+
+
+@pytest.mark.parametrize(
+    "networks", ["10.0.0.0/8", ["10.0.0.1/8"], ["10.0.0.0/33"], ["not a network"], [10], None]
+)
+def test_bad_allowed_networks(networks: object) -> None:
+    with pytest.raises(wd.ConfigurationError):
+        wd.Dispatcher(allowed_networks=networks)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://017700000001/",
+        "http://127.1/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://[fd00::1]/",
+        "http://0.0.0.0:8080/",
+    ],
+)
+def test_literal_urls_are_refused_at_subscribe(url: str) -> None:
+    with wd.Dispatcher() as dispatcher:
+        with pytest.raises(wd.InvalidURL, match="network guard"):
+            dispatcher.subscribe(url)
+        assert dispatcher.subscriptions() == []
+    with wd.Dispatcher(allow_private_networks=True) as open_dispatcher:
+        open_dispatcher.subscribe(url)
+
+
+def test_allowed_networks_open_a_literal_at_subscribe() -> None:
+    with wd.Dispatcher(allowed_networks=["10.0.0.0/8"]) as dispatcher:
+        dispatcher.subscribe("http://10.1.2.3/hook")
+        with pytest.raises(wd.InvalidURL):
+            dispatcher.subscribe("http://192.168.0.1/hook")
+
+
+def test_https_only_refuses_http_at_subscribe() -> None:
+    with wd.Dispatcher(https_only=True) as dispatcher:
+        with pytest.raises(wd.InvalidURL, match="https"):
+            dispatcher.subscribe("http://example.com/hook")
+        dispatcher.subscribe("https://example.com/hook")
+
+
+# -- real sockets ----------------------------------------------------------------------
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.hits += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def _serve(host: str, port: int = 0) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer((host, port), _Recorder)
+    server.daemon_threads = True
+    server.hits = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def good_and_bad() -> Iterator[tuple[http.server.ThreadingHTTPServer, socket.socket, int]]:
+    """A receiver on 127.0.0.2 and, on the same port of 127.0.0.1, a listener that must
+    never see a connection."""
+    good = _serve("127.0.0.2")
+    port = good.server_address[1]
+    bad = socket.create_server(("127.0.0.1", port))
+    bad.setblocking(False)
+    try:
+        yield good, bad, port
+    finally:
+        good.shutdown()
+        good.server_close()
+        bad.close()
+
+
+def _bad_was_contacted(bad: socket.socket) -> bool:
+    try:
+        connection, _ = bad.accept()
+    except BlockingIOError:
+        return False
+    connection.close()
+    return True
+
+
+def _resolver(*answers: list[str]) -> tuple[list[str], object]:
+    calls: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return answers[min(len(calls), len(answers)) - 1]
+
+    return calls, resolve
+
+
+def test_name_resolving_to_loopback_is_blocked_and_not_retried(tmp_path: Path) -> None:
+    server = _serve("127.0.0.1")
+    try:
+        port = server.server_address[1]
+        calls, resolve = _resolver(["127.0.0.1"])
+        transport = AiohttpTransport(network_policy=NetworkPolicy(), resolve=resolve)  # type: ignore[arg-type]
+        with wd.Dispatcher(transport=transport, retry=wd.RetryPolicy.fixed([0, 0, 0])) as d:
+            d.subscribe(f"http://hooks.internal.test:{port}/hook")
+            message = d.publish("order.created", {"id": 1})
+            assert d.run_until_idle() == 1
+            [attempt] = d.attempts(message.id)
+            [delivery] = d.deliveries(message_id=message.id)
+        assert attempt.error_kind is wd.ErrorKind.BLOCKED
+        assert attempt.status_code is None
+        assert "blocked address" in str(attempt.error)
+        assert "hooks.internal.test" in str(attempt.error) and "127.0.0.1" in str(attempt.error)
+        assert delivery.status is wd.DeliveryStatus.FAILED
+        assert calls == ["hooks.internal.test"]
+        assert server.hits == 0  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_name_resolving_to_loopback_is_allowed_with_the_option() -> None:
+    server = _serve("127.0.0.1")
+    try:
+        port = server.server_address[1]
+        _, resolve = _resolver(["127.0.0.1"])
+        policy = NetworkPolicy(allow_private_networks=True)
+        transport = AiohttpTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
+        with wd.Dispatcher(transport=transport) as d:
+            d.subscribe(f"http://hooks.internal.test:{port}/hook")
+            message = d.publish("order.created", {"id": 1})
+            d.run_until_idle()
+            [attempt] = d.attempts(message.id)
+        assert attempt.status_code == 200
+        assert server.hits == 1  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def _post(transport: AiohttpTransport, url: str) -> int:
+    response = await transport.handle_async_request(httpx.Request("POST", url, content=b"{}"))
+    await response.aread()
+    await response.aclose()
+    return response.status_code
+
+
+def test_rebinding_cannot_reach_a_refused_address(
+    good_and_bad: tuple[http.server.ThreadingHTTPServer, socket.socket, int],
+) -> None:
+    good, bad, port = good_and_bad
+    # First lookup: an allowed address; every later one: loopback (the rebinding attack).
+    calls, resolve = _resolver(["127.0.0.2"], ["127.0.0.1"])
+    policy = NetworkPolicy(allowed_networks=parse_networks(["127.0.0.2/32"]))
+    transport = AiohttpTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
+    url = f"http://rebind.test:{port}/hook"
+
+    async def scenario() -> None:
+        assert await _post(transport, url) == 200
+        await transport.aclose()  # a fresh pool and DNS cache: the name is looked up again
+        with pytest.raises(BlockedAddress, match=r"127\.0\.0\.1"):
+            await _post(transport, url)
+        await transport.aclose()
+
+    asyncio.run(scenario())
+    assert len(calls) == 2
+    assert good.hits == 1  # type: ignore[attr-defined]
+    assert not _bad_was_contacted(bad)
+
+
+def test_mixed_answers_connect_only_to_allowed_addresses(
+    good_and_bad: tuple[http.server.ThreadingHTTPServer, socket.socket, int],
+) -> None:
+    good, bad, port = good_and_bad
+    _, resolve = _resolver(["127.0.0.1", "127.0.0.2", "127.0.0.1"])
+    policy = NetworkPolicy(allowed_networks=parse_networks(["127.0.0.2/32"]))
+    transport = AiohttpTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        for _ in range(5):
+            assert await _post(transport, f"http://mixed.test:{port}/hook") == 200
+            await transport.aclose()
+
+    asyncio.run(scenario())
+    assert good.hits == 5  # type: ignore[attr-defined]
+    assert not _bad_was_contacted(bad)
+
+
+def test_guarded_resolver_keeps_the_host_name_for_tls() -> None:
+    _, resolve = _resolver(["8.8.8.8", "10.0.0.1"])
+    resolver = GuardedResolver(NetworkPolicy(), resolve)  # type: ignore[arg-type]
+    results = asyncio.run(resolver.resolve("api.example.com", 443))
+    assert [r["host"] for r in results] == ["8.8.8.8"]
+    assert results[0]["hostname"] == "api.example.com"
+
+
+def test_literal_ip_subscription_from_an_open_dispatcher_is_blocked_by_a_guarded_one(
+    tmp_path: Path,
+) -> None:
+    """aiohttp never asks the resolver about IP literals: the transport checks them."""
+    server = _serve("127.0.0.1")
+    store = f"sqlite:///{tmp_path / 'hooks.db'}"
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        with wd.Dispatcher(store, allow_private_networks=True) as d:
+            d.subscribe(url)
+        with wd.Dispatcher(store) as guarded:
+            message = guarded.publish("order.created", {"id": 1})
+            guarded.run_until_idle()
+            [attempt] = guarded.attempts(message.id)
+        assert attempt.error_kind is wd.ErrorKind.BLOCKED
+        assert server.hits == 0  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_only_blocks_an_http_subscription_at_delivery(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'hooks.db'}"
+    with wd.Dispatcher(store) as d:
+        d.subscribe("http://hooks.example.com/hook")
+    with wd.Dispatcher(store, https_only=True) as strict:
+        message = strict.publish("order.created", {"id": 1})
+        strict.run_until_idle()
+        [attempt] = strict.attempts(message.id)
+        [delivery] = strict.deliveries(message_id=message.id)
+    assert attempt.error_kind is wd.ErrorKind.BLOCKED
+    assert "https_only" in str(attempt.error)
+    assert delivery.status is wd.DeliveryStatus.FAILED
+
+
+def test_blocked_is_classified_as_not_retried() -> None:
+    outcome = outcome_from_exception(BlockedAddress("h", [("127.0.0.1", "loopback")]))
+    assert outcome.error_kind is wd.ErrorKind.BLOCKED

@@ -9,6 +9,7 @@ a transport passed as ``transport=`` sees connections the guard cannot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 import attrs
 import httpx
+import yarl
 
 from .errors import ConfigurationError
 from .netguard import BlockedAddress, GuardedResolver, NetworkPolicy, ResolveFunction
@@ -204,11 +206,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if name.lower().decode("latin-1") not in _COMPUTED_HEADERS
         ]
         timeout = request.extensions.get("timeout", {})
-        client_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=timeout.get("connect"),
-            sock_read=timeout.get("read"),
-        )
+        client_timeout = _client_timeout(timeout.get("connect"), timeout.get("read"))
         body = (
             request.content
             if isinstance(request.stream, httpx.ByteStream)
@@ -217,7 +215,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _translate_errors():
             response = await session.request(
                 request.method,
-                str(request.url),
+                _yarl_url(str(request.url)),
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -241,6 +239,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
+
+
+@functools.lru_cache(maxsize=4096)
+def _yarl_url(url: str) -> yarl.URL:
+    # httpx has already normalized and percent-encoded the URL: parse it once per
+    # endpoint, not once per request.
+    return yarl.URL(url, encoded=True)
 
 
 class _translate_errors:

@@ -18,104 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import platform
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx
 import tenacity
-from aiohttp import web
+from common import dispatcher_options, machine, receiver
 
 import webhook_dispatch as wd
 
 BODY = b'{"type":"order.created","timestamp":"2030-01-01T00:00:00Z","data":{"id":"ord_1"}}'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def nginx_receiver(directory: Path) -> Iterator[str]:
-    port = free_port()
-    config = directory / "nginx.conf"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            worker_processes 1;
-            daemon off;
-            pid {directory}/nginx.pid;
-            error_log {directory}/error.log crit;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                client_body_temp_path {directory};
-                keepalive_requests 1000000;
-                keepalive_timeout 60s;
-                server {{
-                    listen 127.0.0.1:{port};
-                    location / {{ return 200 "ok"; }}
-                }}
-            }}
-            """
-        )
-    )
-    process = subprocess.Popen(["nginx", "-c", str(config), "-p", str(directory)])
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def python_receiver_main(port: int) -> None:
-    async def ok(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", ok)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-@contextlib.contextmanager
-def python_receiver() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"receiver did not start on port {port}")
 
 
 async def raw_aiohttp(urls: list[str], total: int, connections: int = 32) -> float:
@@ -156,11 +72,6 @@ async def hand_rolled(urls: list[str], total: int, concurrency: int = 32) -> flo
         return total / (time.perf_counter() - started)
 
 
-def dispatcher_options() -> dict[str, Any]:
-    # The receivers listen on 127.0.0.1, which the network guard refuses by default.
-    return {"concurrency": 64, "allow_private_networks": True}
-
-
 def webhook_dispatch_run(urls: list[str], messages: int, directory: Path) -> float:
     """B1: durable SQLite store, signing on, fan-out to every subscription."""
     path = directory / f"b1-{time.monotonic_ns()}.db"
@@ -190,18 +101,12 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=50)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--python-receiver", action="store_true", help="skip nginx")
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        python_receiver_main(args.serve)
-        return
 
     total = args.messages * args.subscriptions
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        use_nginx = shutil.which("nginx") and not args.python_receiver
-        receiver = nginx_receiver(directory) if use_nginx else python_receiver()
-        with receiver as base:
+        with receiver(directory, prefer_nginx=not args.python_receiver) as (base, name):
             urls = [f"{base}/hooks/{n}" for n in range(args.subscriptions)]
 
             def run_async(factory: Callable[[], Awaitable[float]]) -> float:
@@ -216,9 +121,9 @@ def main() -> None:
                 args.reps, lambda: webhook_dispatch_run(urls, args.messages, directory)
             )
 
+    print(machine())
     print(
-        f"machine: {os.cpu_count()} cpus, Python {platform.python_version()}, "
-        f"receiver: {'nginx' if use_nginx else 'aiohttp (python)'}, "
+        f"receiver: {name}, "
         f"{total:,} requests per run ({args.messages} messages x {args.subscriptions} "
         f"subscriptions), median of {args.reps}"
     )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
 import webhook_dispatch as wd
@@ -144,7 +145,9 @@ def test_restart_keeps_subscriptions_pending_retries_and_history(tmp_path: Path)
         assert timedelta(minutes=4) <= wait <= timedelta(minutes=6)
 
     with wd.Dispatcher(store, clock=clock, transport=receiver) as reopened:
-        assert reopened.subscriptions() == [subscription]
+        [kept] = reopened.subscriptions()
+        assert kept.consecutive_failures == 2  # the failure run survives the restart too
+        assert attrs.evolve(kept, failing_since=None, consecutive_failures=0) == subscription
         assert reopened.next_due_at() == due  # still due at the same moment
         assert [a.status_code for a in reopened.attempts(message.id)] == [503, 503]
         clock.set(due - timedelta(seconds=1))

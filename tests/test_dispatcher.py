@@ -379,3 +379,25 @@ async def test_async_background_worker_wakes_on_publish() -> None:
             await asyncio.sleep(0.01)
         assert len(receiver.requests) == 1
         await dispatcher.stop()
+
+
+def test_run_until_idle_after_start_and_stop_still_delivers() -> None:
+    receiver = MockReceiver()
+    with wd.Dispatcher(transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.start()
+        dispatcher.stop()
+        dispatcher.publish("order.created", {})
+        assert dispatcher.run_until_idle() == 1
+    assert len(receiver.requests) == 1
+
+
+async def test_async_run_until_idle_after_start_and_stop_still_delivers() -> None:
+    receiver = MockReceiver()
+    async with wd.AsyncDispatcher(transport=receiver) as dispatcher:
+        await dispatcher.subscribe("https://example.com/h")
+        dispatcher.start()
+        await dispatcher.stop()
+        await dispatcher.publish("order.created", {})
+        assert await dispatcher.run_until_idle() == 1
+    assert len(receiver.requests) == 1

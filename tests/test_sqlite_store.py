@@ -109,7 +109,14 @@ def test_everything_survives_close_and_reopen(db_path: Path) -> None:
 
     reopened = SQLiteStore(db_path)
     try:
-        assert reopened.list_subscriptions() == [subscription]
+        # The failed attempt began the subscription's failure run (auto-disable counts it).
+        assert reopened.list_subscriptions() == [
+            attrs.evolve(
+                subscription,
+                failing_since=record.attempt.started_at,
+                consecutive_failures=1,
+            )
+        ]
         assert reopened.subscriptions_version() == version
         assert reopened.get_message(message.id) == message
         [delivery] = reopened.list_deliveries()

@@ -27,6 +27,7 @@ from webhook_dispatch.models import (
     new_id,
 )
 from webhook_dispatch.stores import AttemptRecord, Claim, Store, open_store
+from webhook_dispatch.stores.base import FAILING_MAX_IN_FLIGHT
 
 STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -599,3 +600,216 @@ def test_purge_in_batches_takes_the_oldest_first(store: Store) -> None:
 def test_close_is_idempotent(store: Store) -> None:
     store.close()
     store.close()
+
+
+# -- flow control, ordering, health (issue 7) ------------------------------------------
+def test_flow_control_settings_round_trip(store: Store) -> None:
+    from webhook_dispatch.models import RetrySchedule
+
+    subscription = make_subscription(
+        rate_limit=2.5,
+        max_in_flight=3,
+        ordered=True,
+        retry_schedule=RetrySchedule((0, 10, 60), 0.1),
+    )
+    store.add_subscription(subscription)
+    assert store.get_subscription(subscription.id) == subscription
+    [listed] = store.list_subscriptions()
+    assert listed.retry_schedule == RetrySchedule((0.0, 10.0, 60.0), 0.1)
+
+
+def test_claim_caps_attempts_in_flight_per_subscription(store: Store) -> None:
+    capped, default, free = (
+        make_subscription(max_in_flight=2),
+        make_subscription(),
+        make_subscription(max_in_flight=50),
+    )
+    for subscription in (capped, default, free):
+        store.add_subscription(subscription)
+    for _ in range(6):
+        published(store, capped, default, free)
+
+    def take(limit: int = 50) -> list[str]:
+        claims = store.claim_due(
+            T0,
+            limit=limit,
+            lease_until=T0 + LEASE,
+            worker_id="w1",
+            default_max_in_flight=3,
+        )
+        return [c.delivery.subscription_id for c in claims]
+
+    first = take()
+    assert first.count(capped.id) == 2
+    assert first.count(default.id) == 3
+    assert first.count(free.id) == 6
+    assert take() == []  # every cap is reached: nothing more while those are in flight
+    # A finished attempt frees one slot of its subscription.
+    [held] = [
+        c
+        for c in store.list_deliveries(subscription_id=capped.id)
+        if c.status.value == "delivering"
+    ][:1]
+    claim_of = Claim(held, store.get_message(held.message_id), capped)
+    store.record([final_record(claim_of, started=T0, status=DeliveryStatus.SUCCEEDED)], "w1")
+    assert take() == [capped.id]
+    # An expired lease no longer counts as in flight.
+    later = T0 + LEASE + timedelta(seconds=1)
+    again = store.claim_due(later, limit=50, lease_until=later + LEASE, worker_id="w2")
+    assert again  # the expired ones come back to the next worker
+
+
+def test_claim_gives_a_failing_subscription_few_slots(store: Store) -> None:
+    failing = make_subscription(failing_since=T0, consecutive_failures=3)
+    healthy = make_subscription()
+    chosen = make_subscription(failing_since=T0, consecutive_failures=3, max_in_flight=4)
+    for subscription in (failing, healthy, chosen):
+        store.add_subscription(subscription)
+    for _ in range(6):
+        published(store, failing, healthy, chosen)
+    claims = store.claim_due(
+        T0, limit=50, lease_until=T0 + LEASE, worker_id="w1", default_max_in_flight=5
+    )
+    taken = [c.delivery.subscription_id for c in claims]
+    assert taken.count(failing.id) == FAILING_MAX_IN_FLIGHT
+    assert taken.count(healthy.id) == 5
+    assert taken.count(chosen.id) == 4  # an explicit max_in_flight is the user's choice
+
+
+def test_claim_allowance_limits_one_subscription(store: Store) -> None:
+    slow, fast = make_subscription(), make_subscription()
+    store.add_subscription(slow)
+    store.add_subscription(fast)
+    for _ in range(4):
+        published(store, slow, fast)
+    claims = store.claim_due(
+        T0, limit=50, lease_until=T0 + LEASE, worker_id="w1", allowance={slow.id: 1}
+    )
+    assert sorted(c.delivery.subscription_id for c in claims).count(slow.id) == 1
+    assert [c.delivery.subscription_id for c in claims].count(fast.id) == 4
+    assert (
+        store.claim_due(
+            T0, limit=50, lease_until=T0 + LEASE, worker_id="w1", allowance={slow.id: 0}
+        )
+        == []
+    )
+
+
+def test_ordered_subscription_gives_its_oldest_unfinished_delivery_only(store: Store) -> None:
+    ordered, plain = make_subscription(ordered=True), make_subscription()
+    store.add_subscription(ordered)
+    store.add_subscription(plain)
+    messages = [published(store, ordered, plain) for _ in range(3)]
+    first = claim(store, limit=50)
+    assert [c.delivery.message_id for c in first if c.subscription.id == ordered.id] == [
+        messages[0].id
+    ]
+    assert len([c for c in first if c.subscription.id == plain.id]) == 3
+    assert claim(store, limit=50) == []  # the head is in flight: nothing else of it
+    head = next(c for c in first if c.subscription.id == ordered.id)
+    # It fails and is retried later: the later messages, though due, wait.
+    later = T0 + timedelta(seconds=20)  # within the plain subscription's leases
+    store.record([retry_record(head, started=T0, retry_at=later)], "w1")
+    assert claim(store, T0 + timedelta(seconds=10), limit=50) == []
+    retried = claim(store, later, limit=50)
+    assert [c.delivery.message_id for c in retried] == [messages[0].id]
+    store.record([final_record(retried[0], started=later, status=DeliveryStatus.EXHAUSTED)], "w1")
+    following = claim(store, later, limit=50)
+    assert [c.delivery.message_id for c in following] == [messages[1].id]
+
+
+def test_record_tracks_failure_runs_and_recovery(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [first] = claim(store)
+    result = store.record(
+        [retry_record(first, started=T0, retry_at=T0 + timedelta(seconds=5))], "w1"
+    )
+    assert result.disabled == () and result.recovered == ()
+    after = store.get_subscription(subscription.id)
+    assert (after.failing_since, after.consecutive_failures) == (T0, 1)
+    assert store.subscriptions_version() == store.subscriptions_version()
+    [second] = claim(store, T0 + timedelta(seconds=5))
+    ok = final_record(second, started=T0 + timedelta(seconds=5), status=DeliveryStatus.SUCCEEDED)
+    result = store.record([ok], "w1")
+    assert result.recovered == (subscription.id,)
+    healthy = store.get_subscription(subscription.id)
+    assert (healthy.failing_since, healthy.consecutive_failures) == (None, 0)
+
+
+def test_record_disables_after_the_auto_disable_window(store: Store) -> None:
+    from webhook_dispatch.health import AutoDisable
+
+    policy = AutoDisable(failing_for=timedelta(days=5), min_failed_attempts=3)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    moment = T0
+    for _ in range(3):
+        [held] = claim(store, moment)
+        retry_at = moment + timedelta(days=2)
+        result = store.record(
+            [retry_record(held, started=moment, retry_at=retry_at)], "w1", auto_disable=policy
+        )
+        moment = retry_at
+    # Failing since T0, 3 attempts, but only 4 days: still enabled.
+    assert result.disabled == ()
+    assert store.get_subscription(subscription.id).enabled
+    version = store.subscriptions_version()
+    [held] = claim(store, moment)
+    result = store.record(
+        [retry_record(held, started=moment, retry_at=moment + timedelta(days=1))],
+        "w1",
+        auto_disable=policy,
+    )
+    [(disabled_id, reason)] = result.disabled
+    assert disabled_id == subscription.id and "failing since" in reason
+    gone = store.get_subscription(subscription.id)
+    assert not gone.enabled and gone.disabled_reason == reason
+    assert store.subscriptions_version() != version
+    # Its pending delivery is held, not dropped.
+    assert store.list_deliveries(subscription_id=subscription.id)[0].status is (
+        DeliveryStatus.PENDING
+    )
+
+
+def test_record_reports_a_410_disable(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [held] = claim(store)
+    record = final_record(held, started=T0, status=DeliveryStatus.FAILED, disable="410 Gone")
+    assert store.record([record], "w1").disabled == ((subscription.id, "410 Gone"),)
+
+
+def test_release_can_make_a_delivery_due_later(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [held] = claim(store)
+    later = T0 + timedelta(seconds=3)
+    store.release([held.delivery.id], "w1", due_at=later)
+    delivery = store.get_delivery(held.delivery.id)
+    assert delivery.status is DeliveryStatus.PENDING
+    assert delivery.next_attempt_at == later and delivery.attempt_count == 0
+    assert claim(store, T0 + timedelta(seconds=1)) == []
+    assert len(claim(store, later)) == 1
+
+
+def test_stats(store: Store) -> None:
+    active, paused = make_subscription(), make_subscription()
+    store.add_subscription(active)
+    store.add_subscription(paused)
+    published(store, active, paused)
+    published(store, active)
+    store.save_subscription(attrs.evolve(paused, enabled=False))
+    [held, _] = claim(store)
+    store.record([retry_record(held, started=T0, retry_at=T0 + timedelta(hours=1))], "w1")
+    stats = store.stats(T0 + timedelta(minutes=1))
+    assert stats.pending == 2  # the retry waiting, and the one held on the paused one
+    assert stats.delivering == 1
+    assert stats.oldest_pending_at == T0
+    assert stats.oldest_pending_age(T0 + timedelta(minutes=1)) == 60
+    assert (stats.subscriptions, stats.disabled_subscriptions) == (2, 1)
+    assert stats.failing_subscriptions == 1

@@ -40,6 +40,9 @@ from .errors import (
     StoreUnavailable,
     WebhookDispatchError,
 )
+from .events import Hooks, OperationalEvent
+from .health import AutoDisable
+from .metrics import PrometheusMetrics
 from .models import (
     Attempt,
     AttemptTrigger,
@@ -47,6 +50,7 @@ from .models import (
     DeliveryStatus,
     ErrorKind,
     Message,
+    RetrySchedule,
     Subscription,
 )
 from .netguard import BlockedAddress, NetworkPolicy
@@ -60,7 +64,7 @@ from .signing import (
     sign,
     verify,
 )
-from .stores import Store, open_store
+from .stores import Stats, Store, open_store
 
 __all__ = [
     "ApiKeyHeader",
@@ -68,6 +72,7 @@ __all__ = [
     "Attempt",
     "AttemptTrigger",
     "AuthError",
+    "AutoDisable",
     "BasicAuth",
     "BearerToken",
     "BlockedAddress",
@@ -79,6 +84,7 @@ __all__ = [
     "Dispatcher",
     "EndpointAuth",
     "ErrorKind",
+    "Hooks",
     "InvalidAuth",
     "InvalidEventType",
     "InvalidHeader",
@@ -92,11 +98,15 @@ __all__ = [
     "NetworkPolicy",
     "NotFound",
     "OAuth2ClientCredentials",
+    "OperationalEvent",
     "PayloadTooLarge",
+    "PrometheusMetrics",
     "RetryPolicy",
+    "RetrySchedule",
     "ScheduleWait",
     "SchemaError",
     "Signer",
+    "Stats",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -145,6 +145,18 @@ def _subscription_json(subscription: Subscription) -> dict[str, Any]:
         "auth": _auth_type(subscription),
         "metadata": dict(subscription.metadata),
         "timeout": subscription.timeout,
+        "rate_limit": subscription.rate_limit,
+        "max_in_flight": subscription.max_in_flight,
+        "ordered": subscription.ordered,
+        "retry_schedule": (
+            None
+            if subscription.retry_schedule is None
+            else list(subscription.retry_schedule.delays)
+        ),
+        "failing_since": (
+            None if subscription.failing_since is None else _iso(subscription.failing_since)
+        ),
+        "consecutive_failures": subscription.consecutive_failures,
         "created_at": _iso(subscription.created_at),
         "updated_at": _iso(subscription.updated_at),
     }
@@ -321,6 +333,9 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
             secret=given_secret,
             headers=headers or None,
             signature=args.signature,
+            rate_limit=args.rate_limit,
+            max_in_flight=args.max_in_flight,
+            ordered=args.ordered,
         )
     print(f"created subscription {subscription.id}")
     print(f"  url:         {subscription.url}")
@@ -332,6 +347,32 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
     elif given_secret is None:
         print(f"secret: {subscription.secret}")
         print("This secret is shown once: give it to the receiver now, it cannot be read back.")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        stats = dispatcher.stats()
+        now = dispatcher.clock.now()
+    age = stats.oldest_pending_age(now)
+    summary = {
+        "pending": stats.pending,
+        "delivering": stats.delivering,
+        "oldest_pending_at": (
+            None if stats.oldest_pending_at is None else _iso(stats.oldest_pending_at)
+        ),
+        "oldest_pending_age_seconds": age,
+        "subscriptions": stats.subscriptions,
+        "disabled_subscriptions": stats.disabled_subscriptions,
+        "failing_subscriptions": stats.failing_subscriptions,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    width = max(len(key) for key in summary)
+    for key, value in summary.items():
+        shown = "-" if value is None else f"{value:.1f}" if isinstance(value, float) else value
+        print(f"{key.replace('_', ' '):<{width}}  {shown}")
     return 0
 
 
@@ -818,6 +859,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept an endpoint on a loopback or private IP address",
     )
+    add.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="PER_SECOND",
+        help="most requests per second to this endpoint (per worker process)",
+    )
+    add.add_argument(
+        "--max-in-flight", type=_positive, metavar="N", help="most attempts at once to it"
+    )
+    add.add_argument(
+        "--ordered",
+        action="store_true",
+        help="deliver strictly in publish order, one at a time",
+    )
     disable = _command(actions, "disable", _cmd_subscriptions_disable, "stop deliveries")
     disable.add_argument("id", help="subscription id")
     disable.add_argument("--reason", default="disabled by operator", help="why (shown in lists)")
@@ -825,6 +880,14 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("id", help="subscription id")
     remove = _command(actions, "remove", _cmd_subscriptions_remove, "delete a subscription")
     remove.add_argument("id", help="subscription id")
+
+    stats = _command(
+        commands,
+        "stats",
+        _cmd_stats,
+        "pending deliveries, age of the oldest, disabled and failing subscriptions",
+    )
+    stats.add_argument("--json", action="store_true", help="print a JSON object")
 
     messages = commands.add_parser("messages", help="list published messages")
     message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -33,20 +33,23 @@ from .errors import (
     InvalidURL,
     PayloadTooLarge,
 )
+from .events import OPERATIONAL_PREFIX, Callback, Hooks, OperationalEvent
+from .health import AutoDisable
 from .models import (
     Attempt,
     Delivery,
     DeliveryStatus,
     Message,
     RetiredSecret,
+    RetrySchedule,
     Subscription,
     new_id,
 )
 from .netguard import NetworkPolicy, parse_host_literal, parse_networks
-from .registry import Registry, normalize_patterns, validate_event_type
-from .retry import RetryPolicy
+from .registry import Registry, normalize_patterns, validate_event_type, validate_pattern
+from .retry import RetryPolicy, ScheduleWait
 from .signing import DEFAULT_SIGNATURE, get_signer
-from .stores import Store, open_store
+from .stores import Stats, Store, open_store
 from .transport import AiohttpTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
@@ -68,6 +71,19 @@ DEFAULT_RETENTION = timedelta(days=30)
 """How old finished messages get before `purge` removes them by default."""
 
 EventSpec = tuple[str, Any] | tuple[str, Any, str | None]
+
+RetrySpec = RetryPolicy | RetrySchedule | Sequence[float]
+"""A subscription's own retry schedule: ``RetryPolicy.fixed([...])``, a `RetrySchedule`,
+or the delays in seconds (``[0, 10, 60]``: three attempts)."""
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()
+"""The default of ``default_max_in_flight``: a quarter of ``concurrency`` (at least 1)."""
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -131,6 +147,13 @@ class _Core:
         allow_private_networks: bool = False,
         allowed_networks: Iterable[str] = (),
         https_only: bool = False,
+        default_max_in_flight: int | None = AUTO,
+        auto_disable: AutoDisable | None = None,
+        retry_by_event_type: Mapping[str, RetryPolicy] | None = None,
+        hooks: Hooks | None = None,
+        operational_events: bool = False,
+        metrics: Any = None,
+        tracing: Any = False,
     ) -> None:
         for name, flag in (
             ("allow_private_networks", allow_private_networks),
@@ -178,6 +201,34 @@ class _Core:
             ),
             self.clock,
         )
+        if default_max_in_flight is AUTO:
+            default_max_in_flight = max(1, self.concurrency // 4)
+        elif default_max_in_flight is not None:
+            default_max_in_flight = _check_positive_int(
+                default_max_in_flight, "default_max_in_flight", maximum=10_000
+            )
+        if auto_disable is not None and not isinstance(auto_disable, AutoDisable):
+            raise ConfigurationError("auto_disable must be a webhook_dispatch.AutoDisable or None")
+        overrides: list[tuple[str, RetryPolicy]] = []
+        for pattern, policy in (retry_by_event_type or {}).items():
+            if not isinstance(policy, RetryPolicy):
+                raise ConfigurationError("retry_by_event_type maps patterns to RetryPolicy")
+            overrides.append((validate_pattern(pattern), policy))
+        if not isinstance(operational_events, bool):
+            raise ConfigurationError("operational_events must be True or False")
+        observer = None
+        if metrics is not None:
+            from .metrics import PrometheusMetrics
+
+            if not isinstance(metrics, PrometheusMetrics):
+                raise ConfigurationError("metrics must be a webhook_dispatch.PrometheusMetrics")
+            metrics.bind(self.stats_with_age)
+            observer = metrics
+        spans = None
+        if tracing is not False and tracing is not None:
+            from .tracing import AttemptTracer
+
+            spans = AttemptTracer(None if tracing is True else tracing)
         self.worker = Worker(
             self.store,
             self.engine,
@@ -187,6 +238,13 @@ class _Core:
             lease=lease,
             poll_interval=self.poll_interval,
             retention=retention,
+            default_max_in_flight=default_max_in_flight,
+            retry_overrides=overrides,
+            auto_disable=auto_disable,
+            hooks=hooks,
+            publish_operational=self.publish_operational if operational_events else None,
+            observer=observer,
+            spans=spans,
         )
         self._registry = Registry()
         self._registry_version: int | None = None
@@ -207,8 +265,13 @@ class _Core:
         ca_bundle: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        rate_limit: float | None = None,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        retry: RetrySpec | None = None,
     ) -> Subscription:
         url = self.check_url(url)
+        flow = _check_flow(rate_limit, max_in_flight, ordered, retry)
         patterns = normalize_patterns(event_types)
         signer = get_signer(signature)
         if secret is None:
@@ -256,6 +319,7 @@ class _Core:
             ca_bundle=tls.ca_bundle,
             client_cert=tls.client_cert,
             client_key=tls.client_key,
+            **flow,
         )
 
     def check_url(self, url: object, *, what: str = "endpoint URL") -> str:
@@ -389,6 +453,36 @@ class _Core:
         results = await publish_async(items, self.clock.now(), connection=connection)
         return [result.message for result in results]
 
+    def publish_operational(self, events: list[OperationalEvent]) -> None:
+        """Publish operational events to the subscriptions that asked for them by name
+        (a pattern starting ``webhook_dispatch.``): never to catch-all subscriptions,
+        which belong to customers who must not see each other's troubles."""
+        items: list[tuple[Message, Sequence[str]]] = []
+        for event in events:
+            matched = self.match(event.type)
+            wanted = [
+                subscription_id
+                for subscription_id in matched
+                if any(
+                    pattern.startswith(OPERATIONAL_PREFIX)
+                    for pattern in self._registry.patterns(subscription_id)
+                )
+            ]
+            if wanted:
+                message = self.new_message(
+                    event.type, event.payload(), idempotency_key=None, content_type=None
+                )
+                items.append((message, wanted))
+        if items:
+            results = self.store.publish_many(items, self.clock.now())
+            if any(result.deliveries for result in results):
+                self.worker.wake()
+
+    def stats_with_age(self) -> tuple[Stats, float | None]:
+        now = self.clock.now()
+        stats = self.store.stats(now)
+        return stats, stats.oldest_pending_age(now)
+
     def update(self, subscription_id: str, **changes: Any) -> Subscription:
         current = self.store.get_subscription(subscription_id)
         updated = attrs.evolve(current, updated_at=self.clock.now(), **changes)
@@ -459,6 +553,45 @@ class _Core:
             self.store.close()
 
 
+def _check_flow(
+    rate_limit: object, max_in_flight: object, ordered: object, retry: object
+) -> dict[str, Any]:
+    """The flow-control and retry fields of a new subscription, validated."""
+    if rate_limit is not None and (
+        isinstance(rate_limit, bool)
+        or not isinstance(rate_limit, (int, float))
+        or not 0 < rate_limit <= 100_000
+    ):
+        raise ConfigurationError("rate_limit must be requests per second, above 0, or None")
+    if max_in_flight is not None:
+        _check_positive_int(max_in_flight, "max_in_flight", maximum=10_000)
+    if not isinstance(ordered, bool):
+        raise ConfigurationError("ordered must be True or False")
+    schedule: RetrySchedule | None
+    if retry is None or isinstance(retry, RetrySchedule):
+        schedule = retry
+    elif isinstance(retry, RetryPolicy):
+        schedule = retry.schedule
+        if schedule is None:
+            raise ConfigurationError(
+                "a subscription keeps its retry schedule in the store, so it must be a "
+                "fixed one: RetryPolicy.fixed([0, 5, 300, ...]) or a list of delays "
+                "(tenacity strategies cannot be stored; use retry_by_event_type= for those)"
+            )
+    elif isinstance(retry, Sequence) and not isinstance(retry, (str, bytes)):
+        schedule = RetrySchedule(tuple(retry))
+    else:
+        raise ConfigurationError("retry must be RetryPolicy.fixed([...]) or a list of delays")
+    if schedule is not None:
+        ScheduleWait(schedule.delays, schedule.jitter)  # validates the numbers
+    return {
+        "rate_limit": None if rate_limit is None else float(rate_limit),
+        "max_in_flight": max_in_flight,
+        "ordered": ordered,
+        "retry_schedule": schedule,
+    }
+
+
 def _pem_path(option: str, value: object) -> str | None:
     """An absolute path (workers may run elsewhere), or None."""
     if value is None:
@@ -511,6 +644,7 @@ class _LoopThread:
 
 
 _DEFAULT_TIMEOUT = 15.0
+_DEFAULT_AUTO_DISABLE = AutoDisable()
 
 
 class Dispatcher:
@@ -533,6 +667,20 @@ class Dispatcher:
     127.0.0.1), ``allowed_networks=["10.1.0.0/16"]`` opens chosen networks,
     ``https_only=True`` refuses plain-http endpoints. The guard is part of the default
     transport: with your own ``transport=`` only the subscribe-time checks apply.
+
+    Operating it (see "Operating in production" in the docs): ``default_max_in_flight``
+    caps concurrent attempts per subscription without its own ``max_in_flight``
+    (default: a quarter of ``concurrency``; None: no cap), so one dead endpoint never
+    holds every slot. ``auto_disable`` (`AutoDisable`: 5 days and 10 failed attempts
+    in a row by default; None: never) disables endpoints that keep failing.
+    ``retry_by_event_type`` maps event-type patterns to a `RetryPolicy` (first match;
+    a subscription's own ``retry`` wins). ``on_attempt``, ``on_delivery_succeeded``,
+    ``on_delivery_failed`` (given up), ``on_subscription_disabled`` and ``on_recovered``
+    are called with an `OperationalEvent`; ``operational_events=True`` also publishes
+    ``webhook_dispatch.delivery.failed``/``.exhausted`` and
+    ``webhook_dispatch.subscription.disabled``/``.recovered`` to subscriptions that name
+    them. ``metrics`` takes a `webhook_dispatch.metrics.PrometheusMetrics`; ``tracing=True``
+    (or a ``TracerProvider``) wraps each attempt in an OpenTelemetry span.
     """
 
     def __init__(
@@ -551,6 +699,17 @@ class Dispatcher:
         allow_private_networks: bool = False,
         allowed_networks: Iterable[str] = (),
         https_only: bool = False,
+        default_max_in_flight: int | None = AUTO,
+        auto_disable: AutoDisable | None = _DEFAULT_AUTO_DISABLE,
+        retry_by_event_type: Mapping[str, RetryPolicy] | None = None,
+        on_attempt: Callback | None = None,
+        on_delivery_succeeded: Callback | None = None,
+        on_delivery_failed: Callback | None = None,
+        on_subscription_disabled: Callback | None = None,
+        on_recovered: Callback | None = None,
+        operational_events: bool = False,
+        metrics: Any = None,
+        tracing: Any = False,
     ) -> None:
         self._core = _Core(
             store,
@@ -566,6 +725,19 @@ class Dispatcher:
             allow_private_networks=allow_private_networks,
             allowed_networks=allowed_networks,
             https_only=https_only,
+            default_max_in_flight=default_max_in_flight,
+            auto_disable=auto_disable,
+            retry_by_event_type=retry_by_event_type,
+            hooks=Hooks(
+                on_attempt=on_attempt,
+                on_delivery_succeeded=on_delivery_succeeded,
+                on_delivery_failed=on_delivery_failed,
+                on_subscription_disabled=on_subscription_disabled,
+                on_recovered=on_recovered,
+            ),
+            operational_events=operational_events,
+            metrics=metrics,
+            tracing=tracing,
         )
         self._loop_thread: _LoopThread | None = None
         self._running: concurrent.futures.Future[int] | None = None
@@ -599,6 +771,10 @@ class Dispatcher:
         ca_bundle: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        rate_limit: float | None = None,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        retry: RetrySpec | None = None,
     ) -> Subscription:
         """Register an endpoint for the event types matching ``event_types``.
 
@@ -614,6 +790,13 @@ class Dispatcher:
         ...). ``ca_bundle`` (PEM CA file to trust), ``client_cert`` and ``client_key``
         (mutual TLS) set TLS for this endpoint. Bad input raises a `ConfigurationError`
         subclass and stores nothing.
+
+        Flow control: ``rate_limit`` caps requests per second (a token bucket in each
+        worker process), ``max_in_flight`` caps concurrent attempts (across every worker
+        sharing the store; default: the dispatcher's ``default_max_in_flight``), and
+        ``ordered=True`` delivers strictly in publish order, one at a time. ``retry``
+        gives this endpoint its own schedule (``RetryPolicy.fixed([0, 10, 60])`` or the
+        delays), stored with it.
         """
         subscription = self._core.new_subscription(
             url,
@@ -627,6 +810,10 @@ class Dispatcher:
             ca_bundle=ca_bundle,
             client_cert=client_cert,
             client_key=client_key,
+            rate_limit=rate_limit,
+            max_in_flight=max_in_flight,
+            ordered=ordered,
+            retry=retry,
         )
         return self._core.subscribe(subscription)
 
@@ -636,7 +823,13 @@ class Dispatcher:
 
     def enable(self, subscription_id: str) -> Subscription:
         """Resume deliveries to a subscription, including those held while it was disabled."""
-        return self._core.update(subscription_id, enabled=True, disabled_reason=None)
+        return self._core.update(
+            subscription_id,
+            enabled=True,
+            disabled_reason=None,
+            failing_since=None,
+            consecutive_failures=0,
+        )
 
     def disable(self, subscription_id: str, reason: str = "disabled by operator") -> Subscription:
         """Stop deliveries to a subscription; pending ones are held until `enable`."""
@@ -805,6 +998,11 @@ class Dispatcher:
         """When the next pending attempt is due, or None if nothing is pending."""
         return self._core.next_due_at()
 
+    def stats(self) -> Stats:
+        """Pending and in-flight deliveries, the oldest pending one's creation time
+        (``.oldest_pending_age(now)``), and subscriptions by state (`Stats`)."""
+        return self._core.stats_with_age()[0]
+
     # -- lifecycle -----------------------------------------------------------------
     def close(self) -> None:
         """Stop the worker, close connections and the store. Idempotent."""
@@ -853,6 +1051,17 @@ class AsyncDispatcher:
         allow_private_networks: bool = False,
         allowed_networks: Iterable[str] = (),
         https_only: bool = False,
+        default_max_in_flight: int | None = AUTO,
+        auto_disable: AutoDisable | None = _DEFAULT_AUTO_DISABLE,
+        retry_by_event_type: Mapping[str, RetryPolicy] | None = None,
+        on_attempt: Callback | None = None,
+        on_delivery_succeeded: Callback | None = None,
+        on_delivery_failed: Callback | None = None,
+        on_subscription_disabled: Callback | None = None,
+        on_recovered: Callback | None = None,
+        operational_events: bool = False,
+        metrics: Any = None,
+        tracing: Any = False,
     ) -> None:
         self._core = _Core(
             store,
@@ -868,6 +1077,19 @@ class AsyncDispatcher:
             allow_private_networks=allow_private_networks,
             allowed_networks=allowed_networks,
             https_only=https_only,
+            default_max_in_flight=default_max_in_flight,
+            auto_disable=auto_disable,
+            retry_by_event_type=retry_by_event_type,
+            hooks=Hooks(
+                on_attempt=on_attempt,
+                on_delivery_succeeded=on_delivery_succeeded,
+                on_delivery_failed=on_delivery_failed,
+                on_subscription_disabled=on_subscription_disabled,
+                on_recovered=on_recovered,
+            ),
+            operational_events=operational_events,
+            metrics=metrics,
+            tracing=tracing,
         )
         self._task: asyncio.Task[int] | None = None
         self._closed = False
@@ -904,6 +1126,10 @@ class AsyncDispatcher:
         ca_bundle: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        rate_limit: float | None = None,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        retry: RetrySpec | None = None,
     ) -> Subscription:
         """See `Dispatcher.subscribe`."""
         subscription = self._core.new_subscription(
@@ -918,6 +1144,10 @@ class AsyncDispatcher:
             ca_bundle=ca_bundle,
             client_cert=client_cert,
             client_key=client_key,
+            rate_limit=rate_limit,
+            max_in_flight=max_in_flight,
+            ordered=ordered,
+            retry=retry,
         )
         result: Subscription = await self._io(self._core.subscribe, subscription)
         return result
@@ -929,7 +1159,12 @@ class AsyncDispatcher:
     async def enable(self, subscription_id: str) -> Subscription:
         """See `Dispatcher.enable`."""
         result: Subscription = await self._io(
-            self._core.update, subscription_id, enabled=True, disabled_reason=None
+            self._core.update,
+            subscription_id,
+            enabled=True,
+            disabled_reason=None,
+            failing_since=None,
+            consecutive_failures=0,
         )
         return result
 
@@ -1088,6 +1323,11 @@ class AsyncDispatcher:
         """See `Dispatcher.next_due_at`."""
         result: datetime | None = await self._io(self._core.next_due_at)
         return result
+
+    async def stats(self) -> Stats:
+        """See `Dispatcher.stats`."""
+        result: tuple[Stats, float | None] = await self._io(self._core.stats_with_age)
+        return result[0]
 
     async def aclose(self) -> None:
         """Stop the worker, close connections and the store. Idempotent."""

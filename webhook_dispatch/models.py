@@ -25,6 +25,7 @@ __all__ = [
     "ErrorKind",
     "Message",
     "RetiredSecret",
+    "RetrySchedule",
     "Subscription",
     "new_id",
     "options_document",
@@ -105,6 +106,36 @@ class RetiredSecret:
     expires_at: datetime
 
 
+def _float_tuple(values: Any) -> tuple[float, ...]:
+    return tuple(float(value) for value in values)
+
+
+@attrs.frozen
+class RetrySchedule:
+    """A retry schedule a subscription keeps with it: ``delays[n]`` seconds after attempt
+    ``n`` failed (``delays[0]`` is the first attempt, usually 0), each times a uniform
+    factor in ``[1 - jitter, 1 + jitter]``; ``len(delays)`` attempts in all.
+
+    Stored as plain numbers (a tenacity strategy object cannot be persisted); build one
+    with ``RetryPolicy.fixed([...])`` or pass the delays to ``subscribe(retry=...)``.
+    """
+
+    delays: tuple[float, ...] = attrs.field(converter=_float_tuple)
+    jitter: float = 0.0
+
+
+def _optional_positive(kind: type, what: str) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise TypeError(f"{what} must be a {kind.__name__} or None, got {value!r}")
+        if not value > 0:
+            raise ValueError(f"{what} must be greater than 0, got {value!r}")
+
+    return check
+
+
 @attrs.frozen(kw_only=True)
 class Subscription:
     """An endpoint that receives the events matching its patterns.
@@ -133,6 +164,23 @@ class Subscription:
     ca_bundle: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    rate_limit: float | None = attrs.field(
+        default=None, validator=_optional_positive(float, "rate_limit")
+    )
+    """Most requests per second to this endpoint (token bucket per worker process), or None."""
+    max_in_flight: int | None = attrs.field(
+        default=None, validator=_optional_positive(int, "max_in_flight")
+    )
+    """Most attempts in flight at once to this endpoint, or None for the dispatcher's default."""
+    ordered: bool = False
+    """Deliver strictly in publish order, one at a time (a later message waits until the
+    earlier one succeeded or was given up)."""
+    retry_schedule: RetrySchedule | None = None
+    """This subscription's own retry schedule, or None for the dispatcher's policy."""
+    failing_since: datetime | None = None
+    """When the current run of failed attempts began; None after a success."""
+    consecutive_failures: int = 0
+    """Failed attempts since the last success (auto-disable counts these)."""
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets that sign a request sent at ``now``: current first, then unexpired old."""
@@ -236,12 +284,28 @@ def _decode_auth(document: Any) -> EndpointAuth | None:
     return auth_from_document(document)
 
 
+def _encode_schedule(schedule: RetrySchedule) -> dict[str, Any]:
+    return {"delays": list(schedule.delays), "jitter": schedule.jitter}
+
+
+def _decode_schedule(document: Any) -> RetrySchedule | None:
+    if not isinstance(document, dict):
+        return None
+    return RetrySchedule(
+        tuple(float(d) for d in document.get("delays", ())), float(document.get("jitter", 0))
+    )
+
+
 _OPTION_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "signature": (_same, str),
     "auth": (_encode_auth, _decode_auth),
     "ca_bundle": (_same, _same),
     "client_cert": (_same, _same),
     "client_key": (_same, _same),
+    "rate_limit": (_same, float),
+    "max_in_flight": (_same, int),
+    "ordered": (_same, bool),
+    "retry_schedule": (_encode_schedule, _decode_schedule),
 }
 
 

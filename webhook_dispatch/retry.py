@@ -21,7 +21,7 @@ import tenacity
 import tenacity.wait
 
 from .errors import ConfigurationError
-from .models import AttemptTrigger, DeliveryStatus, ErrorKind
+from .models import AttemptTrigger, DeliveryStatus, ErrorKind, RetrySchedule
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -300,6 +300,25 @@ class RetryPolicy:
         """
         schedule = ScheduleWait(delays, jitter)
         return cls(wait=schedule, stop=tenacity.stop_after_attempt(len(schedule.delays)))
+
+    @property
+    def schedule(self) -> RetrySchedule | None:
+        """This policy as a storable `RetrySchedule` when it is a fixed schedule (made
+        by `fixed`), else None: arbitrary tenacity strategies cannot be persisted."""
+        wait, stop = self.wait, self.stop
+        if (
+            isinstance(wait, ScheduleWait)
+            and isinstance(stop, tenacity.stop_after_attempt)
+            and stop.max_attempt_number == len(wait.delays)
+        ):
+            return RetrySchedule(wait.delays, wait.jitter)
+        return None
+
+    def with_schedule(self, schedule: RetrySchedule) -> RetryPolicy:
+        """This policy walking ``schedule`` instead (retry statuses and the
+        ``Retry-After`` cap kept): how a subscription's own schedule applies."""
+        fixed = RetryPolicy.fixed(schedule.delays, jitter=schedule.jitter)
+        return attrs.evolve(self, wait=fixed.wait, stop=fixed.stop)
 
     def next_delay(
         self, *, attempt_number: int, first_attempt_at: datetime, now: datetime

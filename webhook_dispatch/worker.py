@@ -10,27 +10,68 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from .clock import Clock
 from .engine import Engine
 from .errors import StoreError
-from .models import Attempt, AttemptTrigger, DeliveryStatus
+from .events import (
+    ATTEMPT_MADE,
+    DELIVERY_EXHAUSTED,
+    DELIVERY_FAILED,
+    DELIVERY_SUCCEEDED,
+    OPERATIONAL_PREFIX,
+    PUBLISHED_EVENTS,
+    SUBSCRIPTION_DISABLED,
+    SUBSCRIPTION_RECOVERED,
+    Hooks,
+    OperationalEvent,
+)
+from .flow import TokenBucket
+from .health import AutoDisable
+from .models import Attempt, AttemptTrigger, DeliveryStatus, RetrySchedule
+from .registry import pattern_matches
 from .retry import RetryPolicy, Verdict, classify_outcome, decide
-from .stores.base import AttemptRecord, Claim, Store
+from .stores.base import AttemptRecord, Claim, RecordResult, Store
 
 __all__ = ["Worker"]
 
 logger = logging.getLogger("webhook_dispatch")
 
 T = TypeVar("T")
+
+
+class AttemptObserver(Protocol):
+    """Sees every attempt with its delivery's next status (metrics)."""
+
+    def observe_attempt(self, attempt: Attempt, status: DeliveryStatus) -> None: ...
+
+
+class AttemptSpans(Protocol):
+    """Wraps attempts in trace spans (`webhook_dispatch.tracing.AttemptTracer`)."""
+
+    def span(self, claim: Claim) -> contextlib.AbstractContextManager[Any]: ...
+
+    def finish(self, span: Any, attempt: Attempt) -> None: ...
+
+
+OperationalPublisher = Callable[[list[OperationalEvent]], object]
+"""Publishes operational events as webhooks (blocking; run off the event loop)."""
+
+
+_FINAL_EVENTS = {
+    DeliveryStatus.SUCCEEDED: DELIVERY_SUCCEEDED,
+    DeliveryStatus.FAILED: DELIVERY_FAILED,
+    DeliveryStatus.EXHAUSTED: DELIVERY_EXHAUSTED,
+}
 
 
 def _default_worker_id() -> str:
@@ -42,6 +83,9 @@ class Worker:
 
     ``concurrency`` bounds attempts in flight; ``lease`` is how long a claimed delivery
     stays reserved for this worker (a crashed worker's deliveries return after it).
+    ``default_max_in_flight`` caps attempts in flight per subscription without its own
+    ``max_in_flight`` (None: no cap); ``retry_overrides`` are ``(event-type pattern,
+    policy)`` pairs, first match wins, below a subscription's own schedule.
     """
 
     def __init__(
@@ -58,6 +102,13 @@ class Worker:
         retention: timedelta | None = None,
         purge_every: timedelta = timedelta(hours=1),
         purge_batch: int = 1000,
+        default_max_in_flight: int | None = None,
+        retry_overrides: Sequence[tuple[str, RetryPolicy]] = (),
+        auto_disable: AutoDisable | None = None,
+        hooks: Hooks | None = None,
+        publish_operational: OperationalPublisher | None = None,
+        observer: AttemptObserver | None = None,
+        spans: AttemptSpans | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -77,6 +128,16 @@ class Worker:
         self._stopping = False
         self._store_failures = 0
         self._stop_listening: Callable[[], None] | None = None
+        self.default_max_in_flight = default_max_in_flight
+        self.retry_overrides = tuple(retry_overrides)
+        self.auto_disable = auto_disable
+        self.hooks = hooks if hooks is not None and not hooks.empty else None
+        self.publish_operational = publish_operational
+        self.observer = observer
+        self.spans = spans
+        self._buckets: dict[str, TokenBucket] = {}
+        self._accepts: dict[tuple[str, str], bool] = {}
+        self._schedules: dict[RetrySchedule, RetryPolicy] = {}
 
     # -- control from any thread --------------------------------------------------
     def wake(self) -> None:
@@ -101,7 +162,9 @@ class Worker:
     # -- running ------------------------------------------------------------------
     async def run_until_idle(self) -> int:
         """Attempt every delivery due now, including retries that fall due meanwhile;
-        return the number of attempts made."""
+        return the number of attempts made. An earlier `request_stop` (a worker that was
+        started and stopped) does not cut this run short."""
+        self._stopping = False
         return await self._loop_forever(until_idle=True)
 
     def prepare_run(self) -> None:
@@ -129,12 +192,14 @@ class Worker:
                 free = self.concurrency - len(in_flight)
                 if want_claim and free > 0 and not self._stopping:
                     wake.clear()
-                    claims = await self._claim(free)
-                    if claims is None:
+                    held = {running.delivery.id for running in in_flight.values()}
+                    claimed = await self._claim(free, held)
+                    if claimed is None:
                         continue  # the store failed and was waited on: claim again
+                    claims, full = claimed
                     for claim in claims:
                         in_flight[asyncio.ensure_future(self._attempt(claim))] = claim
-                    want_claim = len(claims) == free  # a full batch: more may be due
+                    want_claim = full  # a full batch: more may be due
                 if not in_flight:
                     if finished:
                         await self._flush(finished)
@@ -187,8 +252,17 @@ class Worker:
             due = await self._store_call(self.store.next_due_at)
         except StoreError:
             due = None
-        if due is not None:
-            delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
+        now = self.clock.now()
+        if due is not None and due > now:
+            delay = min(delay, (due - now).total_seconds())
+        elif due is not None:
+            # Due work this worker could not claim is held by flow control (a rate
+            # limit, an in-flight cap, an ordered subscription's earlier message):
+            # wait for the next token, a wake-up or the poll, never spin.
+            tokens = [bucket.next_token_at(now) for bucket in self._buckets.values()]
+            waits = [(at - now).total_seconds() for at in tokens if at > now]
+            if waits:
+                delay = min(delay, min(waits))
         if delay <= 0:
             return
         with contextlib.suppress(asyncio.TimeoutError):
@@ -231,9 +305,16 @@ class Worker:
         if purged:
             logger.info("retention: purged %d finished messages", purged)
 
-    async def _claim(self, limit: int) -> list[Claim] | None:
-        """Lease up to ``limit`` due deliveries; None after a store failure (backed off)."""
+    async def _claim(self, limit: int, held: set[str]) -> tuple[list[Claim], bool] | None:
+        """Lease up to ``limit`` due deliveries: the claims to attempt now, and whether the
+        store returned a full batch. None after a store failure (backed off).
+
+        ``held`` are this worker's attempts in flight: a wall-clock jump past the lease
+        makes them claimable again (to this worker). They are dropped here, before flow
+        control sees them, so they are neither sent twice nor released while running;
+        the running attempt keeps the lease and records the result."""
         now = self.clock.now()
+        allowance = {key: bucket.available(now) for key, bucket in self._buckets.items()}
         try:
             claims = await self._store_call(
                 self.store.claim_due,
@@ -241,24 +322,89 @@ class Worker:
                 limit=limit,
                 lease_until=now + self.lease,
                 worker_id=self.worker_id,
+                **self._new_keywords(
+                    "claim_due",
+                    default_max_in_flight=self.default_max_in_flight,
+                    allowance=allowance or None,
+                ),
+            )
+            full = len(claims) == limit
+            claims = await self._throttle(
+                [claim for claim in claims if claim.delivery.id not in held], now
             )
         except StoreError as exc:
             await self._store_backoff("claim", exc)
             return None
         self._store_failures = 0
-        return claims
+        return claims, full
+
+    async def _throttle(self, claims: list[Claim], now: datetime) -> list[Claim]:
+        """Spend a rate-limit token per claim; give back, due at the next token, those
+        over the limit (a subscription this worker had not seen yet). Not an attempt."""
+        kept: list[Claim] = []
+        over: list[Claim] = []
+        for claim in claims:
+            rate = claim.subscription.rate_limit
+            key = claim.subscription.id
+            if rate is None:
+                self._buckets.pop(key, None)
+                kept.append(claim)
+                continue
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(rate, now)
+            bucket.set_rate(rate)
+            (kept if bucket.take(now) else over).append(claim)
+        by_time: dict[datetime, list[str]] = {}
+        for claim in over:
+            due_at = self._buckets[claim.subscription.id].next_token_at(now)
+            by_time.setdefault(due_at, []).append(claim.delivery.id)
+        for due_at, ids in by_time.items():
+            if self._supports("release", "due_at"):
+                await self._store_call(self.store.release, ids, self.worker_id, due_at=due_at)
+            else:
+                await self._store_call(self.store.release, ids, self.worker_id)
+        if over and logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "rate limit: %d deliveries put back until a token is free",
+                len(over),
+                extra={"worker_id": self.worker_id},
+            )
+        return kept
+
+    def _policy_for(self, claim: Claim) -> RetryPolicy:
+        """The subscription's own schedule, else the first event-type override that
+        matches, else the dispatcher's policy."""
+        schedule = claim.subscription.retry_schedule
+        if schedule is None and not self.retry_overrides:
+            return self.retry
+        if schedule is not None:
+            policy = self._schedules.get(schedule)
+            if policy is None:
+                policy = self._schedules[schedule] = self.retry.with_schedule(schedule)
+            return policy
+        for pattern, override in self.retry_overrides:
+            if pattern_matches(pattern, claim.message.event_type):
+                return override
+        return self.retry
 
     async def _attempt(self, claim: Claim) -> AttemptRecord:
-        attempt, outcome = await self.engine.attempt(claim)
+        if self.spans is None:
+            attempt, outcome = await self.engine.attempt(claim)
+        else:
+            with self.spans.span(claim) as span:
+                attempt, outcome = await self.engine.attempt(claim)
+                self.spans.finish(span, attempt)
         now = self.clock.now()
-        classification = classify_outcome(outcome, now, retry_statuses=self.retry.retry_statuses)
+        policy = self._policy_for(claim)
+        classification = classify_outcome(outcome, now, retry_statuses=policy.retry_statuses)
         decision = decide(
             classification=classification,
             attempt_number=claim.delivery.attempt_count + 1,
             first_attempt_at=claim.delivery.created_at,
             now=now,
             trigger=claim.delivery.next_trigger,
-            policy=self.retry,
+            policy=policy,
         )
         if attempt.error is None and classification.verdict is not Verdict.SUCCEEDED:
             attempt = attrs.evolve(attempt, error=classification.reason)
@@ -273,6 +419,8 @@ class Worker:
             last_error=attempt.error,
         )
         _log_attempt(attempt, decision.status)
+        if self.observer is not None:
+            self.observer.observe_attempt(attempt, decision.status)
         return AttemptRecord(
             attempt=attempt,
             delivery=delivery,
@@ -281,20 +429,128 @@ class Worker:
                 if classification.disable_subscription
                 else None
             ),
+            event_type=claim.message.event_type,
         )
 
     async def _flush(self, finished: list[AttemptRecord]) -> None:
         """Write finished attempts in one store call; on a store error, keep them and retry."""
         batch = list(finished)
+        result: object = None
         while True:
             try:
-                await self._store_call(self.store.record, batch, self.worker_id)
+                result = await self._store_call(
+                    self.store.record,
+                    batch,
+                    self.worker_id,
+                    **self._new_keywords("record", auto_disable=self.auto_disable),
+                )
             except StoreError as exc:
                 await self._store_backoff("record", exc)
                 continue
             self._store_failures = 0
             finished.clear()
+            break
+        if not isinstance(result, RecordResult):
+            result = RecordResult()  # a store written before record() reported changes
+        if result.disabled or result.recovered or self.hooks or self.publish_operational:
+            await self._announce(batch, result)
+
+    async def _announce(self, batch: list[AttemptRecord], result: RecordResult) -> None:
+        """Log, call back and (optionally) publish what this batch changed."""
+        events: list[OperationalEvent] = []
+        event_types: dict[str, str] = {}  # subscription -> event type of its last message
+        for record in batch:
+            attempt, delivery = record.attempt, record.delivery
+            event_type = record.event_type
+            event_types[attempt.subscription_id] = event_type or ""
+            made = OperationalEvent(
+                type=ATTEMPT_MADE,
+                subscription_id=attempt.subscription_id,
+                at=attempt.started_at,
+                delivery=delivery,
+                attempt=attempt,
+                event_type=event_type,
+            )
+            events.append(made)
+            final = _FINAL_EVENTS.get(delivery.status)
+            if final is not None:
+                events.append(attrs.evolve(made, type=final))
+        now = self.clock.now()
+        for subscription_id, reason in result.disabled:
+            logger.warning(
+                "subscription %s disabled: %s",
+                subscription_id,
+                reason,
+                extra={"subscription_id": subscription_id, "reason": reason},
+            )
+            events.append(
+                OperationalEvent(
+                    type=SUBSCRIPTION_DISABLED,
+                    subscription_id=subscription_id,
+                    at=now,
+                    reason=reason,
+                    event_type=event_types.get(subscription_id) or None,
+                )
+            )
+        for subscription_id in result.recovered:
+            logger.info(
+                "subscription %s recovered",
+                subscription_id,
+                extra={"subscription_id": subscription_id},
+            )
+            events.append(
+                OperationalEvent(
+                    type=SUBSCRIPTION_RECOVERED,
+                    subscription_id=subscription_id,
+                    at=now,
+                    event_type=event_types.get(subscription_id) or None,
+                )
+            )
+        if self.hooks is not None:
+            for event in events:
+                self.hooks.emit(event)
+        if self.publish_operational is None:
             return
+        # Never about deliveries of operational events: an operator subscription that
+        # fails must not feed itself events forever.
+        published = [
+            event
+            for event in events
+            if event.type in PUBLISHED_EVENTS
+            and not (event.event_type or "").startswith(OPERATIONAL_PREFIX)
+        ]
+        if published:
+            try:
+                await self._store_call(self.publish_operational, published)
+            except Exception:
+                logger.exception("publishing %d operational events failed", len(published))
+
+    def _supports(self, method: str, keyword: str) -> bool:
+        """Whether the store's ``method`` takes ``keyword`` (stores written for an
+        earlier protocol do not; they keep working, without that feature)."""
+        known = self._accepts.get((method, keyword))
+        if known is None:
+            try:
+                parameters = inspect.signature(getattr(self.store, method)).parameters
+            except (TypeError, ValueError):
+                known = True
+            else:
+                known = keyword in parameters or any(
+                    p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+                )
+            self._accepts[(method, keyword)] = known
+            if not known:
+                logger.warning(
+                    "%r.%s() does not take %s=: flow control or subscription health is "
+                    "off for this store; update it to the current Store protocol",
+                    self.store,
+                    method,
+                    keyword,
+                )
+        return known
+
+    def _new_keywords(self, method: str, **keywords: Any) -> dict[str, Any]:
+        return {name: value for name, value in keywords.items() if self._supports(method, name)}
 
     async def _store_backoff(self, what: str, exc: StoreError) -> None:
         self._store_failures += 1

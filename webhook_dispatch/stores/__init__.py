@@ -6,10 +6,20 @@
 from __future__ import annotations
 
 from ..errors import InvalidStoreURL
-from .base import AttemptRecord, Claim, PublishResult, Store
+from .base import AttemptRecord, Claim, ClaimPlan, PublishResult, RecordResult, Stats, Store
 from .memory import MemoryStore
 
-__all__ = ["AttemptRecord", "Claim", "MemoryStore", "PublishResult", "Store", "open_store"]
+__all__ = [
+    "AttemptRecord",
+    "Claim",
+    "ClaimPlan",
+    "MemoryStore",
+    "PublishResult",
+    "RecordResult",
+    "Stats",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(url: str | Store) -> Store:

@@ -23,15 +23,25 @@ before):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ..health import AutoDisable
 from ..models import Attempt, Delivery, DeliveryStatus, Message, Subscription
 
-__all__ = ["AttemptRecord", "Claim", "PublishResult", "Store"]
+__all__ = [
+    "FAILING_MAX_IN_FLIGHT",
+    "AttemptRecord",
+    "Claim",
+    "ClaimPlan",
+    "PublishResult",
+    "RecordResult",
+    "Stats",
+    "Store",
+]
 
 
 @attrs.frozen
@@ -56,6 +66,136 @@ class AttemptRecord:
     attempt: Attempt
     delivery: Delivery
     disable_subscription: str | None = None
+    event_type: str | None = None
+    """The message's event type, for the operational events this record causes
+    (stores do not write it)."""
+
+
+@attrs.frozen
+class RecordResult:
+    """What `Store.record` changed beyond the attempts: subscriptions it disabled (a 410,
+    or a failure run past the `AutoDisable` policy) and those that recovered (a success
+    after failures)."""
+
+    disabled: tuple[tuple[str, str], ...] = ()
+    """``(subscription_id, reason)`` for each subscription this write disabled."""
+    recovered: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Stats:
+    """A summary of a store, from cheap queries (indexes on unfinished deliveries)."""
+
+    pending: int
+    """Deliveries waiting for an attempt (including those held on disabled subscriptions)."""
+    delivering: int
+    """Deliveries leased to a worker, attempt in flight."""
+    oldest_pending_at: datetime | None
+    """When the oldest pending delivery was created; None when nothing is pending."""
+    subscriptions: int
+    disabled_subscriptions: int
+    failing_subscriptions: int
+    """Enabled subscriptions whose last attempt failed."""
+
+    def oldest_pending_age(self, now: datetime) -> float | None:
+        """Seconds since the oldest pending delivery was created, or None."""
+        if self.oldest_pending_at is None:
+            return None
+        return max(0.0, (now - self.oldest_pending_at).total_seconds())
+
+
+FAILING_MAX_IN_FLIGHT = 2
+"""The default in-flight cap of a subscription whose last attempt failed."""
+
+
+class ClaimPlan:
+    """Which due deliveries one claim may take, honouring per-subscription flow control.
+
+    Pure bookkeeping shared by every store: the store walks due deliveries oldest due
+    first and asks `consider` about each. A subscription gets at most its in-flight cap
+    minus the attempts it has in flight under live leases (``max_in_flight``, else
+    ``default_max_in_flight``, None = no cap), at most its ``allowance`` (rate-limit
+    tokens) in this claim, and an ordered subscription only its oldest unfinished
+    delivery, and only when none of its deliveries is in flight. `closed` lists the
+    subscriptions that can give nothing more to this claim, so stores skip them in SQL.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        default_max_in_flight: int | None,
+        allowance: Mapping[str, int] | None,
+        in_flight: Mapping[str, int],
+    ) -> None:
+        self.limit = limit
+        self.default_max_in_flight = default_max_in_flight
+        self.allowance = allowance or {}
+        self.in_flight = dict(in_flight)
+        self.taken = 0
+        self.closed: set[str] = {
+            subscription_id for subscription_id, tokens in self.allowance.items() if tokens <= 0
+        }
+        self._room: dict[str, float] = {}
+
+    def is_full(self) -> bool:
+        """True once ``limit`` deliveries are taken."""
+        return self.taken >= self.limit
+
+    def room(
+        self,
+        subscription_id: str,
+        *,
+        max_in_flight: int | None,
+        ordered: bool,
+        failing: bool = False,
+    ) -> float:
+        """How many more deliveries of this subscription the claim may take."""
+        room = self._room.get(subscription_id)
+        if room is None:
+            cap = 1 if ordered else max_in_flight or self.default_max_in_flight
+            if failing and max_in_flight is None and cap is not None:
+                # An endpoint whose last attempt failed (often timing out) gets only a
+                # few slots until it succeeds again, so it cannot hold the worker.
+                cap = min(cap, FAILING_MAX_IN_FLIGHT)
+            room = float("inf") if cap is None else cap - self.in_flight.get(subscription_id, 0)
+            if subscription_id in self.allowance:
+                room = min(room, self.allowance[subscription_id])
+            self._room[subscription_id] = room
+            if room <= 0:
+                self.closed.add(subscription_id)
+        return room
+
+    def consider(
+        self,
+        subscription_id: str,
+        *,
+        max_in_flight: int | None = None,
+        ordered: bool = False,
+        is_head: bool = True,
+        failing: bool = False,
+    ) -> bool:
+        """Take this delivery? ``is_head``: it is its ordered subscription's oldest
+        unfinished delivery (always True for unordered ones); ``failing``: the
+        subscription's last attempt failed (its default cap shrinks to
+        `FAILING_MAX_IN_FLIGHT`)."""
+        if self.is_full() or subscription_id in self.closed:
+            return False
+        room = self.room(
+            subscription_id, max_in_flight=max_in_flight, ordered=ordered, failing=failing
+        )
+        if room <= 0 or not is_head:
+            return False
+        room -= 1
+        self._room[subscription_id] = room
+        self.taken += 1
+        if room <= 0 or ordered:
+            self.closed.add(subscription_id)
+        return True
+
+    def close(self, subscription_id: str) -> None:
+        """Nothing more of this subscription in this claim (its ordered head is not due)."""
+        self.closed.add(subscription_id)
 
 
 @attrs.frozen
@@ -138,7 +278,14 @@ class Store(Protocol):
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
-        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        worker_id: str,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Take up to ``limit`` deliveries due at ``now`` and lease them to ``worker_id``.
 
@@ -146,15 +293,39 @@ class Store(Protocol):
         subscription, or ``delivering`` with an expired lease (its worker died).
         Claimed deliveries become ``delivering`` until ``lease_until``. Oldest due
         first. Two workers never hold the same delivery at once.
+
+        Flow control holds here, so a slow endpoint never occupies a worker's slots
+        (see `ClaimPlan`): a subscription with ``max_in_flight`` (else
+        ``default_max_in_flight``) deliveries under live leases gets no more;
+        ``allowance`` caps what one subscription gets from this call (the worker's
+        rate-limit tokens); an ``ordered`` subscription gives only its oldest
+        unfinished delivery, and only while none of its deliveries is in flight.
+        Expired leases are taken back regardless.
         """
         ...
 
-    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
-        """Write finished attempts and their deliveries' next states in one transaction."""
+    def record(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        *,
+        auto_disable: AutoDisable | None = None,
+    ) -> RecordResult:
+        """Write finished attempts and their deliveries' next states in one transaction.
+
+        Also folds every attempt into its subscription's failure run
+        (``failing_since``, ``consecutive_failures``; a success resets them, see
+        `webhook_dispatch.health.fold_attempts`) and disables a subscription whose run
+        passes ``auto_disable``, or whose record asks for it (410).
+        """
         ...
 
-    def release(self, delivery_ids: Sequence[str], worker_id: str) -> None:
-        """Give back leased deliveries unattempted (graceful shutdown): pending again."""
+    def release(
+        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
+    ) -> None:
+        """Give back leased deliveries unattempted (graceful shutdown): pending again,
+        due as before, or at ``due_at`` (a delivery over its rate limit). The attempt
+        count does not change."""
         ...
 
     def next_due_at(self) -> datetime | None:
@@ -202,6 +373,10 @@ class Store(Protocol):
         deliveries are all final, with their deliveries and attempts, oldest first, in one
         transaction. Returns how many messages went; callers loop in batches so a long
         purge never holds the store's write lock for long."""
+        ...
+
+    def stats(self, now: datetime) -> Stats:
+        """Counts of unfinished deliveries and of subscriptions by state (`Stats`)."""
         ...
 
     def close(self) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import attrs
 
 from ..errors import NotFound, StoreError
+from ..health import AutoDisable, fold_attempts
 from ..models import (
     Attempt,
     AttemptTrigger,
@@ -24,7 +26,7 @@ from ..models import (
     Subscription,
     new_id,
 )
-from .base import AttemptRecord, Claim, PublishResult
+from .base import AttemptRecord, Claim, ClaimPlan, PublishResult, RecordResult, Stats
 
 __all__ = ["MemoryStore"]
 
@@ -46,6 +48,11 @@ class MemoryStore:
         self._attempts: dict[str, list[Attempt]] = {}
         self._due: list[tuple[datetime, int, str]] = []
         self._sequence = itertools.count()
+        # Publish order of every unfinished delivery, by subscription: an ordered
+        # subscription delivers only its oldest (the smallest number).
+        self._publish_order = itertools.count()
+        self._order: dict[str, int] = {}
+        self._unfinished: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -82,6 +89,7 @@ class MemoryStore:
                         updated_at=now,
                     )
                     self._leases.pop(delivery.id, None)
+            self._unfinished.pop(subscription_id, None)
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """The subscription with this id; `NotFound` otherwise."""
@@ -139,6 +147,8 @@ class MemoryStore:
             )
             self._deliveries[delivery.id] = delivery
             ids.append(delivery.id)
+            order = self._order[delivery.id] = next(self._publish_order)
+            self._unfinished.setdefault(subscription_id, {})[delivery.id] = order
             self._push_due(delivery)
         return PublishResult(message, True, len(subscription_ids))
 
@@ -162,29 +172,67 @@ class MemoryStore:
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
-        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        worker_id: str,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries to ``worker_id``."""
+        """Lease up to ``limit`` due deliveries to ``worker_id``, honouring flow control."""
         claims: list[Claim] = []
         with self._lock:
+            in_flight: Counter[str] = Counter()
             for delivery_id, (_, expires) in list(self._leases.items()):
-                if len(claims) >= limit:
-                    break
-                if expires <= now:
+                if expires <= now and len(claims) < limit:
                     claims.append(self._lease(delivery_id, lease_until, worker_id, now))
+                elif expires > now:
+                    in_flight[self._deliveries[delivery_id].subscription_id] += 1
+            in_flight.update(claim.delivery.subscription_id for claim in claims)
+            plan = ClaimPlan(
+                limit=limit - len(claims),
+                default_max_in_flight=default_max_in_flight,
+                allowance=allowance,
+                in_flight=in_flight,
+            )
             skipped: list[tuple[datetime, int, str]] = []
-            while self._due and len(claims) < limit and self._due[0][0] <= now:
+            while self._due and not plan.is_full() and self._due[0][0] <= now:
                 entry = heapq.heappop(self._due)
                 delivery_id = entry[2]
                 if self._is_stale(entry):
                     continue  # the delivery moved on since this entry was pushed
+                skipped.append(entry)  # taken ones are not stale next time: dropped then
                 if not self._deliverable(delivery_id):
-                    skipped.append(entry)  # held until the subscription is enabled again
-                    continue
-                claims.append(self._lease(delivery_id, lease_until, worker_id, now))
+                    continue  # held until the subscription is enabled again
+                subscription = self._subscriptions[self._deliveries[delivery_id].subscription_id]
+                is_head = True
+                if subscription.ordered:
+                    head = self._deliveries[self._head(subscription.id)]
+                    is_head = head.id == delivery_id
+                    if not is_head and (
+                        head.status is not DeliveryStatus.PENDING
+                        or head.next_attempt_at is None
+                        or head.next_attempt_at > now
+                    ):
+                        plan.close(subscription.id)
+                if plan.consider(
+                    subscription.id,
+                    max_in_flight=subscription.max_in_flight,
+                    ordered=subscription.ordered,
+                    is_head=is_head,
+                    failing=subscription.consecutive_failures > 0,
+                ):
+                    skipped.pop()
+                    claims.append(self._lease(delivery_id, lease_until, worker_id, now))
             for entry in skipped:
                 heapq.heappush(self._due, entry)
         return claims
+
+    def _head(self, subscription_id: str) -> str:
+        unfinished = self._unfinished[subscription_id]
+        return min(unfinished, key=unfinished.__getitem__)
 
     def _lease(
         self, delivery_id: str, lease_until: datetime, worker_id: str, now: datetime
@@ -200,8 +248,16 @@ class MemoryStore:
             self._subscriptions[delivery.subscription_id],
         )
 
-    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
-        """Write finished attempts and the deliveries' next states."""
+    def record(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        *,
+        auto_disable: AutoDisable | None = None,
+    ) -> RecordResult:
+        """Write finished attempts, the deliveries' next states and subscription health."""
+        disabled: list[tuple[str, str]] = []
+        recovered: list[str] = []
         with self._lock:
             for record in records:
                 attempt = record.attempt
@@ -211,6 +267,10 @@ class MemoryStore:
                     continue  # lease lost: another worker owns the delivery's state now
                 del self._leases[attempt.delivery_id]
                 self._deliveries[record.delivery.id] = record.delivery
+                if record.delivery.status.is_final:
+                    self._unfinished.get(record.delivery.subscription_id, {}).pop(
+                        record.delivery.id, None
+                    )
                 self._push_due(record.delivery)
                 if record.disable_subscription is not None:
                     subscription = self._subscriptions.get(attempt.subscription_id)
@@ -222,17 +282,52 @@ class MemoryStore:
                             updated_at=attempt.started_at,
                         )
                         self._subscriptions_version += 1
+                        disabled.append((subscription.id, record.disable_subscription))
+            current = {
+                s.id: (s.failing_since, s.consecutive_failures)
+                for s in (self._subscriptions.get(r.attempt.subscription_id) for r in records)
+                if s is not None
+            }
+            for update in fold_attempts((r.attempt for r in records), current):
+                subscription = attrs.evolve(
+                    self._subscriptions[update.subscription_id],
+                    failing_since=update.failing_since,
+                    consecutive_failures=update.consecutive_failures,
+                )
+                if update.recovered:
+                    recovered.append(subscription.id)
+                reason = None
+                if auto_disable is not None and subscription.enabled:
+                    reason = auto_disable.reason(
+                        update.failing_since, update.consecutive_failures, update.last_attempt_at
+                    )
+                if reason is not None:
+                    subscription = attrs.evolve(
+                        subscription,
+                        enabled=False,
+                        disabled_reason=reason,
+                        updated_at=update.last_attempt_at,
+                    )
+                    self._subscriptions_version += 1
+                    disabled.append((subscription.id, reason))
+                self._subscriptions[subscription.id] = subscription
+        return RecordResult(tuple(disabled), tuple(recovered))
 
-    def release(self, delivery_ids: Sequence[str], worker_id: str) -> None:
-        """Give leased deliveries back unattempted."""
+    def release(
+        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
+    ) -> None:
+        """Give leased deliveries back unattempted (due as before, or at ``due_at``)."""
         with self._lock:
             for delivery_id in delivery_ids:
                 lease = self._leases.get(delivery_id)
                 if lease is None or lease[0] != worker_id:
                     continue
                 del self._leases[delivery_id]
+                delivery = self._deliveries[delivery_id]
                 delivery = attrs.evolve(
-                    self._deliveries[delivery_id], status=DeliveryStatus.PENDING
+                    delivery,
+                    status=DeliveryStatus.PENDING,
+                    next_attempt_at=delivery.next_attempt_at if due_at is None else due_at,
                 )
                 self._deliveries[delivery_id] = delivery
                 self._push_due(delivery)
@@ -328,6 +423,10 @@ class MemoryStore:
                     updated_at=now,
                 )
                 self._deliveries[delivery.id] = delivery
+                if delivery.subscription_id in self._subscriptions:
+                    self._unfinished.setdefault(delivery.subscription_id, {})[delivery.id] = (
+                        self._order[delivery.id]
+                    )
                 self._push_due(delivery)
                 updated.append(delivery)
         return updated
@@ -367,8 +466,30 @@ class MemoryStore:
                     self._by_idempotency_key.pop(message.idempotency_key, None)
                 for delivery_id in self._deliveries_by_message.pop(message_id, []):
                     del self._deliveries[delivery_id]
+                    self._order.pop(delivery_id, None)
                 self._attempts.pop(message_id, None)
             return len(doomed)
+
+    def stats(self, now: datetime) -> Stats:
+        """Counts of unfinished deliveries and of subscriptions by state."""
+        with self._lock:
+            pending = [
+                self._deliveries[delivery_id]
+                for unfinished in self._unfinished.values()
+                for delivery_id in unfinished
+                if self._deliveries[delivery_id].status is DeliveryStatus.PENDING
+            ]
+            subscriptions = list(self._subscriptions.values())
+            return Stats(
+                pending=len(pending),
+                delivering=len(self._leases),
+                oldest_pending_at=min((d.created_at for d in pending), default=None),
+                subscriptions=len(subscriptions),
+                disabled_subscriptions=sum(not s.enabled for s in subscriptions),
+                failing_subscriptions=sum(
+                    s.enabled and s.consecutive_failures > 0 for s in subscriptions
+                ),
+            )
 
     def close(self) -> None:
         """Nothing to release."""

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -37,6 +37,7 @@ from webhook_dispatch.errors import (
     StoreError,
     StoreUnavailable,
 )
+from webhook_dispatch.health import AutoDisable, fold_attempts
 from webhook_dispatch.models import (
     Attempt,
     AttemptTrigger,
@@ -50,7 +51,14 @@ from webhook_dispatch.models import (
     options_document,
     options_fields,
 )
-from webhook_dispatch.stores.base import AttemptRecord, Claim, PublishResult
+from webhook_dispatch.stores.base import (
+    AttemptRecord,
+    Claim,
+    ClaimPlan,
+    PublishResult,
+    RecordResult,
+    Stats,
+)
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -144,6 +152,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX attempts_message ON {schema}.attempts (message_id, started_at, number)",
         "CREATE INDEX attempts_delivery ON {schema}.attempts (delivery_id, started_at, number)",
     ),
+    (
+        # Subscription health, written with every recorded attempt.
+        "ALTER TABLE {schema}.subscriptions ADD COLUMN failing_since timestamptz",
+        "ALTER TABLE {schema}.subscriptions "
+        "ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0",
+        # Claiming counts a subscription's attempts in flight and finds an ordered
+        # subscription's oldest unfinished delivery: both from this small index.
+        """CREATE INDEX deliveries_unfinished ON {schema}.deliveries (subscription_id, seq)
+            WHERE status IN ('pending', 'delivering')""",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -156,7 +174,8 @@ _DELIVERY_COLUMNS = (
 _MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
 _SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
-    "disabled_reason, timeout, created_at, updated_at, options"
+    "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
+    "consecutive_failures"
 )
 _ATTEMPT_COLUMNS = (
     "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
@@ -182,54 +201,82 @@ def _prefixed(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
-# The statement that claims: expired leases first, then due pending deliveries on
-# enabled subscriptions, locked with SKIP LOCKED and leased in the same statement,
-# returned joined to their messages and subscriptions. One round trip.
-_CLAIM = f"""
-WITH due AS (
-    SELECT seq, 0 AS branch, lease_expires_at AS due_at FROM (
-        SELECT seq, lease_expires_at FROM {{schema}}.deliveries
-        WHERE status = 'delivering' AND lease_expires_at <= %(now)s
-        ORDER BY lease_expires_at LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS expired
-    UNION ALL
-    SELECT seq, 1, next_attempt_at FROM (
-        SELECT d.seq, d.next_attempt_at FROM {{schema}}.deliveries AS d
-        JOIN {{schema}}.subscriptions AS s ON s.id = d.subscription_id
-        WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND s.enabled
-        ORDER BY d.next_attempt_at, d.seq LIMIT %(limit)s
-        FOR UPDATE OF d SKIP LOCKED
-    ) AS pending
-    LIMIT %(limit)s
-), claimed AS (
+# Claiming runs in one transaction: expired leases first, then due pending deliveries
+# on enabled subscriptions, page by page, within each subscription's flow control
+# (`ClaimPlan`). Rows are locked with SKIP LOCKED; a transaction-scoped advisory lock
+# per subscription (tried, never waited for) makes the in-flight count that caps it
+# exact across workers. The last statement leases the chosen rows and returns them
+# joined to their messages and subscriptions.
+_CLAIM_EXPIRED = """
+SELECT seq, subscription_id FROM {schema}.deliveries
+WHERE status = 'delivering' AND lease_expires_at <= %(now)s
+ORDER BY lease_expires_at LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+_CLAIM_PAGE = """
+SELECT d.seq, d.subscription_id, d.next_attempt_at, (s.options->>'max_in_flight')::int,
+    coalesce((s.options->>'ordered')::boolean, false), s.consecutive_failures > 0
+FROM {schema}.deliveries AS d
+JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND s.enabled
+    AND (%(after_at)s::timestamptz IS NULL
+         OR (d.next_attempt_at, d.seq) > (%(after_at)s::timestamptz, %(after_seq)s::bigint))
+    AND NOT (d.subscription_id = ANY(%(closed)s::text[]))
+ORDER BY d.next_attempt_at, d.seq LIMIT %(limit)s
+FOR UPDATE OF d SKIP LOCKED
+"""
+_CLAIM_LOCK = """
+SELECT subscription_id FROM unnest(%s::text[], %s::bigint[]) AS k (subscription_id, key)
+WHERE NOT pg_try_advisory_xact_lock(key)
+"""
+# The first page's subscriptions are waited for, in sorted order (a claim elsewhere takes
+# milliseconds); later pages only try, so two claimers can never wait on each other.
+_CLAIM_LOCK_WAIT = """
+SELECT count(pg_advisory_xact_lock(key))
+FROM (SELECT key FROM unnest(%s::bigint[]) AS k (key) ORDER BY key) AS ordered_keys
+"""
+_CLAIM_IN_FLIGHT = """
+SELECT subscription_id, count(*) FROM {schema}.deliveries
+WHERE status = 'delivering' AND lease_expires_at > %s AND subscription_id = ANY(%s)
+GROUP BY subscription_id
+"""
+_CLAIM_HEADS = """
+SELECT DISTINCT ON (subscription_id) subscription_id, seq,
+    status = 'pending' AND next_attempt_at <= %s
+FROM {schema}.deliveries
+WHERE status IN ('pending', 'delivering') AND subscription_id = ANY(%s)
+ORDER BY subscription_id, seq
+"""
+_CLAIM_LEASE = f"""
+WITH claimed AS (
     UPDATE {{schema}}.deliveries AS d
     SET status = 'delivering', lease_owner = %(worker)s, lease_expires_at = %(until)s,
         updated_at = %(now)s
-    FROM due WHERE d.seq = due.seq
-    RETURNING {_prefixed("d", _DELIVERY_COLUMNS)}, d.seq, due.branch, due.due_at
+    FROM unnest(%(seqs)s::bigint[], %(order)s::int[]) AS due (seq, position)
+    WHERE d.seq = due.seq
+    RETURNING {_prefixed("d", _DELIVERY_COLUMNS)}, due.position
 )
 SELECT {_prefixed("c", _DELIVERY_COLUMNS)}, {_prefixed("m", _MESSAGE_COLUMNS)},
     {_prefixed("s", _SUBSCRIPTION_COLUMNS)}
 FROM claimed AS c
 JOIN {{schema}}.messages AS m ON m.id = c.message_id
 JOIN {{schema}}.subscriptions AS s ON s.id = c.subscription_id
-ORDER BY c.branch, c.due_at, c.seq
+ORDER BY c.position
 """
 
 # The statement that records: attempts (idempotent, so a retried record after a lost
-# COMMIT acknowledgement is harmless), next states where the lease still holds, and
-# subscriptions disabled by those, with the version bump. One round trip.
+# COMMIT acknowledgement is harmless) and next states where the lease still holds;
+# returns the subscriptions those states ask to disable (410). Subscription health and
+# disabling follow in the same transaction.
 _RECORD = f"""
 WITH inserted AS (
     INSERT INTO {{schema}}.attempts ({_ATTEMPT_COLUMNS})
     SELECT * FROM unnest({", ".join(f"%s::{kind}" for kind in _ATTEMPT_TYPES.split(", "))})
     ON CONFLICT (id) DO NOTHING
 ), next_state (id, status, attempt_count, next_attempt_at, next_trigger, last_status_code,
-               last_error, updated_at, disable_reason, disabled_at) AS (
+               last_error, updated_at, disable_reason) AS (
     SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::text[],
-                         %s::int[], %s::text[], %s::timestamptz[], %s::text[],
-                         %s::timestamptz[])
+                         %s::int[], %s::text[], %s::timestamptz[], %s::text[])
 ), applied AS (
     UPDATE {{schema}}.deliveries AS d
     SET status = n.status, attempt_count = n.attempt_count,
@@ -238,16 +285,9 @@ WITH inserted AS (
         updated_at = n.updated_at, lease_owner = NULL, lease_expires_at = NULL
     FROM next_state AS n
     WHERE d.id = n.id AND d.status = 'delivering' AND d.lease_owner = %s
-    RETURNING d.subscription_id, n.disable_reason, n.disabled_at
-), disabled AS (
-    UPDATE {{schema}}.subscriptions AS s
-    SET enabled = false, disabled_reason = a.disable_reason, updated_at = a.disabled_at
-    FROM applied AS a
-    WHERE a.disable_reason IS NOT NULL AND s.id = a.subscription_id AND s.enabled
-    RETURNING s.id
+    RETURNING d.subscription_id, n.disable_reason
 )
-UPDATE {{schema}}.{_META} SET value = value + 1
-WHERE key = 'subscriptions_version' AND EXISTS (SELECT 1 FROM disabled)
+SELECT subscription_id, disable_reason FROM applied WHERE disable_reason IS NOT NULL
 """
 
 # Messages (skipping keys another transaction committed meanwhile) and the deliveries
@@ -489,7 +529,7 @@ class PostgresStore:
             db.execute(
                 self._sql(
                     f"INSERT INTO {{schema}}.subscriptions ({_SUBSCRIPTION_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 ),
                 _subscription_row(subscription),
             )
@@ -504,7 +544,7 @@ class PostgresStore:
                     "UPDATE {schema}.subscriptions SET url = %s, event_types = %s, secret = %s, "
                     "previous_secrets = %s, headers = %s, metadata = %s, enabled = %s, "
                     "disabled_reason = %s, timeout = %s, created_at = %s, updated_at = %s, "
-                    "options = %s WHERE id = %s"
+                    "options = %s, failing_since = %s, consecutive_failures = %s WHERE id = %s"
                 ),
                 (*row[1:], row[0]),
             ).rowcount
@@ -747,26 +787,48 @@ class PostgresStore:
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
-        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        worker_id: str,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries to ``worker_id``: expired leases first,
-        then pending ones on enabled subscriptions, oldest due first.
+        then pending ones on enabled subscriptions, oldest due first, within each
+        subscription's flow control (see `ClaimPlan`).
 
-        One statement: rows are locked with ``FOR UPDATE SKIP LOCKED`` (rows another
-        worker is claiming are skipped, not waited for), leased, and returned with their
-        messages and subscriptions.
+        One transaction: rows are locked with ``FOR UPDATE SKIP LOCKED`` (rows another
+        worker is claiming are skipped, not waited for); claims touching one
+        subscription take turns on an advisory lock, so in-flight caps hold across the
+        cluster.
         """
         if limit <= 0:
             return []
-        rows = self._rows(
-            _CLAIM,
-            {
-                "now": _utc(now),
-                "limit": limit,
-                "until": _utc(lease_until),
-                "worker": worker_id,
-            },
-        )
+        moment = _utc(now)
+        with self._transaction() as db:
+            expired = db.execute(
+                self._sql(_CLAIM_EXPIRED), {"now": moment, "limit": limit}
+            ).fetchall()
+            chosen = [row[0] for row in expired]
+            if len(chosen) < limit:
+                chosen += self._plan_claim(
+                    db, moment, limit, expired, default_max_in_flight, allowance
+                )
+            if not chosen:
+                return []
+            rows = db.execute(
+                self._sql(_CLAIM_LEASE),
+                {
+                    "now": moment,
+                    "until": _utc(lease_until),
+                    "worker": worker_id,
+                    "seqs": chosen,
+                    "order": list(range(len(chosen))),
+                },
+            ).fetchall()
         width_d, width_m = 11, 6
         return [
             Claim(
@@ -777,11 +839,103 @@ class PostgresStore:
             for row in rows
         ]
 
-    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
+    def _plan_claim(
+        self,
+        db: psycopg.Connection[tuple[Any, ...]],
+        now: datetime,
+        limit: int,
+        expired: list[tuple[Any, ...]],
+        default_max_in_flight: int | None,
+        allowance: Mapping[str, int] | None,
+    ) -> list[int]:
+        plan = ClaimPlan(
+            limit=limit - len(expired),
+            default_max_in_flight=default_max_in_flight,
+            allowance=allowance,
+            in_flight={},
+        )
+        reclaimed: dict[str, int] = {}
+        for _, subscription_id in expired:
+            reclaimed[subscription_id] = reclaimed.get(subscription_id, 0) + 1
+        locked: set[str] = set()
+        heads: dict[str, tuple[int, bool]] = {}
+        taken: list[int] = []
+        after: tuple[datetime | None, int] = (None, 0)
+        page_size = max(limit, 64)
+        while not plan.is_full():
+            page = db.execute(
+                self._sql(_CLAIM_PAGE),
+                {
+                    "now": now,
+                    "after_at": after[0],
+                    "after_seq": after[1],
+                    "closed": sorted(plan.closed),
+                    "limit": page_size,
+                },
+            ).fetchall()
+            fresh = sorted({row[1] for row in page} - locked - plan.closed)
+            if fresh:
+                keys = [self._lock_key(s) for s in fresh]
+                busy: set[str] = set()
+                if not locked:
+                    db.execute(_CLAIM_LOCK_WAIT, (keys,))
+                else:
+                    busy = {row[0] for row in db.execute(_CLAIM_LOCK, (fresh, keys))}
+                for subscription_id in busy:
+                    plan.close(subscription_id)  # another worker is claiming it right now
+                mine = [s for s in fresh if s not in busy]
+                locked.update(mine)
+                counts = dict(
+                    db.execute(self._sql(_CLAIM_IN_FLIGHT), (now, mine)).fetchall() if mine else []
+                )
+                for subscription_id in mine:
+                    plan.in_flight[subscription_id] = counts.get(
+                        subscription_id, 0
+                    ) + reclaimed.get(subscription_id, 0)
+                ordered = sorted({row[1] for row in page if row[4] and row[1] in mine})
+                if ordered:
+                    heads.update(
+                        (row[0], (row[1], bool(row[2])))
+                        for row in db.execute(self._sql(_CLAIM_HEADS), (now, ordered))
+                    )
+            for seq, subscription_id, due_at, max_in_flight, ordered_flag, failing in page:
+                after = (due_at, seq)
+                is_head = True
+                if ordered_flag and subscription_id in heads:
+                    head_seq, head_due = heads[subscription_id]
+                    is_head = head_seq == seq
+                    if not head_due:
+                        plan.close(subscription_id)
+                if plan.consider(
+                    subscription_id,
+                    max_in_flight=max_in_flight,
+                    ordered=ordered_flag,
+                    is_head=is_head,
+                    failing=failing,
+                ):
+                    taken.append(seq)
+                if plan.is_full():
+                    break
+            if len(page) < page_size:
+                break
+        return taken
+
+    def _lock_key(self, subscription_id: str) -> int:
+        digest = hashlib.sha256(f"{self._schema}:{subscription_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def record(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        *,
+        auto_disable: AutoDisable | None = None,
+    ) -> RecordResult:
         """Write finished attempts and, where ``worker_id`` still holds the lease, the
-        deliveries' next states (and subscription disabling), in one statement."""
+        deliveries' next states, then the subscriptions' failure runs and disabling, in
+        one transaction."""
         if not records:
-            return
+            return RecordResult()
         attempts = [_attempt_row(record.attempt) for record in records]
         states = [record.delivery for record in records]
         params: list[Any] = [[row[i] for row in attempts] for i in range(15)]
@@ -795,24 +949,93 @@ class PostgresStore:
             [d.last_error for d in states],
             [_utc(d.updated_at) for d in states],
             [r.disable_subscription for r in records],
-            [_utc(r.attempt.started_at) for r in records],
             worker_id,
         ]
-        with self._connection() as db:
-            db.execute(self._sql(_RECORD), params)
+        with self._transaction() as db:
+            gone = db.execute(self._sql(_RECORD), params).fetchall()
+            # Sorted and locked: concurrent recorders of one subscription take turns.
+            health = {
+                row[0]: (row[1], None if row[2] is None else _utc(row[2]), row[3])
+                for row in db.execute(
+                    self._sql(
+                        "SELECT id, enabled, failing_since, consecutive_failures "
+                        "FROM {schema}.subscriptions WHERE id = ANY(%s) ORDER BY id "
+                        "FOR NO KEY UPDATE"
+                    ),
+                    (sorted({r.attempt.subscription_id for r in records}),),
+                )
+            }
+            disabled: dict[str, str] = {}
+            for subscription_id, reason in gone:
+                if subscription_id in health and health[subscription_id][0]:
+                    disabled.setdefault(subscription_id, reason)
+            updates = fold_attempts(
+                (record.attempt for record in records),
+                {key: (since, count) for key, (_, since, count) in health.items()},
+            )
+            for update in updates:
+                if auto_disable is None or not health[update.subscription_id][0]:
+                    continue
+                reason = auto_disable.reason(
+                    update.failing_since, update.consecutive_failures, update.last_attempt_at
+                )
+                if reason is not None:
+                    disabled.setdefault(update.subscription_id, reason)
+            if updates:
+                db.execute(
+                    self._sql(
+                        "UPDATE {schema}.subscriptions AS s SET failing_since = u.since, "
+                        "consecutive_failures = u.failures "
+                        "FROM unnest(%s::text[], %s::timestamptz[], %s::int[]) "
+                        "AS u (id, since, failures) WHERE s.id = u.id"
+                    ),
+                    (
+                        [u.subscription_id for u in updates],
+                        [
+                            None if u.failing_since is None else _utc(u.failing_since)
+                            for u in updates
+                        ],
+                        [u.consecutive_failures for u in updates],
+                    ),
+                )
+            if disabled:
+                last_at = {u.subscription_id: u.last_attempt_at for u in updates}
+                for record in records:
+                    last_at.setdefault(record.attempt.subscription_id, record.attempt.started_at)
+                db.execute(
+                    self._sql(
+                        "UPDATE {schema}.subscriptions AS s SET enabled = false, "
+                        "disabled_reason = u.reason, updated_at = u.at "
+                        "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) "
+                        "AS u (id, reason, at) WHERE s.id = u.id AND s.enabled"
+                    ),
+                    (
+                        list(disabled),
+                        list(disabled.values()),
+                        [_utc(last_at[key]) for key in disabled],
+                    ),
+                )
+                self._bump_subscriptions_version(db)
+        return RecordResult(
+            tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
+        )
 
-    def release(self, delivery_ids: Sequence[str], worker_id: str) -> None:
-        """Give leased deliveries back unattempted: pending again, due as before."""
+    def release(
+        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
+    ) -> None:
+        """Give leased deliveries back unattempted: pending again, due as before (or at
+        ``due_at``)."""
         if not delivery_ids:
             return
         with self._transaction() as db:
             released = db.execute(
                 self._sql(
                     "UPDATE {schema}.deliveries SET status = 'pending', lease_owner = NULL, "
-                    "lease_expires_at = NULL WHERE id = ANY(%s) "
-                    "AND status = 'delivering' AND lease_owner = %s"
+                    "lease_expires_at = NULL, "
+                    "next_attempt_at = coalesce(%s::timestamptz, next_attempt_at) "
+                    "WHERE id = ANY(%s) AND status = 'delivering' AND lease_owner = %s"
                 ),
-                (list(delivery_ids), worker_id),
+                (None if due_at is None else _utc(due_at), list(delivery_ids), worker_id),
             ).rowcount
             if released:
                 self._notify(db)
@@ -978,6 +1201,25 @@ class PostgresStore:
                 ),
                 (_utc(older_than), limit),
             ).rowcount
+
+    def stats(self, now: datetime) -> Stats:
+        """Counts of unfinished deliveries (from the partial indexes) and subscriptions."""
+        [(pending, oldest, delivering, total, disabled, failing)] = self._rows(
+            "SELECT (SELECT count(*) FROM {schema}.deliveries WHERE status = 'pending'), "
+            "(SELECT min(created_at) FROM {schema}.deliveries WHERE status = 'pending'), "
+            "(SELECT count(*) FROM {schema}.deliveries WHERE status = 'delivering'), "
+            "count(*), count(*) FILTER (WHERE NOT enabled), "
+            "count(*) FILTER (WHERE enabled AND consecutive_failures > 0) "
+            "FROM {schema}.subscriptions"
+        )
+        return Stats(
+            pending=pending,
+            delivering=delivering,
+            oldest_pending_at=None if oldest is None else _utc(oldest),
+            subscriptions=total,
+            disabled_subscriptions=disabled,
+            failing_subscriptions=failing,
+        )
 
     # -- waking idle workers ---------------------------------------------------------
     def listen_for_work(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -1184,6 +1426,8 @@ def _subscription_row(s: Subscription) -> tuple[Any, ...]:
         _utc(s.created_at),
         _utc(s.updated_at),
         Jsonb(options_document(s)),
+        None if s.failing_since is None else _utc(s.failing_since),
+        s.consecutive_failures,
     )
 
 
@@ -1203,6 +1447,8 @@ def _subscription(row: Sequence[Any]) -> Subscription:
         timeout=row[9],
         created_at=_utc(row[10]),
         updated_at=_utc(row[11]),
+        failing_since=None if row[13] is None else _utc(row[13]),
+        consecutive_failures=row[14],
         **options_fields(row[12]),
     )
 

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -24,6 +24,7 @@ from webhook_dispatch.errors import (
     StoreError,
     StoreUnavailable,
 )
+from webhook_dispatch.health import AutoDisable, fold_attempts
 from webhook_dispatch.models import (
     Attempt,
     AttemptTrigger,
@@ -37,7 +38,14 @@ from webhook_dispatch.models import (
     options_document,
     options_fields,
 )
-from webhook_dispatch.stores.base import AttemptRecord, Claim, PublishResult
+from webhook_dispatch.stores.base import (
+    AttemptRecord,
+    Claim,
+    ClaimPlan,
+    PublishResult,
+    RecordResult,
+    Stats,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -126,6 +134,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX attempts_message ON attempts (message_id, started_at, number)",
         "CREATE INDEX attempts_delivery ON attempts (delivery_id, started_at, number)",
     ),
+    (
+        # Subscription health, written with every recorded attempt: real columns, so
+        # recording never rewrites the options document.
+        "ALTER TABLE subscriptions ADD COLUMN failing_since INTEGER",
+        "ALTER TABLE subscriptions ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0",
+        # Claiming counts a subscription's attempts in flight and finds an ordered
+        # subscription's oldest unfinished delivery: both from this small index.
+        """CREATE INDEX deliveries_unfinished ON deliveries (subscription_id, seq)
+            WHERE status IN ('pending', 'delivering')""",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -149,7 +167,8 @@ _DELIVERY_COLUMNS = (
 _MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
 _SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
-    "disabled_reason, timeout, created_at, updated_at, options"
+    "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
+    "consecutive_failures"
 )
 _ATTEMPT_COLUMNS = (
     "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
@@ -328,7 +347,7 @@ class SQLiteStore:
         with self._writing() as db:
             db.execute(
                 f"INSERT INTO subscriptions ({_SUBSCRIPTION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _subscription_row(subscription),
             )
             _bump_subscriptions_version(db)
@@ -340,8 +359,8 @@ class SQLiteStore:
             changed = db.execute(
                 "UPDATE subscriptions SET url = ?, event_types = ?, secret = ?, "
                 "previous_secrets = ?, headers = ?, metadata = ?, enabled = ?, "
-                "disabled_reason = ?, timeout = ?, created_at = ?, updated_at = ?, options = ? "
-                "WHERE id = ?",
+                "disabled_reason = ?, timeout = ?, created_at = ?, updated_at = ?, options = ?, "
+                "failing_since = ?, consecutive_failures = ? WHERE id = ?",
                 (*row[1:], row[0]),
             ).rowcount
             if not changed:
@@ -489,13 +508,21 @@ class SQLiteStore:
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
-        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease_until: datetime,
+        worker_id: str,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries to ``worker_id``: expired leases first,
-        then pending ones on enabled subscriptions, oldest due first.
+        then pending ones on enabled subscriptions, oldest due first, within each
+        subscription's flow control (see `ClaimPlan`).
 
         Selecting and leasing happen in one ``BEGIN IMMEDIATE`` transaction, so two
-        processes on one file never lease the same delivery.
+        processes on one file never lease the same delivery, nor exceed a cap together.
         """
         if limit <= 0:
             return []
@@ -508,15 +535,7 @@ class SQLiteStore:
                 (now_us, limit),
             ).fetchall()
             if len(rows) < limit:
-                # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
-                # order; disabled subscriptions' deliveries are skipped (held), not taken.
-                rows += db.execute(
-                    f"SELECT {_prefixed('d', _DELIVERY_COLUMNS)} FROM deliveries AS d "
-                    "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
-                    "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
-                    "ORDER BY d.next_attempt_at, d.seq LIMIT ?",
-                    (now_us, limit - len(rows)),
-                ).fetchall()
+                rows += self._plan_claim(db, now_us, limit, rows, default_max_in_flight, allowance)
             if not rows:
                 return []
             ids = [row[0] for row in rows]
@@ -546,11 +565,102 @@ class SQLiteStore:
             )
         return claims
 
-    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
+    def _plan_claim(
+        self,
+        db: sqlite3.Connection,
+        now_us: int,
+        limit: int,
+        reclaimed: list[Any],
+        default_max_in_flight: int | None,
+        allowance: Mapping[str, int] | None,
+    ) -> list[Any]:
+        """Due pending deliveries this claim may take, walked oldest due first in pages;
+        subscriptions that can give no more are left out of the next page's query."""
+        in_flight: dict[str, int] = dict(
+            db.execute(
+                "SELECT subscription_id, COUNT(*) FROM deliveries "
+                "WHERE status = 'delivering' AND lease_expires_at > ? GROUP BY subscription_id",
+                (now_us,),
+            ).fetchall()
+        )
+        for row in reclaimed:
+            in_flight[row[2]] = in_flight.get(row[2], 0) + 1
+        plan = ClaimPlan(
+            limit=limit - len(reclaimed),
+            default_max_in_flight=default_max_in_flight,
+            allowance=allowance,
+            in_flight=in_flight,
+        )
+        heads: dict[str, tuple[int, bool]] = {}  # ordered subscription -> (seq, due)
+        taken: list[Any] = []
+        after: tuple[int, int] | None = None
+        page_size = max(limit, 64)
+        width = len(_DELIVERY_COLUMNS.split(","))
+        while not plan.is_full():
+            closed = sorted(plan.closed)
+            # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
+            # order; disabled subscriptions' deliveries are skipped (held), not taken.
+            sql = (
+                f"SELECT {_prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
+                "json_extract(s.options, '$.max_in_flight'), "
+                "json_extract(s.options, '$.ordered'), s.consecutive_failures "
+                "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
+                "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
+            )
+            parameters: list[Any] = [now_us]
+            if after is not None:
+                sql += "AND d.next_attempt_at >= ? AND (d.next_attempt_at > ? OR d.seq > ?) "
+                parameters += [after[0], after[0], after[1]]
+            if closed:
+                sql += f"AND d.subscription_id NOT IN ({', '.join('?' * len(closed))}) "
+                parameters += closed
+            sql += "ORDER BY d.next_attempt_at, d.seq LIMIT ?"
+            parameters.append(page_size)
+            page = db.execute(sql, parameters).fetchall()
+            unknown = {row[2] for row in page if row[width + 2] and row[2] not in heads}
+            for subscription_id in unknown:
+                head = db.execute(
+                    "SELECT seq, status = 'pending' AND next_attempt_at <= ? FROM deliveries "
+                    "WHERE subscription_id = ? AND status IN ('pending', 'delivering') "
+                    "ORDER BY seq LIMIT 1",
+                    (now_us, subscription_id),
+                ).fetchone()
+                heads[subscription_id] = (head[0], bool(head[1]))
+            for row in page:
+                after = (row[5], row[width])
+                subscription_id, ordered = row[2], bool(row[width + 2])
+                is_head = True
+                if ordered:
+                    head_seq, head_due = heads[subscription_id]
+                    is_head = head_seq == row[width]
+                    if not head_due:
+                        plan.close(subscription_id)
+                if plan.consider(
+                    subscription_id,
+                    max_in_flight=row[width + 1],
+                    ordered=ordered,
+                    is_head=is_head,
+                    failing=row[width + 3] > 0,
+                ):
+                    taken.append(row[:width])
+                if plan.is_full():
+                    break
+            if len(page) < page_size:
+                break
+        return taken
+
+    def record(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        *,
+        auto_disable: AutoDisable | None = None,
+    ) -> RecordResult:
         """Write finished attempts and, where ``worker_id`` still holds the lease, the
-        deliveries' next states (and subscription disabling), in one transaction."""
+        deliveries' next states (and subscription disabling), with the subscriptions'
+        failure runs, in one transaction."""
         if not records:
-            return
+            return RecordResult()
         with self._writing() as db:
             db.executemany(
                 f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
@@ -588,33 +698,75 @@ class SQLiteStore:
                     for d in (record.delivery for record in applied)
                 ],
             )
-            disabled = db.executemany(
-                "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
-                "WHERE id = ? AND enabled",
+            health = {
+                row[0]: (row[1], None if row[2] is None else _from_us(row[2]), row[3])
+                for row in _fetch_by_id(
+                    db,
+                    "subscriptions",
+                    "id, enabled, failing_since, consecutive_failures",
+                    {record.attempt.subscription_id for record in records},
+                ).values()
+            }
+            disabled: dict[str, str] = {}
+            for record in applied:
+                subscription_id = record.attempt.subscription_id
+                reason = record.disable_subscription
+                if reason is not None and health.get(subscription_id, (False,))[0]:
+                    disabled.setdefault(subscription_id, reason)
+            updates = fold_attempts(
+                (record.attempt for record in records),
+                {key: (since, count) for key, (_, since, count) in health.items()},
+            )
+            for update in updates:
+                if auto_disable is None or not health[update.subscription_id][0]:
+                    continue
+                reason = auto_disable.reason(
+                    update.failing_since, update.consecutive_failures, update.last_attempt_at
+                )
+                if reason is not None:
+                    disabled.setdefault(update.subscription_id, reason)
+            db.executemany(
+                "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
                 [
                     (
-                        record.disable_subscription,
-                        _to_us(record.attempt.started_at),
-                        record.attempt.subscription_id,
+                        None if u.failing_since is None else _to_us(u.failing_since),
+                        u.consecutive_failures,
+                        u.subscription_id,
                     )
-                    for record in applied
-                    if record.disable_subscription is not None
+                    for u in updates
                 ],
-            ).rowcount
-            if disabled > 0:
+            )
+            last_at = {u.subscription_id: u.last_attempt_at for u in updates}
+            for record in records:
+                last_at.setdefault(record.attempt.subscription_id, record.attempt.started_at)
+            if disabled:
+                db.executemany(
+                    "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
+                    "WHERE id = ? AND enabled",
+                    [
+                        (reason, _to_us(last_at[subscription_id]), subscription_id)
+                        for subscription_id, reason in disabled.items()
+                    ],
+                )
                 _bump_subscriptions_version(db)
+        return RecordResult(
+            tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
+        )
 
-    def release(self, delivery_ids: Sequence[str], worker_id: str) -> None:
-        """Give leased deliveries back unattempted: pending again, due as before."""
+    def release(
+        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
+    ) -> None:
+        """Give leased deliveries back unattempted: pending again, due as before (or at
+        ``due_at``)."""
         if not delivery_ids:
             return
         with self._writing() as db:
             for chunk, marks in _chunks(list(delivery_ids)):
                 db.execute(
                     "UPDATE deliveries SET status = 'pending', lease_owner = NULL, "
-                    f"lease_expires_at = NULL WHERE id IN ({marks}) "
-                    "AND status = 'delivering' AND lease_owner = ?",
-                    (*chunk, worker_id),
+                    "lease_expires_at = NULL, next_attempt_at = COALESCE(?, next_attempt_at) "
+                    f"WHERE id IN ({marks}) AND status = 'delivering' AND lease_owner = ?",
+                    (None if due_at is None else _to_us(due_at), *chunk, worker_id),
                 )
 
     def next_due_at(self) -> datetime | None:
@@ -728,6 +880,28 @@ class SQLiteStore:
                 f"AND deliveries.status IN {_UNFINISHED}) ORDER BY created_at LIMIT ?)",
                 (_to_us(older_than), -1 if limit is None else limit),
             ).rowcount
+
+    def stats(self, now: datetime) -> Stats:
+        """Counts of unfinished deliveries (from the partial indexes) and subscriptions."""
+        with self._reading() as db:
+            pending, oldest = db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+            (delivering,) = db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'delivering'"
+            ).fetchone()
+            total, disabled, failing = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(NOT enabled), 0), "
+                "COALESCE(SUM(enabled AND consecutive_failures > 0), 0) FROM subscriptions"
+            ).fetchone()
+        return Stats(
+            pending=pending,
+            delivering=delivering,
+            oldest_pending_at=None if oldest is None else _from_us(oldest),
+            subscriptions=total,
+            disabled_subscriptions=disabled,
+            failing_subscriptions=failing,
+        )
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL into the file). Idempotent."""
@@ -879,6 +1053,8 @@ def _subscription_row(s: Subscription) -> tuple[Any, ...]:
         _to_us(s.created_at),
         _to_us(s.updated_at),
         _dumps(options_document(s)),
+        None if s.failing_since is None else _to_us(s.failing_since),
+        s.consecutive_failures,
     )
 
 
@@ -898,6 +1074,8 @@ def _subscription(row: Any) -> Subscription:
         timeout=row[9],
         created_at=_from_us(row[10]),
         updated_at=_from_us(row[11]),
+        failing_since=None if row[13] is None else _from_us(row[13]),
+        consecutive_failures=row[14],
         **options_fields(json.loads(row[12])),
     )
 

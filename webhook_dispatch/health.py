@@ -1,0 +1,121 @@
+"""Subscription health, as pure functions: fold a batch of attempts into each
+subscription's run of failures, and decide when a long run disables it.
+
+Stores call these inside the transaction that records the attempts, so every worker
+of a cluster counts on the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+
+import attrs
+
+from .errors import ConfigurationError
+from .models import Attempt
+
+__all__ = ["AutoDisable", "HealthUpdate", "fold_attempts"]
+
+
+def _check_window(instance: object, attribute: attrs.Attribute[timedelta], value: object) -> None:
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise ConfigurationError("AutoDisable.failing_for must be a positive timedelta")
+
+
+def _check_count(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError("AutoDisable.min_failed_attempts must be a whole number >= 1")
+
+
+@attrs.frozen
+class AutoDisable:
+    """When a failing subscription is disabled: it has failed continuously for
+    ``failing_for`` (no successful attempt since) AND made at least
+    ``min_failed_attempts`` failed attempts in that run. Any success resets both."""
+
+    failing_for: timedelta = attrs.field(default=timedelta(days=5), validator=_check_window)
+    min_failed_attempts: int = attrs.field(default=10, validator=_check_count)
+
+    def reason(
+        self, failing_since: datetime | None, consecutive_failures: int, now: datetime
+    ) -> str | None:
+        """Why a subscription in this state should be disabled at ``now``, or None."""
+        if failing_since is None or consecutive_failures < self.min_failed_attempts:
+            return None
+        if now - failing_since < self.failing_for:
+            return None
+        return (
+            f"failing since {failing_since.isoformat()} "
+            f"({consecutive_failures} failed attempts in a row); disabled automatically"
+        )
+
+
+@attrs.frozen
+class HealthUpdate:
+    """One subscription's new failure run after a batch of its attempts."""
+
+    subscription_id: str
+    failing_since: datetime | None
+    consecutive_failures: int
+    recovered: bool
+    """A success came after at least one failure (before or within the batch)."""
+    last_attempt_at: datetime
+
+
+@attrs.frozen
+class _Batch:
+    succeeded: bool  # at least one success in the batch
+    failures_after: int  # failed attempts after the batch's last success (or all of them)
+    first_failure_after: datetime | None
+    failures_before: int  # failed attempts before the batch's last success
+    last_attempt_at: datetime
+
+
+def _fold(attempts: Iterable[Attempt]) -> dict[str, _Batch]:
+    found: dict[str, _Batch] = {}
+    for attempt in sorted(attempts, key=lambda a: a.started_at):
+        prior = found.get(attempt.subscription_id)
+        if prior is None:
+            prior = _Batch(False, 0, None, 0, attempt.started_at)
+        if attempt.succeeded:
+            found[attempt.subscription_id] = _Batch(
+                True, 0, None, prior.failures_before + prior.failures_after, attempt.started_at
+            )
+        else:
+            found[attempt.subscription_id] = attrs.evolve(
+                prior,
+                failures_after=prior.failures_after + 1,
+                first_failure_after=prior.first_failure_after or attempt.started_at,
+                last_attempt_at=attempt.started_at,
+            )
+    return found
+
+
+def fold_attempts(
+    attempts: Iterable[Attempt],
+    current: Mapping[str, tuple[datetime | None, int]],
+) -> list[HealthUpdate]:
+    """The failure runs after ``attempts`` (any order; sorted by start time here), given
+    each subscription's ``current`` ``(failing_since, consecutive_failures)``.
+    Subscriptions missing from ``current`` (removed meanwhile) are left out; so are those
+    whose run does not change (a success while healthy)."""
+    updates: list[HealthUpdate] = []
+    for subscription_id, batch in _fold(attempts).items():
+        if subscription_id not in current:
+            continue
+        since, count = current[subscription_id]
+        if batch.succeeded:
+            recovered = count > 0 or batch.failures_before > 0
+            new_since = batch.first_failure_after
+            new_count = batch.failures_after
+        else:
+            recovered = False
+            new_since = since or batch.first_failure_after
+            new_count = count + batch.failures_after
+        if (new_since, new_count) == (since, count) and not recovered:
+            continue
+        updates.append(
+            HealthUpdate(subscription_id, new_since, new_count, recovered, batch.last_attempt_at)
+        )
+    return updates

@@ -85,8 +85,10 @@ class EndpointAuth(httpx.Auth):
     type_name: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings to store, without ``"type"`` (added by `auth_to_document`)."""
-        raise NotImplementedError
+        """The settings to store, without ``"type"`` (added by `auth_to_document`).
+
+        Deliberately abstract: every built-in type implements it, and a custom type must."""
+        raise NotImplementedError(f"{type(self).__name__} must implement to_dict()")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EndpointAuth:

@@ -612,13 +612,8 @@ def _hex_hmac(secret: str, *parts: bytes) -> str:
     return mac.hexdigest()
 
 
-class GitHubSigner:
-    """GitHub style: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``, keyed
-    with the secret's UTF-8 bytes, no timestamp. The header holds one signature, so during
-    a rotation only the new secret signs."""
-
-    name = "github"
-    header_names: tuple[str, ...] = ("x-hub-signature-256",)
+class _PlainSecretSigner:
+    """Schemes keyed with the secret string itself (GitHub and Stripe styles)."""
 
     def check_secret(self, secret: str) -> None:
         """Any printable ASCII string of 16 to 512 characters."""
@@ -627,6 +622,15 @@ class GitHubSigner:
     def generate_secret(self) -> str:
         """A new random secret (``whsec_`` shaped, used as plain text)."""
         return generate_secret()
+
+
+class GitHubSigner(_PlainSecretSigner):
+    """GitHub style: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``, keyed
+    with the secret's UTF-8 bytes, no timestamp. The header holds one signature, so during
+    a rotation only the new secret signs."""
+
+    name = "github"
+    header_names: tuple[str, ...] = ("x-hub-signature-256",)
 
     def sign(
         self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
@@ -635,21 +639,13 @@ class GitHubSigner:
         return [("X-Hub-Signature-256", "sha256=" + _hex_hmac(secrets[0], body))]
 
 
-class StripeSigner:
+class StripeSigner(_PlainSecretSigner):
     """Stripe style: ``Stripe-Signature: t=<ts>,v1=<hex>``, hex HMAC-SHA256 keyed with the
     whole secret string's UTF-8 bytes over ``"{t}.{body}"``. During a rotation one ``v1=``
     entry per secret, as Stripe does."""
 
     name = "stripe"
     header_names: tuple[str, ...] = ("stripe-signature",)
-
-    def check_secret(self, secret: str) -> None:
-        """Any printable ASCII string of 16 to 512 characters."""
-        _check_plain_secret(secret)
-
-    def generate_secret(self) -> str:
-        """A new random secret (``whsec_`` shaped, used as plain text)."""
-        return generate_secret()
 
     def sign(
         self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes

@@ -21,7 +21,7 @@ import webhook_dispatch as wd
 from webhook_dispatch import auth as auth_module
 from webhook_dispatch.auth import UnregisteredAuth, auth_from_document, auth_to_document
 from webhook_dispatch.netguard import NetworkPolicy
-from webhook_dispatch.transport import AiohttpTransport
+from webhook_dispatch.transport import HTTPTransport
 
 jwt = pytest.importorskip("jwt")
 serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
@@ -327,7 +327,7 @@ def test_oauth2_token_url_is_guarded(server: Server) -> None:
     def resolve(host: str, port: int) -> list[str]:
         return ["93.184.216.34"] if host == "hooks.example.com" else ["127.0.0.1"]
 
-    transport = AiohttpTransport(network_policy=NetworkPolicy(), resolve=resolve)
+    transport = HTTPTransport(network_policy=NetworkPolicy(), resolve=resolve)
     auth = wd.OAuth2ClientCredentials("http://idp.example.com/token", "c", "s")
     with wd.Dispatcher(transport=transport) as dispatcher:
         dispatcher.subscribe("https://hooks.example.com/", auth=auth)

@@ -26,7 +26,7 @@ from webhook_dispatch.netguard import (
     parse_networks,
     refusal_reason,
 )
-from webhook_dispatch.transport import AiohttpTransport
+from webhook_dispatch.transport import HTTPTransport
 
 REFUSED = [
     "127.0.0.1",
@@ -262,7 +262,7 @@ def test_name_resolving_to_loopback_is_blocked_and_not_retried(tmp_path: Path) -
     try:
         port = server.server_address[1]
         calls, resolve = _resolver(["127.0.0.1"])
-        transport = AiohttpTransport(network_policy=NetworkPolicy(), resolve=resolve)  # type: ignore[arg-type]
+        transport = HTTPTransport(network_policy=NetworkPolicy(), resolve=resolve)  # type: ignore[arg-type]
         with wd.Dispatcher(transport=transport, retry=wd.RetryPolicy.fixed([0, 0, 0])) as d:
             d.subscribe(f"http://hooks.internal.test:{port}/hook")
             message = d.publish("order.created", {"id": 1})
@@ -287,7 +287,7 @@ def test_name_resolving_to_loopback_is_allowed_with_the_option() -> None:
         port = server.server_address[1]
         _, resolve = _resolver(["127.0.0.1"])
         policy = NetworkPolicy(allow_private_networks=True)
-        transport = AiohttpTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
+        transport = HTTPTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
         with wd.Dispatcher(transport=transport) as d:
             d.subscribe(f"http://hooks.internal.test:{port}/hook")
             message = d.publish("order.created", {"id": 1})
@@ -300,7 +300,7 @@ def test_name_resolving_to_loopback_is_allowed_with_the_option() -> None:
         server.server_close()
 
 
-async def _post(transport: AiohttpTransport, url: str) -> int:
+async def _post(transport: HTTPTransport, url: str) -> int:
     response = await transport.handle_async_request(httpx.Request("POST", url, content=b"{}"))
     await response.aread()
     await response.aclose()
@@ -314,7 +314,7 @@ def test_rebinding_cannot_reach_a_refused_address(
     # First lookup: an allowed address; every later one: loopback (the rebinding attack).
     calls, resolve = _resolver(["127.0.0.2"], ["127.0.0.1"])
     policy = NetworkPolicy(allowed_networks=parse_networks(["127.0.0.2/32"]))
-    transport = AiohttpTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
+    transport = HTTPTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
     url = f"http://rebind.test:{port}/hook"
 
     async def scenario() -> None:
@@ -336,7 +336,7 @@ def test_mixed_answers_connect_only_to_allowed_addresses(
     good, bad, port = good_and_bad
     _, resolve = _resolver(["127.0.0.1", "127.0.0.2", "127.0.0.1"])
     policy = NetworkPolicy(allowed_networks=parse_networks(["127.0.0.2/32"]))
-    transport = AiohttpTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
+    transport = HTTPTransport(network_policy=policy, resolve=resolve)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         for _ in range(5):
@@ -348,18 +348,25 @@ def test_mixed_answers_connect_only_to_allowed_addresses(
     assert not _bad_was_contacted(bad)
 
 
-def test_guarded_resolver_keeps_the_host_name_for_tls() -> None:
-    _, resolve = _resolver(["8.8.8.8", "10.0.0.1"])
+def test_guarded_resolver_returns_only_allowed_addresses() -> None:
+    calls, resolve = _resolver(["8.8.8.8", "10.0.0.1", "2001:4860:4860::8888", "::1"])
     resolver = GuardedResolver(NetworkPolicy(), resolve)  # type: ignore[arg-type]
-    results = asyncio.run(resolver.resolve("api.example.com", 443))
-    assert [r["host"] for r in results] == ["8.8.8.8"]
-    assert results[0]["hostname"] == "api.example.com"
+    results = asyncio.run(resolver.resolve("api.example.com.", 443))
+    assert results == ["8.8.8.8", "2001:4860:4860::8888"]
+    assert calls == ["api.example.com"]  # looked up once, without the trailing dot
+
+
+def test_guarded_resolver_refusing_every_address_names_them() -> None:
+    _, resolve = _resolver(["10.0.0.1", "169.254.169.254"])
+    resolver = GuardedResolver(NetworkPolicy(), resolve)  # type: ignore[arg-type]
+    with pytest.raises(BlockedAddress, match=r"10\.0\.0\.1.*169\.254\.169\.254"):
+        asyncio.run(resolver.resolve("metadata.test", 80))
 
 
 def test_literal_ip_subscription_from_an_open_dispatcher_is_blocked_by_a_guarded_one(
     tmp_path: Path,
 ) -> None:
-    """aiohttp never asks the resolver about IP literals: the transport checks them."""
+    """IP-literal hosts never reach the resolver: the transport checks them itself."""
     server = _serve("127.0.0.1")
     store = f"sqlite:///{tmp_path / 'hooks.db'}"
     try:

@@ -51,10 +51,10 @@ def loopback_options() -> dict[str, Any]:
         return {"allow_private_networks": True}
     try:  # a guard in the transport, before the Dispatcher option exists
         from webhook_dispatch.netguard import NetworkPolicy
-        from webhook_dispatch.transport import AiohttpTransport
+        from webhook_dispatch.transport import HTTPTransport
 
         policy = NetworkPolicy(allow_private_networks=True)
-        return {"transport": AiohttpTransport(network_policy=policy)}
+        return {"transport": HTTPTransport(network_policy=policy)}
     except (ImportError, TypeError):
         return {}
 

@@ -50,7 +50,7 @@ from .registry import Registry, normalize_patterns, validate_event_type, validat
 from .retry import RetryPolicy, ScheduleWait
 from .signing import DEFAULT_SIGNATURE, get_signer
 from .stores import Stats, Store, open_store
-from .transport import AiohttpTransport, TLSSettings, load_ssl_context
+from .transport import HTTPTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
 __all__ = [
@@ -196,7 +196,7 @@ class _Core:
         # decides for itself where it connects (subscribe-time checks still apply).
         self.engine = Engine(
             transport
-            or AiohttpTransport(
+            or HTTPTransport(
                 max_connections=max(concurrency, 16), network_policy=self.network_policy
             ),
             self.clock,

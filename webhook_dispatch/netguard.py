@@ -2,19 +2,18 @@
 pins every connection to an address that was checked.
 
 Classification is pure (`refusal_reason`, `NetworkPolicy.check_address`); `GuardedResolver`
-resolves a name once, drops refused addresses and hands aiohttp only the allowed ones, so
+resolves a name once, drops refused addresses and hands the transport only the allowed ones, so
 the address connected to is the address checked and DNS rebinding has nothing to slip into.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Union
 
-import aiohttp
-import aiohttp.abc
 import attrs
 import httpx
 
@@ -258,70 +257,47 @@ def check_literal_host(host: str, policy: NetworkPolicy) -> None:
         raise BlockedAddress(host, [(str(literal), reason)])
 
 
-class GuardedResolver(aiohttp.abc.AbstractResolver):
-    """An aiohttp resolver that returns only the addresses ``policy`` allows.
+class GuardedResolver:
+    """Resolves a host name once and returns only the addresses ``policy`` allows.
 
-    Each lookup happens once (through ``resolve`` when given, else aiohttp's threaded
-    resolver); refused addresses are dropped and aiohttp connects to one of those
-    returned, so the address checked is the address used. If none is allowed it raises
+    The lookup goes through ``resolve`` when given, else the event loop's resolver;
+    refused addresses are dropped and the transport connects to one of those returned,
+    so the address checked is the address used. If none is allowed it raises
     `BlockedAddress`, naming the host and the refused addresses.
     """
 
     def __init__(self, policy: NetworkPolicy, resolve: ResolveFunction | None = None) -> None:
         self._policy = policy
         self._resolve = resolve
-        self._inner: aiohttp.abc.AbstractResolver | None = None
 
-    async def _lookup(
-        self, host: str, port: int, family: socket.AddressFamily
-    ) -> list[aiohttp.abc.ResolveResult]:
+    async def _lookup(self, host: str, port: int) -> Sequence[str]:
         literal = parse_host_literal(host)
         if literal is not None:
-            addresses: Sequence[str] = [str(literal)]
-        elif self._resolve is not None:
+            return [str(literal)]
+        if self._resolve is not None:
             found = self._resolve(host, port)
-            addresses = await found if isinstance(found, Awaitable) else found
-        else:
-            if self._inner is None:
-                self._inner = aiohttp.ThreadedResolver()
-            return await self._inner.resolve(host, port, family)
-        results: list[aiohttp.abc.ResolveResult] = []
-        for text in addresses:
-            address = ipaddress.ip_address(text)
-            results.append(
-                {
-                    "hostname": host,
-                    "host": str(address),
-                    "port": port,
-                    "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
-                    "proto": 0,
-                    "flags": socket.AI_NUMERICHOST,
-                }
-            )
-        return results
+            return await found if isinstance(found, Awaitable) else found
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
+    async def resolve(self, host: str, port: int = 0) -> list[str]:
         """Resolve ``host`` once and return only its allowed addresses."""
         name = host.rstrip(".") or host
-        results = await self._lookup(name, port, family)
-        allowed: list[aiohttp.abc.ResolveResult] = []
+        allowed: list[str] = []
         refused: list[tuple[str, str]] = []
-        for result in results:
-            reason = self._policy.check_address(ipaddress.ip_address(result["host"]))
+        for text in await self._lookup(name, port):
+            address = ipaddress.ip_address(text)
+            reason = self._policy.check_address(address)
             if reason is None:
-                allowed.append(result)
+                allowed.append(str(address))
             else:
-                refused.append((result["host"], reason))
+                refused.append((str(address), reason))
         if not allowed:
             if not refused:
-                raise OSError(f"{name} did not resolve to any address")
+                raise httpx.ConnectError(f"{name} did not resolve to any address")
             raise BlockedAddress(name, refused)
         return allowed
-
-    async def close(self) -> None:
-        """Release the inner resolver."""
-        if self._inner is not None:
-            await self._inner.close()
-            self._inner = None

@@ -1,7 +1,7 @@
-"""The default HTTP transport: httpx's transport interface over an aiohttp connection pool.
+"""The default HTTP transport: httpx's transport interface over our own HTTP/1.1
+connection pool (`_http11`), with a bytes-in, capped-bytes-out fast path for the engine.
 
-httpx's own pool slows down as concurrency rises; aiohttp's holds up. Keeping the
-`httpx.AsyncBaseTransport` interface means `transport=` still takes respx,
+Keeping the `httpx.AsyncBaseTransport` interface means `transport=` still takes respx,
 `httpx.MockTransport` or any httpx transport a user prefers. The SSRF guard lives here:
 a transport passed as ``transport=`` sees connections the guard cannot.
 """
@@ -13,19 +13,17 @@ import functools
 import os
 import ssl
 import threading
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
-import aiohttp
 import attrs
 import httpx
-import yarl
 
+from ._http11 import Connection, ConnectionPool, Origin, ResponseHead, serialize_head
 from .errors import ConfigurationError
 from .netguard import BlockedAddress, GuardedResolver, NetworkPolicy, ResolveFunction
 from .netguard import check_literal_host as _check_literal_host
 
-__all__ = ["TLS_EXTENSION", "AiohttpTransport", "TLSSettings", "load_ssl_context"]
+__all__ = ["TLS_EXTENSION", "Endpoint", "HTTPTransport", "TLSSettings", "load_ssl_context"]
 
 TLS_EXTENSION = "webhook_dispatch.tls"
 """The `httpx.Request.extensions` key carrying a subscription's `TLSSettings`; transports
@@ -83,42 +81,36 @@ def _no_password() -> str:
     raise ValueError("encrypted private keys are not supported")
 
 
-# Headers aiohttp computes itself from the URL and body; passing httpx's copies would
-# duplicate them.
-_COMPUTED_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
-_CHUNK = 16 * 1024
+_COMPUTED_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class _AiohttpStream(httpx.AsyncByteStream):
-    """A response body streamed from aiohttp; closing early drops the connection."""
+@attrs.frozen
+class Endpoint:
+    """Where one URL's requests go: the pool's origin and the request line with ``Host``
+    (computed once per URL and TLS setting)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _translate_errors():
-            async for chunk in self._response.content.iter_chunked(_CHUNK):
-                yield chunk
-
-    async def aclose(self) -> None:
-        if self._response.content.at_eof():
-            self._response.release()  # fully read: the connection goes back to the pool
-        else:
-            self._response.close()  # unread bytes remain: this connection cannot be reused
+    origin: Origin
+    prefix: bytes
+    """``POST <target> HTTP/1.1`` and the ``Host`` header, CRLF-terminated."""
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An `httpx.AsyncBaseTransport` that sends requests through one aiohttp session.
+class HTTPTransport(httpx.AsyncBaseTransport):
+    """The default transport: HTTP/1.1 over pooled keep-alive connections.
 
-    Redirects are never followed and cookies are never kept. The pool opens at most
-    ``max_connections`` connections in all. ``ssl_context`` replaces the default
-    certificate checks (for example, to trust a private CA); a request whose
-    extensions carry `TLSSettings` under `TLS_EXTENSION` uses a context built from them.
+    Redirects are never followed and cookies are never kept. At most ``max_connections``
+    requests are in flight at once. ``ssl_context`` replaces the default certificate
+    checks (for example, to trust a private CA); a request whose extensions carry
+    `TLSSettings` under `TLS_EXTENSION` uses a context built from them.
 
     ``network_policy`` is the SSRF guard (default: `NetworkPolicy()`, every private,
     loopback, link-local... address refused): IP-literal hosts are checked before any
     connection, names are resolved once by a `GuardedResolver` (through ``resolve`` when
     given, for tests) and the connection goes to an allowed address it returned.
+
+    Besides the httpx interface, the engine calls `post`, which takes the request as
+    bytes and reads at most a given number of body bytes: no request or response
+    objects are built for a webhook attempt.
     """
 
     def __init__(
@@ -134,11 +126,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive_timeout = keepalive_timeout
         self._ssl_context = ssl_context
         self._policy = network_policy if network_policy is not None else NetworkPolicy()
-        self._resolve = resolve
-        self._session: aiohttp.ClientSession | None = None
+        self._resolver = (
+            GuardedResolver(self._policy, resolve)
+            if self._policy.checks_addresses or resolve is not None
+            else None
+        )
+        self._pool: ConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._contexts: dict[TLSSettings, ssl.SSLContext] = {}
         self._contexts_lock = threading.Lock()
+        self._endpoints: dict[tuple[str, TLSSettings | None], Endpoint] = {}
 
     @property
     def network_policy(self) -> NetworkPolicy:
@@ -146,135 +143,193 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._policy
 
     def __repr__(self) -> str:
-        return f"AiohttpTransport(max_connections={self._max_connections})"
+        return f"HTTPTransport(max_connections={self._max_connections})"
 
-    def _session_for_loop(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            resolver = (
-                GuardedResolver(self._policy, self._resolve)
-                if self._policy.checks_addresses or self._resolve is not None
-                else None
-            )
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                limit_per_host=0,
-                keepalive_timeout=self._keepalive_timeout,
-                ssl=self._ssl_context if self._ssl_context is not None else True,
-                resolver=resolver,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            )
-            self._loop = loop
-        return self._session
+    # -- where requests go ----------------------------------------------------------
+    def endpoint(self, url: str, tls: TLSSettings | None = None) -> Endpoint:
+        """The `Endpoint` for ``url`` with ``tls``; raises `BlockedAddress` when the guard
+        refuses the URL itself (its scheme, or an IP-literal host)."""
+        key = (url, tls)
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoint_for(_parsed(url), tls)
+            if len(self._endpoints) >= 4096:
+                self._endpoints.clear()
+            self._endpoints[key] = found
+        return found
 
-    def _ssl_for(self, settings: object) -> dict[str, ssl.SSLContext]:
-        if not isinstance(settings, TLSSettings) or settings.is_default:
-            return {}  # the connector's own setting
-        with self._contexts_lock:
-            context = self._contexts.get(settings)
-        if context is None:
-            context = load_ssl_context(settings)  # files checked at subscribe; read once here
-            with self._contexts_lock:
-                self._contexts[settings] = context
-        return {"ssl": context}
-
-    def _guard(self, url: httpx.URL) -> None:
-        # aiohttp never asks the resolver about IP-literal hosts, so they are judged here,
-        # in every spelling, before anything connects.
-        reason = self._policy.check_scheme(url.scheme)
+    def _endpoint_for(self, url: httpx.URL, tls: TLSSettings | None) -> Endpoint:
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
+        reason = self._policy.check_scheme(scheme)
         if reason is not None:
             raise BlockedAddress(url.host, (), reason=reason)
         if self._policy.checks_addresses:
             _check_literal_host(url.host, self._policy)
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            context = self._context_for(tls)
+        port = url.port or _DEFAULT_PORTS[scheme]
+        prefix = b"".join((b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"))
+        return Endpoint((scheme, url.host, port, context), prefix)
+
+    def _context_for(self, tls: TLSSettings | None) -> ssl.SSLContext:
+        if tls is None or tls.is_default:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            return self._ssl_context
+        with self._contexts_lock:
+            context = self._contexts.get(tls)
+        if context is None:
+            context = load_ssl_context(tls)  # files checked at subscribe; read once here
+            with self._contexts_lock:
+                self._contexts[tls] = context
+        return context
+
+    def _pool_for_loop(self) -> ConnectionPool:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        if pool is None or pool.closed or self._loop is not loop:
+            pool = self._pool = ConnectionPool(
+                self._open,
+                max_connections=self._max_connections,
+                keepalive_timeout=self._keepalive_timeout,
+            )
+            self._loop = loop
+        return pool
+
+    async def _open(
+        self, host: str, port: int, context: ssl.SSLContext | None, timeout: float | None
+    ) -> Connection:
+        """Connect to an address of ``host`` the guard allows (TLS checked against the
+        name, not the address)."""
+        try:
+            return await asyncio.wait_for(self._connect(host, port, context), timeout)
+        except asyncio.TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+
+    async def _connect(self, host: str, port: int, context: ssl.SSLContext | None) -> Connection:
+        loop = asyncio.get_running_loop()
+        if self._resolver is not None:
+            addresses: Sequence[str] = await self._resolver.resolve(host, port)
+        else:
+            addresses = [host]
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                _, connection = await loop.create_connection(
+                    Connection,
+                    address,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
+            except ssl.SSLError as exc:
+                raise httpx.ConnectError(f"TLS error: {exc}") from exc
+            except OSError as exc:
+                failure = exc
+                continue
+            return connection
+        raise httpx.ConnectError(f"cannot connect to {host}:{port}: {failure}") from failure
+
+    # -- sending ----------------------------------------------------------------------
+    async def post(
+        self, endpoint: Endpoint, request: bytes, limit: int
+    ) -> tuple[ResponseHead, bytes]:
+        """Send ``request`` (head and body, as bytes) to ``endpoint``; return the response
+        head and at most ``limit`` bytes of its body. Timeouts are the caller's."""
+        pool = self._pool_for_loop()
+        origin = endpoint.origin
+        connection = await pool.acquire(origin, None)
+        try:
+            connection.send(request)
+            head = await connection.read_head()
+            body, complete = await connection.read_body(head, limit)
+        except BaseException:
+            pool.release(origin, connection, reuse=False)
+            raise
+        pool.release(origin, connection, reuse=complete and head.keep_alive)
+        return head, body
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return a response whose body streams from the socket.
 
         Raises `BlockedAddress` (an `httpx.ConnectError`) when the network guard refuses it.
         """
-        self._guard(request.url)
-        ssl_option = self._ssl_for(request.extensions.get(TLS_EXTENSION))
-        session = self._session_for_loop()
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request.headers.raw
-            if name.lower().decode("latin-1") not in _COMPUTED_HEADERS
-        ]
+        url = request.url
+        tls = request.extensions.get(TLS_EXTENSION)
+        endpoint = self.endpoint(str(url), tls if isinstance(tls, TLSSettings) else None)
         timeout = request.extensions.get("timeout", {})
-        client_timeout = _client_timeout(timeout.get("connect"), timeout.get("read"))
         body = (
             request.content
             if isinstance(request.stream, httpx.ByteStream)
             else await request.aread()
         )
-        with _translate_errors():
-            response = await session.request(
-                request.method,
-                _yarl_url(str(request.url)),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=client_timeout,
-                compress=None,
-                **ssl_option,
-            )
+        head_bytes = serialize_head(
+            request.method,
+            url.raw_path,
+            url.netloc,
+            [(n, v) for n, v in request.headers.raw if n.lower() not in _COMPUTED_HEADERS],
+            len(body),
+        )
+        pool = self._pool_for_loop()
+        origin = endpoint.origin
+        read_timeout = timeout.get("read")
+        connection = await pool.acquire(origin, timeout.get("connect"))
+        try:
+            connection.send(head_bytes + body)
+            head = await connection.read_head(read_timeout)
+        except BaseException:
+            pool.release(origin, connection, reuse=False)
+            raise
         return httpx.Response(
-            status_code=response.status,
-            headers=[
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in response.raw_headers
-            ],
-            stream=_AiohttpStream(response),
+            status_code=head.status,
+            headers=[(name, value) for name, value in head.headers],
+            stream=_ResponseStream(pool, origin, connection, head, read_timeout),
             extensions={"http_version": b"HTTP/1.1"},
             request=request,
         )
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = None
 
 
-@functools.lru_cache(maxsize=64)
-def _client_timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body read from its connection as it is iterated; closing it gives the
+    connection back to the pool when the body was read to its end, else drops it."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        origin: Origin,
+        connection: Connection,
+        head: ResponseHead,
+        timeout: float | None,
+    ) -> None:
+        self._pool = pool
+        self._origin = origin
+        self._connection = connection
+        self._head = head
+        self._timeout = timeout
+        self._complete = head.content_length == 0
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._connection.iter_body(self._head, self._timeout):
+            yield chunk
+        self._complete = True
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            reuse = self._complete and self._head.keep_alive
+            self._pool.release(self._origin, self._connection, reuse=reuse)
 
 
 @functools.lru_cache(maxsize=4096)
-def _yarl_url(url: str) -> yarl.URL:
-    # httpx has already normalized and percent-encoded the URL: parse it once per
-    # endpoint, not once per request.
-    return yarl.URL(url, encoded=True)
-
-
-class _translate_errors:
-    """Turn aiohttp's exceptions into httpx's, so outcomes are classified in one place."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is None or isinstance(exc, (httpx.HTTPError, asyncio.CancelledError)):
-            return
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            raise httpx.ConnectTimeout(str(exc) or "connect timeout") from exc
-        if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-            raise httpx.ReadTimeout(str(exc) or "read timeout") from exc
-        if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-            raise httpx.ConnectError(f"TLS error: {exc}") from exc
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise httpx.ConnectError(str(exc)) from exc
-        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
-            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
-        if isinstance(exc, aiohttp.ClientResponseError):
-            raise httpx.RemoteProtocolError(f"invalid response: {exc.message}") from exc
-        if isinstance(exc, (aiohttp.ClientOSError, OSError)):
-            raise httpx.NetworkError(str(exc) or type(exc).__name__) from exc
-        if isinstance(exc, aiohttp.ClientError):
-            raise httpx.TransportError(str(exc) or type(exc).__name__) from exc
+def _parsed(url: str) -> httpx.URL:
+    return httpx.URL(url)

@@ -7,12 +7,15 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 import webhook_dispatch as wd
 from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore
+from webhook_dispatch.stores.sqlite import SQLiteStore
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
 
@@ -54,6 +57,65 @@ def test_store_errors_are_retried_not_fatal() -> None:
         assert len(dispatcher.attempts(message.id)) == 1
     assert len(receiver.requests) == 1  # the record retry did not resend
     assert store.claim_failures == 0 and store.record_failures == 0
+
+
+class FlakySQLiteStore(SQLiteStore):
+    """A SQLite store whose combined record-and-claim fails a few times first."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.combined = 0
+
+    def record_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise wd.StoreUnavailable("database is locked")
+        self.combined += 1
+        return super().record_and_claim(*args, **kwargs)
+
+
+@pytest.mark.parametrize("failures", [0, 3])
+def test_records_and_claims_in_one_store_call(tmp_path: Path, failures: int) -> None:
+    store = FlakySQLiteStore(tmp_path / "w.db", failures)
+    clock = FakeClock()
+    receiver = MockReceiver(default=503, clock=clock)
+    retry = wd.RetryPolicy.fixed([0, 0, 0])
+    with wd.Dispatcher(store, clock=clock, transport=receiver, retry=retry) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(10))
+        # Each retry is due at once: the round that records it claims it again.
+        assert dispatcher.run_until_idle() == 30
+        statuses = {d.status for d in dispatcher.deliveries()}
+    assert statuses == {wd.DeliveryStatus.EXHAUSTED}
+    assert len(receiver.requests) == 30  # failed combined calls sent nothing twice
+    assert store.failures == 0 and store.combined >= 2
+
+
+def test_attempts_run_while_the_store_records() -> None:
+    """A slow store call does not stop attempts already claimed from finishing, and a
+    delivery is never claimed again before its attempt is recorded."""
+
+    class SlowRecords(MemoryStore):
+        blocking = True  # called on the store thread
+
+        def record(self, records: Sequence[AttemptRecord], worker_id: str, **kw: Any) -> Any:
+            time.sleep(0.02)
+            return super().record(records, worker_id, **kw)
+
+    class Quick(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0.001 * (hash(request.url.path) % 5))
+            return httpx.Response(200)
+
+    with wd.Dispatcher(SlowRecords(), transport=Quick(), concurrency=8) as dispatcher:
+        for n in range(5):
+            dispatcher.subscribe(f"https://example.com/{n}")
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(40))
+        assert dispatcher.run_until_idle() == 200
+        deliveries = dispatcher.deliveries()
+        assert {d.status for d in deliveries} == {wd.DeliveryStatus.SUCCEEDED}
+        assert {d.attempt_count for d in deliveries} == {1}
 
 
 def test_concurrency_bounds_attempts_in_flight() -> None:

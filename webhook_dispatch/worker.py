@@ -37,7 +37,7 @@ from .events import (
 )
 from .flow import TokenBucket
 from .health import AutoDisable
-from .models import Attempt, AttemptTrigger, DeliveryStatus, RetrySchedule
+from .models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, RetrySchedule
 from .registry import pattern_matches
 from .retry import RetryPolicy, Verdict, classify_outcome, decide
 from .stores.base import AttemptRecord, Claim, RecordResult, Store
@@ -125,6 +125,7 @@ class Worker:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._signal: asyncio.Future[None] | None = None
         self._stopping = False
         self._store_failures = 0
         self._stop_listening: Callable[[], None] | None = None
@@ -150,9 +151,9 @@ class Worker:
         except RuntimeError:
             running = None
         if running is loop:
-            event.set()
+            self._wake_up()
         else:
-            loop.call_soon_threadsafe(event.set)
+            loop.call_soon_threadsafe(self._wake_up)
 
     def request_stop(self) -> None:
         """Ask `run` to finish its attempts in flight and return (safe from any thread)."""
@@ -177,65 +178,139 @@ class Worker:
         return await self._loop_forever(until_idle=False)
 
     async def _loop_forever(self, *, until_idle: bool) -> int:
+        """Attempts run on the loop while at most one store round (record what finished,
+        then claim) runs on the store thread: neither waits for the other.
+
+        Each attempt's completion and each wake-up resolve one signal future, so a
+        completion costs O(1) whatever the concurrency."""
         self._bind_loop()
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
         wake = self._wake
-        in_flight: dict[asyncio.Future[AttemptRecord], Claim] = {}
+        in_flight: dict[asyncio.Task[AttemptRecord], Claim] = {}
+        completed: list[asyncio.Task[AttemptRecord]] = []
         finished: list[AttemptRecord] = []
-        waiter: asyncio.Future[Any] | None = None
+        store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None = None
         attempts = 0
         want_claim = True
         # Refill only once a quarter of the slots are free: fewer, larger claims.
         refill_at = max(1, self.concurrency // 4)
+
+        def attempt_done(task: asyncio.Task[AttemptRecord]) -> None:
+            completed.append(task)
+            self._signal_loop()
+
+        def round_done(_: object) -> None:
+            self._signal_loop()
+
         try:
             while True:
-                free = self.concurrency - len(in_flight)
-                if want_claim and free > 0 and not self._stopping:
-                    wake.clear()
-                    held = {running.delivery.id for running in in_flight.values()}
-                    claimed = await self._claim(free, held)
-                    if claimed is None:
-                        continue  # the store failed and was waited on: claim again
-                    claims, full = claimed
+                if completed:
+                    for task in completed:
+                        del in_flight[task]
+                        finished.append(task.result())
+                    attempts += len(completed)
+                    completed.clear()
+                    if self.concurrency - len(in_flight) >= refill_at:
+                        want_claim = True
+                if wake.is_set():
+                    want_claim = True  # a publish here, or the poll interval passed
+                if store_round is not None and store_round.done():
+                    claims, full = store_round.result()
+                    store_round = None
+                    if claims and self._stopping:  # claimed as the stop came: never run
+                        unrun = [claim.delivery.id for claim in claims]
+                        await self._store_call(self.store.release, unrun, self.worker_id)
+                        claims = []
                     for claim in claims:
-                        in_flight[asyncio.ensure_future(self._attempt(claim))] = claim
-                    want_claim = full  # a full batch: more may be due
-                if not in_flight:
-                    if finished:
-                        await self._flush(finished)
-                        want_claim = True  # a retry may be due at once
+                        task = loop.create_task(self._attempt(claim))
+                        task.add_done_callback(attempt_done)
+                        in_flight[task] = claim
+                    if full is not None:
+                        want_claim = full or wake.is_set()  # a full batch: more may be due
+                if store_round is None:
+                    free = self.concurrency - len(in_flight)
+                    claim_now = want_claim and free > 0 and not self._stopping
+                    if claim_now or finished:
+                        if claim_now:
+                            wake.clear()
+                        # Records are written before the claim: only attempts still
+                        # running may come back (after a wall-clock jump past the lease).
+                        held = {running.delivery.id for running in in_flight.values()}
+                        limit = free if claim_now else 0
+                        store_round = loop.create_task(self._store_round(finished, limit, held))
+                        store_round.add_done_callback(round_done)
+                        finished = []
                         continue
-                    if self._stopping or (until_idle and not want_claim):
-                        return attempts
-                    if not want_claim:
+                    if not in_flight:
+                        if self._stopping or (until_idle and not want_claim):
+                            return attempts
                         await self._idle(wake)
                         want_claim = True
+                        continue
+                if completed or (store_round is not None and store_round.done()):
                     continue
-                if waiter is None or waiter.done():
-                    waiter = asyncio.ensure_future(wake.wait())
-                done, _ = await asyncio.wait(
-                    [*in_flight, waiter],
-                    return_when=asyncio.FIRST_COMPLETED,
-                    timeout=self.poll_interval,
-                )
-                for future in done:
-                    claim_of = in_flight.pop(future, None)
-                    if claim_of is not None:
-                        finished.append(future.result())
-                        attempts += 1
-                if finished:
-                    await self._flush(finished)
-                want_claim = (
-                    want_claim
-                    or wake.is_set()
-                    or not done  # the poll interval passed
-                    or not in_flight
-                    or self.concurrency - len(in_flight) >= refill_at
-                )
+                await self._wait_for_signal(loop)
         finally:
-            if waiter is not None and not waiter.done():
-                waiter.cancel()
-            await self._shutdown(in_flight, finished)
+            await self._shutdown(in_flight, finished, store_round)
+
+    def _signal_loop(self) -> None:
+        signal = self._signal
+        if signal is not None and not signal.done():
+            signal.set_result(None)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+        self._signal_loop()
+
+    async def _wait_for_signal(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until an attempt or the store round ends, a wake-up, or the poll interval."""
+        self._signal = signal = loop.create_future()
+        timer = loop.call_later(self.poll_interval, self._wake_up)
+        try:
+            await signal
+        finally:
+            timer.cancel()
+            self._signal = None
+
+    async def _store_round(
+        self, records: list[AttemptRecord], limit: int, held: set[str]
+    ) -> tuple[list[Claim], bool | None]:
+        """Record finished attempts, then lease up to ``limit`` due deliveries (none when
+        0): one store call when the store has ``record_and_claim``. Returns the claims
+        and whether the store returned a full batch (None: no claim was asked for; True
+        after a failed claim, so it is tried again)."""
+        combined = getattr(self.store, "record_and_claim", None)
+        if records and limit and combined is not None:
+            now = self.clock.now()
+            try:
+                result, claims = await self._store_call(
+                    combined,
+                    records,
+                    self.worker_id,
+                    now,
+                    auto_disable=self.auto_disable,
+                    **self._claim_keywords(now, limit),
+                )
+            except StoreError as exc:
+                await self._store_backoff("record", exc)  # then one call at a time
+            else:
+                self._store_failures = 0
+                await self._announce_if_needed(records, result)
+                try:
+                    return await self._accept(claims, limit, held, now)
+                except StoreError as exc:
+                    await self._store_backoff("claim", exc)
+                    return [], True
+        if records:
+            await self._flush(records)
+        if not limit:
+            return [], None
+        claimed = await self._claim(limit, held)
+        if claimed is None:
+            return [], True  # the store failed and was waited on: claim again
+        return claimed
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -307,36 +382,47 @@ class Worker:
 
     async def _claim(self, limit: int, held: set[str]) -> tuple[list[Claim], bool] | None:
         """Lease up to ``limit`` due deliveries: the claims to attempt now, and whether the
-        store returned a full batch. None after a store failure (backed off).
+        store returned a full batch. None after a store failure (backed off)."""
+        now = self.clock.now()
+        try:
+            claims = await self._store_call(
+                self.store.claim_due,
+                now,
+                worker_id=self.worker_id,
+                **self._claim_keywords(now, limit),
+            )
+            accepted = await self._accept(claims, limit, held, now)
+        except StoreError as exc:
+            await self._store_backoff("claim", exc)
+            return None
+        self._store_failures = 0
+        return accepted
+
+    def _claim_keywords(self, now: datetime, limit: int) -> dict[str, Any]:
+        allowance = {key: bucket.available(now) for key, bucket in self._buckets.items()}
+        return {
+            "limit": limit,
+            "lease_until": now + self.lease,
+            **self._new_keywords(
+                "claim_due",
+                default_max_in_flight=self.default_max_in_flight,
+                allowance=allowance or None,
+            ),
+        }
+
+    async def _accept(
+        self, claims: list[Claim], limit: int, held: set[str], now: datetime
+    ) -> tuple[list[Claim], bool]:
+        """The claims to attempt now, and whether the store returned a full batch.
 
         ``held`` are this worker's attempts in flight: a wall-clock jump past the lease
         makes them claimable again (to this worker). They are dropped here, before flow
         control sees them, so they are neither sent twice nor released while running;
         the running attempt keeps the lease and records the result."""
-        now = self.clock.now()
-        allowance = {key: bucket.available(now) for key, bucket in self._buckets.items()}
-        try:
-            claims = await self._store_call(
-                self.store.claim_due,
-                now,
-                limit=limit,
-                lease_until=now + self.lease,
-                worker_id=self.worker_id,
-                **self._new_keywords(
-                    "claim_due",
-                    default_max_in_flight=self.default_max_in_flight,
-                    allowance=allowance or None,
-                ),
-            )
-            full = len(claims) == limit
-            claims = await self._throttle(
-                [claim for claim in claims if claim.delivery.id not in held], now
-            )
-        except StoreError as exc:
-            await self._store_backoff("claim", exc)
-            return None
-        self._store_failures = 0
-        return claims, full
+        full = len(claims) == limit
+        if held:
+            claims = [claim for claim in claims if claim.delivery.id not in held]
+        return await self._throttle(claims, now), full
 
     async def _throttle(self, claims: list[Claim], now: datetime) -> list[Claim]:
         """Spend a rate-limit token per claim; give back, due at the next token, those
@@ -408,12 +494,17 @@ class Worker:
         )
         if attempt.error is None and classification.verdict is not Verdict.SUCCEEDED:
             attempt = attrs.evolve(attempt, error=classification.reason)
-        delivery = attrs.evolve(
-            claim.delivery,
+        before = claim.delivery
+        # Built whole rather than with attrs.evolve: this runs once per attempt.
+        delivery = Delivery(
+            id=before.id,
+            message_id=before.message_id,
+            subscription_id=before.subscription_id,
             status=decision.status,
-            attempt_count=claim.delivery.attempt_count + 1,
+            attempt_count=before.attempt_count + 1,
             next_attempt_at=decision.next_attempt_at,
             next_trigger=AttemptTrigger.SCHEDULED,
+            created_at=before.created_at,
             updated_at=now,
             last_status_code=attempt.status_code,
             last_error=attempt.error,
@@ -450,6 +541,9 @@ class Worker:
             self._store_failures = 0
             finished.clear()
             break
+        await self._announce_if_needed(batch, result)
+
+    async def _announce_if_needed(self, batch: list[AttemptRecord], result: object) -> None:
         if not isinstance(result, RecordResult):
             result = RecordResult()  # a store written before record() reported changes
         if result.disabled or result.recovered or self.hooks or self.publish_operational:
@@ -566,20 +660,28 @@ class Worker:
 
     async def _shutdown(
         self,
-        in_flight: dict[asyncio.Future[AttemptRecord], Claim],
+        in_flight: dict[asyncio.Task[AttemptRecord], Claim],
         finished: list[AttemptRecord],
+        store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None,
     ) -> None:
-        """Let attempts in flight end, record them, and release what never ran."""
+        """Let the store round and the attempts in flight end, record them, and release
+        what was claimed but never ran."""
+        unrun: list[str] = []
+        if store_round is not None:
+            await asyncio.wait([store_round])
+            if not store_round.cancelled() and store_round.exception() is None:
+                unrun = [claim.delivery.id for claim in store_round.result()[0]]
         if in_flight:
-            done, pending = await asyncio.wait(list(in_flight))
-            for task in done:
+            await asyncio.wait(list(in_flight))
+            for task in in_flight:
                 if not task.cancelled() and task.exception() is None:
                     finished.append(task.result())
-            unrun = [in_flight[task].delivery.id for task in pending]
-            if unrun:
-                await self._store_call(self.store.release, unrun, self.worker_id)
+        if unrun:
+            await self._store_call(self.store.release, unrun, self.worker_id)
         if finished:
             await self._flush(finished)
+        if store_round is not None and not store_round.cancelled():
+            store_round.result()  # a failed round's error surfaces here
 
     async def _store_call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call the store, off the event loop when its calls block."""

@@ -5,7 +5,7 @@ Every method is synchronous and does one unit of work in one transaction. Decisi
 keeps and fetches. Claiming uses leases so a crashed worker's deliveries come back
 once its lease expires.
 
-Two optional capabilities, looked up with ``getattr`` (stores without them work as
+Three optional capabilities, looked up with ``getattr`` (stores without them work as
 before):
 
 - The transactional outbox. A store whose ``transactional_outbox`` attribute is true
@@ -19,6 +19,11 @@ before):
   store call ``callback()`` from its own thread whenever work may have become due
   elsewhere (PostgreSQL ``LISTEN/NOTIFY``); the worker passes its thread-safe
   ``wake`` and keeps its poll as the fallback.
+- Recording and claiming in one call. ``record_and_claim(records, worker_id, now, *,
+  auto_disable, limit, lease_until, default_max_in_flight, allowance) -> (RecordResult,
+  claims)`` is `Store.record` then `Store.claim_due` in one transaction (all or
+  nothing): the worker's store round trip after each batch of attempts, one commit
+  instead of two (SQLite). Without it the worker makes the two calls.
 """
 
 from __future__ import annotations

@@ -175,6 +175,8 @@ _ATTEMPT_COLUMNS = (
     "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
 )
 _UNFINISHED = "('pending', 'delivering')"
+_SUBSCRIPTION_CACHE_SIZE = 4096
+"""Decoded subscriptions a store keeps for claims (cleared whole when full)."""
 
 
 class SQLiteStore:
@@ -193,6 +195,8 @@ class SQLiteStore:
             raise InvalidStoreURL("SQLite store needs a file path (or ':memory:')")
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
+        # subscription id -> (its row when decoded, the Subscription)
+        self._subscription_cache: dict[str, tuple[tuple[Any, ...], Subscription]] = {}
         if self._path != ":memory:":
             _check_path(self._path)
         with self._translate(opening=True):
@@ -526,44 +530,102 @@ class SQLiteStore:
         """
         if limit <= 0:
             return []
-        now_us = _to_us(now)
         with self._writing() as db:
-            rows = db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
-                "WHERE status = 'delivering' AND lease_expires_at <= ? "
-                "ORDER BY lease_expires_at LIMIT ?",
-                (now_us, limit),
-            ).fetchall()
-            if len(rows) < limit:
-                rows += self._plan_claim(db, now_us, limit, rows, default_max_in_flight, allowance)
-            if not rows:
-                return []
-            ids = [row[0] for row in rows]
-            for chunk, marks in _chunks(ids):
-                db.execute(
-                    "UPDATE deliveries SET status = 'delivering', lease_owner = ?, "
-                    f"lease_expires_at = ?, updated_at = ? WHERE id IN ({marks})",
-                    (worker_id, _to_us(lease_until), now_us, *chunk),
-                )
-            messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
-            subscriptions = _fetch_by_id(
-                db, "subscriptions", _SUBSCRIPTION_COLUMNS, {row[2] for row in rows}
+            rows, messages, subscriptions = self._claim_rows(
+                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance
             )
+        return self._claims(rows, messages, subscriptions, now)
+
+    def record_and_claim(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        now: datetime,
+        *,
+        auto_disable: AutoDisable | None = None,
+        limit: int,
+        lease_until: datetime,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
+    ) -> tuple[RecordResult, list[Claim]]:
+        """`record`, then `claim_due`, in one transaction: what the worker does after
+        each batch of attempts, for one commit instead of two."""
+        with self._writing() as db:
+            result = _record(db, records, worker_id, auto_disable) if records else RecordResult()
+            if limit <= 0:
+                return result, []
+            rows, messages, subscriptions = self._claim_rows(
+                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance
+            )
+        return result, self._claims(rows, messages, subscriptions, now)
+
+    def _claim_rows(
+        self,
+        db: sqlite3.Connection,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        worker_id: str,
+        default_max_in_flight: int | None,
+        allowance: Mapping[str, int] | None,
+    ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        """Select and lease, inside the caller's write transaction: the delivery rows, and
+        the rows of their messages and subscriptions by id."""
+        now_us = _to_us(now)
+        rows = db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
+            "WHERE status = 'delivering' AND lease_expires_at <= ? "
+            "ORDER BY lease_expires_at LIMIT ?",
+            (now_us, limit),
+        ).fetchall()
+        if len(rows) < limit:
+            rows += self._plan_claim(db, now_us, limit, rows, default_max_in_flight, allowance)
+        if not rows:
+            return [], {}, {}
+        ids = [row[0] for row in rows]
+        for chunk, marks in _chunks(ids):
+            db.execute(
+                "UPDATE deliveries SET status = 'delivering', lease_owner = ?, "
+                f"lease_expires_at = ?, updated_at = ? WHERE id IN ({marks})",
+                (worker_id, _to_us(lease_until), now_us, *chunk),
+            )
+        messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
+        subscriptions = _fetch_by_id(
+            db, "subscriptions", _SUBSCRIPTION_COLUMNS, {row[2] for row in rows}
+        )
+        return rows, messages, subscriptions
+
+    def _claims(
+        self,
+        rows: list[Any],
+        messages: dict[str, Any],
+        subscriptions: dict[str, Any],
+        now: datetime,
+    ) -> list[Claim]:
+        """Claims from leased rows (outside the transaction: pure conversion)."""
         message_objects = {key: _message(row) for key, row in messages.items()}
-        subscription_objects = {key: _subscription(row) for key, row in subscriptions.items()}
-        claims: list[Claim] = []
-        for row in rows:
-            delivery = attrs.evolve(
-                _delivery(row), status=DeliveryStatus.DELIVERING, updated_at=now
+        subscription_objects = {key: self._subscription(row) for key, row in subscriptions.items()}
+        delivering = DeliveryStatus.DELIVERING
+        return [
+            Claim(
+                _delivery(row, status=delivering, updated_at=now),
+                message_objects[row[1]],
+                subscription_objects[row[2]],
             )
-            claims.append(
-                Claim(
-                    delivery,
-                    message_objects[delivery.message_id],
-                    subscription_objects[delivery.subscription_id],
-                )
-            )
-        return claims
+            for row in rows
+        ]
+
+    def _subscription(self, row: Any) -> Subscription:
+        """The subscription of this row, reused while its row is unchanged in every column
+        (health and enabled included): decoding its JSON is most of a claim's Python work."""
+        cached = self._subscription_cache.get(row[0])
+        if cached is not None and cached[0] == row:
+            return cached[1]
+        subscription = _subscription(row)
+        if len(self._subscription_cache) >= _SUBSCRIPTION_CACHE_SIZE:
+            self._subscription_cache.clear()
+        self._subscription_cache[row[0]] = (tuple(row), subscription)
+        return subscription
 
     def _plan_claim(
         self,
@@ -664,96 +726,7 @@ class SQLiteStore:
         if not records:
             return RecordResult()
         with self._writing() as db:
-            db.executemany(
-                f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_attempt_row(record.attempt) for record in records],
-            )
-            held: set[str] = set()
-            for chunk, marks in _chunks([record.attempt.delivery_id for record in records]):
-                held.update(
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT id FROM deliveries WHERE id IN ({marks}) "
-                        "AND status = 'delivering' AND lease_owner = ?",
-                        (*chunk, worker_id),
-                    )
-                )
-            applied = [record for record in records if record.attempt.delivery_id in held]
-            db.executemany(
-                "UPDATE deliveries SET status = ?, attempt_count = ?, next_attempt_at = ?, "
-                "next_trigger = ?, last_status_code = ?, last_error = ?, updated_at = ?, "
-                "lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE id = ? AND status = 'delivering' AND lease_owner = ?",
-                [
-                    (
-                        d.status.value,
-                        d.attempt_count,
-                        None if d.next_attempt_at is None else _to_us(d.next_attempt_at),
-                        d.next_trigger.value,
-                        d.last_status_code,
-                        d.last_error,
-                        _to_us(d.updated_at),
-                        d.id,
-                        worker_id,
-                    )
-                    for d in (record.delivery for record in applied)
-                ],
-            )
-            health = {
-                row[0]: (row[1], None if row[2] is None else _from_us(row[2]), row[3])
-                for row in _fetch_by_id(
-                    db,
-                    "subscriptions",
-                    "id, enabled, failing_since, consecutive_failures",
-                    {record.attempt.subscription_id for record in records},
-                ).values()
-            }
-            disabled: dict[str, str] = {}
-            for record in applied:
-                subscription_id = record.attempt.subscription_id
-                reason = record.disable_subscription
-                if reason is not None and health.get(subscription_id, (False,))[0]:
-                    disabled.setdefault(subscription_id, reason)
-            updates = fold_attempts(
-                (record.attempt for record in records),
-                {key: (since, count) for key, (_, since, count) in health.items()},
-            )
-            for update in updates:
-                if auto_disable is None or not health[update.subscription_id][0]:
-                    continue
-                reason = auto_disable.reason(
-                    update.failing_since, update.consecutive_failures, update.last_attempt_at
-                )
-                if reason is not None:
-                    disabled.setdefault(update.subscription_id, reason)
-            db.executemany(
-                "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
-                [
-                    (
-                        None if u.failing_since is None else _to_us(u.failing_since),
-                        u.consecutive_failures,
-                        u.subscription_id,
-                    )
-                    for u in updates
-                ],
-            )
-            last_at = {u.subscription_id: u.last_attempt_at for u in updates}
-            for record in records:
-                last_at.setdefault(record.attempt.subscription_id, record.attempt.started_at)
-            if disabled:
-                db.executemany(
-                    "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
-                    "WHERE id = ? AND enabled",
-                    [
-                        (reason, _to_us(last_at[subscription_id]), subscription_id)
-                        for subscription_id, reason in disabled.items()
-                    ],
-                )
-                _bump_subscriptions_version(db)
-        return RecordResult(
-            tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
-        )
+            return _record(db, records, worker_id, auto_disable)
 
     def release(
         self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
@@ -993,6 +966,109 @@ def _require_subscriptions(db: sqlite3.Connection, ids: set[str]) -> None:
         raise NotFound(f"no subscription with id {missing[0]!r}")
 
 
+def _record(
+    db: sqlite3.Connection,
+    records: Sequence[AttemptRecord],
+    worker_id: str,
+    auto_disable: AutoDisable | None,
+) -> RecordResult:
+    """`SQLiteStore.record` inside the caller's write transaction."""
+    db.executemany(
+        f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [_attempt_row(record.attempt) for record in records],
+    )
+    # Only a record asking to disable its subscription needs to know, before the
+    # update, whether this worker still held the lease; the update checks it itself.
+    asking = [record for record in records if record.disable_subscription is not None]
+    held: set[str] = set()
+    for chunk, marks in _chunks([record.attempt.delivery_id for record in asking]):
+        held.update(
+            row[0]
+            for row in db.execute(
+                f"SELECT id FROM deliveries WHERE id IN ({marks}) "
+                "AND status = 'delivering' AND lease_owner = ?",
+                (*chunk, worker_id),
+            )
+        )
+    db.executemany(
+        "UPDATE deliveries SET status = ?, attempt_count = ?, next_attempt_at = ?, "
+        "next_trigger = ?, last_status_code = ?, last_error = ?, updated_at = ?, "
+        "lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE id = ? AND status = 'delivering' AND lease_owner = ?",
+        [
+            (
+                d.status.value,
+                d.attempt_count,
+                None if d.next_attempt_at is None else _to_us(d.next_attempt_at),
+                d.next_trigger.value,
+                d.last_status_code,
+                d.last_error,
+                _to_us(d.updated_at),
+                d.id,
+                worker_id,
+            )
+            for d in (record.delivery for record in records)
+        ],
+    )
+    health = {
+        row[0]: (row[1], None if row[2] is None else _from_us(row[2]), row[3])
+        for row in _fetch_by_id(
+            db,
+            "subscriptions",
+            "id, enabled, failing_since, consecutive_failures",
+            {record.attempt.subscription_id for record in records},
+        ).values()
+    }
+    disabled: dict[str, str] = {}
+    for record in asking:
+        if record.attempt.delivery_id not in held:
+            continue
+        subscription_id = record.attempt.subscription_id
+        reason = record.disable_subscription
+        if reason is not None and health.get(subscription_id, (False,))[0]:
+            disabled.setdefault(subscription_id, reason)
+    updates = fold_attempts(
+        (record.attempt for record in records),
+        {key: (since, count) for key, (_, since, count) in health.items()},
+    )
+    for update in updates:
+        if auto_disable is None or not health[update.subscription_id][0]:
+            continue
+        reason = auto_disable.reason(
+            update.failing_since, update.consecutive_failures, update.last_attempt_at
+        )
+        if reason is not None:
+            disabled.setdefault(update.subscription_id, reason)
+    db.executemany(
+        "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
+        [
+            (
+                None if u.failing_since is None else _to_us(u.failing_since),
+                u.consecutive_failures,
+                u.subscription_id,
+            )
+            for u in updates
+        ],
+    )
+    last_at = {u.subscription_id: u.last_attempt_at for u in updates}
+    for record in records:
+        last_at.setdefault(record.attempt.subscription_id, record.attempt.started_at)
+    if disabled:
+        db.executemany(
+            "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
+            "WHERE id = ? AND enabled",
+            [
+                (reason, _to_us(last_at[subscription_id]), subscription_id)
+                for subscription_id, reason in disabled.items()
+            ],
+        )
+        _bump_subscriptions_version(db)
+    return RecordResult(
+        tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
+    )
+
+
 def _bump_subscriptions_version(db: sqlite3.Connection) -> None:
     db.execute(f"UPDATE {_META} SET value = value + 1 WHERE key = 'subscriptions_version'")
 
@@ -1093,17 +1169,20 @@ def _message(row: Any) -> Message:
     )
 
 
-def _delivery(row: Any) -> Delivery:
+def _delivery(
+    row: Any, *, status: DeliveryStatus | None = None, updated_at: datetime | None = None
+) -> Delivery:
+    """The delivery of this row; a claim passes the state it just wrote."""
     return Delivery(
         id=row[0],
         message_id=row[1],
         subscription_id=row[2],
-        status=DeliveryStatus(row[3]),
+        status=DeliveryStatus(row[3]) if status is None else status,
         attempt_count=row[4],
         next_attempt_at=None if row[5] is None else _from_us(row[5]),
         next_trigger=AttemptTrigger(row[6]),
         created_at=_from_us(row[7]),
-        updated_at=_from_us(row[8]),
+        updated_at=_from_us(row[8]) if updated_at is None else updated_at,
         last_status_code=row[9],
         last_error=row[10],
     )
@@ -1122,7 +1201,7 @@ def _attempt_row(a: Attempt) -> tuple[Any, ...]:
         a.url,
         a.status_code,
         a.response_body,
-        _dumps(dict(a.response_headers)),
+        _dumps(dict(a.response_headers)) if a.response_headers else "{}",
         None if a.error_kind is None else a.error_kind.value,
         a.error,
         a.webhook_timestamp,

@@ -184,6 +184,8 @@ class Subscription:
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets that sign a request sent at ``now``: current first, then unexpired old."""
+        if not self.previous_secrets:
+            return [self.secret]
         return [self.secret] + [
             retired.secret for retired in self.previous_secrets if retired.expires_at > now
         ]

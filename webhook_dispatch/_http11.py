@@ -403,7 +403,8 @@ class ConnectionPool:
             if waiter.done() and not waiter.cancelled():
                 self._give_slot()  # handed over, then cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # already skipped by _give_slot
+                    self._waiters.remove(waiter)
             raise
 
     def _give_slot(self) -> None:

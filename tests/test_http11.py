@@ -320,3 +320,25 @@ def test_a_request_the_server_dropped_is_not_sent_again() -> None:
         server.close()
 
     run(scenario())
+
+
+def test_an_international_host_name_is_resolved_and_sent_in_its_ascii_form() -> None:
+    async def scenario() -> None:
+        asked: list[str] = []
+
+        def resolve(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return ["127.0.0.1"]
+
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        async with Server([ok]) as server:
+            transport = HTTPTransport(
+                network_policy=NetworkPolicy(allow_private_networks=True), resolve=resolve
+            )
+            head, _ = await _post(transport, f"http://bücher.example:{server.port}/h")
+            assert head.status == 200
+            await transport.aclose()
+        assert asked == ["xn--bcher-kva.example"]
+        assert f"Host: xn--bcher-kva.example:{server.port}\r\n".encode() in server.requests[0][0]
+
+    run(scenario())

@@ -172,7 +172,8 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             context = self._context_for(tls)
         port = url.port or _DEFAULT_PORTS[scheme]
         prefix = b"".join((b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"))
-        return Endpoint((scheme, url.host, port, context), prefix)
+        # The ASCII (IDNA) form of the name: what DNS, TLS and the guard see.
+        return Endpoint((scheme, url.raw_host.decode("ascii"), port, context), prefix)
 
     def _context_for(self, tls: TLSSettings | None) -> ssl.SSLContext:
         if tls is None or tls.is_default:

@@ -315,7 +315,8 @@ def test_stop_lets_in_flight_attempts_finish_and_records_them() -> None:
 
     del started
     with wd.Dispatcher(transport=Slow()) as dispatcher:
-        dispatcher.subscribe("https://example.com/h")
+        # Its own max_in_flight: all five start at once (no slow start).
+        dispatcher.subscribe("https://example.com/h", max_in_flight=5)
         for _ in range(5):
             dispatcher.publish("order.created", {})
         dispatcher.start()

@@ -91,6 +91,27 @@ def test_a_slow_endpoint_holds_only_its_default_share_of_slots() -> None:
     assert last_fast < len(transport.sent) - 5
 
 
+def test_an_endpoint_that_never_answers_holds_two_slots_from_its_first_attempts() -> None:
+    """Slow start: until it answers, a new endpoint gets two slots, not a full share."""
+
+    class NeverAnswers(CountingTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.delay = 30.0 if request.url.path == "/never" else 0.001
+            return await super().handle_async_request(request)
+
+    transport = NeverAnswers()
+    with wd.Dispatcher(clock=FakeClock(), transport=transport, concurrency=64) as dispatcher:
+        dispatcher.subscribe("https://example.com/never", timeout=0.2)
+        dispatcher.subscribe("https://example.com/fast")
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(12))
+        dispatcher.run_until_idle()
+        never = [d for d in dispatcher.deliveries() if d.last_error is not None]
+    assert transport.peak["/never"] == 2  # not 16, a quarter of concurrency=64
+    assert transport.peak["/fast"] > 2  # a proven endpoint gets its full share
+    assert transport.sent.count("/fast") == 12
+    assert len(never) == 12 and all(d.attempt_count == 1 for d in never)
+
+
 def test_ordered_subscription_receives_messages_in_order() -> None:
     clock = FakeClock()
     receiver = MockReceiver([503, 503], clock=clock)

@@ -676,6 +676,37 @@ def test_claim_gives_a_failing_subscription_few_slots(store: Store) -> None:
     assert taken.count(chosen.id) == 4  # an explicit max_in_flight is the user's choice
 
 
+def test_claim_slow_start_gives_an_unproven_subscription_few_slots(store: Store) -> None:
+    new, proven = make_subscription(), make_subscription()
+    chosen = make_subscription(max_in_flight=4)
+    for subscription in (new, proven, chosen):
+        store.add_subscription(subscription)
+    for _ in range(6):
+        published(store, new, proven, chosen)
+    claims = store.claim_due(
+        T0,
+        limit=50,
+        lease_until=T0 + LEASE,
+        worker_id="w1",
+        default_max_in_flight=5,
+        proven=frozenset({proven.id}),
+    )
+    taken = [c.delivery.subscription_id for c in claims]
+    assert taken.count(new.id) == FAILING_MAX_IN_FLIGHT
+    assert taken.count(proven.id) == 5
+    assert taken.count(chosen.id) == 4  # an explicit max_in_flight is the user's choice
+    # Once proven, the same subscription gets the rest of its share.
+    more = store.claim_due(
+        T0,
+        limit=50,
+        lease_until=T0 + LEASE,
+        worker_id="w1",
+        default_max_in_flight=5,
+        proven=frozenset({new.id, proven.id}),
+    )
+    assert [c.delivery.subscription_id for c in more].count(new.id) == 5 - FAILING_MAX_IN_FLIGHT
+
+
 def test_claim_allowance_limits_one_subscription(store: Store) -> None:
     slow, fast = make_subscription(), make_subscription()
     store.add_subscription(slow)

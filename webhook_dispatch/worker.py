@@ -137,6 +137,12 @@ class Worker:
         self.observer = observer
         self.spans = spans
         self._buckets: dict[str, TokenBucket] = {}
+        # Slow start: subscriptions this worker has seen succeed get their full share of
+        # slots; the others two, so an endpoint that never answers cannot hold many
+        # slots while its first attempts run towards their timeout.
+        self._proven: set[str] = set()
+        self._proven_snapshot: frozenset[str] = frozenset()
+        self._proven_changed = False
         self._accepts: dict[tuple[str, str], bool] = {}
         self._schedules: dict[RetrySchedule, RetryPolicy] = {}
 
@@ -407,8 +413,16 @@ class Worker:
                 "claim_due",
                 default_max_in_flight=self.default_max_in_flight,
                 allowance=allowance or None,
+                proven=self._proven_now(),
             ),
         }
+
+    def _proven_now(self) -> frozenset[str]:
+        """An immutable copy for the store thread, rebuilt only when it changed."""
+        if self._proven_changed:
+            self._proven_snapshot = frozenset(self._proven)
+            self._proven_changed = False
+        return self._proven_snapshot
 
     async def _accept(
         self, claims: list[Claim], limit: int, held: set[str], now: datetime
@@ -492,8 +506,17 @@ class Worker:
             trigger=claim.delivery.next_trigger,
             policy=policy,
         )
-        if attempt.error is None and classification.verdict is not Verdict.SUCCEEDED:
-            attempt = attrs.evolve(attempt, error=classification.reason)
+        subscription_id = claim.subscription.id
+        if classification.verdict is Verdict.SUCCEEDED:
+            if subscription_id not in self._proven:
+                self._proven.add(subscription_id)
+                self._proven_changed = True
+        else:
+            if subscription_id in self._proven:
+                self._proven.discard(subscription_id)
+                self._proven_changed = True
+            if attempt.error is None:
+                attempt = attrs.evolve(attempt, error=classification.reason)
         before = claim.delivery
         # Built whole rather than with attrs.evolve: this runs once per attempt.
         delivery = Delivery(

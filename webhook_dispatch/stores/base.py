@@ -28,7 +28,7 @@ before):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -123,6 +123,11 @@ class ClaimPlan:
     tokens) in this claim, and an ordered subscription only its oldest unfinished
     delivery, and only when none of its deliveries is in flight. `closed` lists the
     subscriptions that can give nothing more to this claim, so stores skip them in SQL.
+
+    ``proven``, when given, is slow start: a subscription without its own
+    ``max_in_flight`` that is not in it (the worker has not yet seen it answer) gets at
+    most `FAILING_MAX_IN_FLIGHT` attempts in flight, like a failing one, so an endpoint
+    that never answers holds two slots, not a full share, while its first attempts run.
     """
 
     def __init__(
@@ -132,8 +137,10 @@ class ClaimPlan:
         default_max_in_flight: int | None,
         allowance: Mapping[str, int] | None,
         in_flight: Mapping[str, int],
+        proven: Collection[str] | None = None,
     ) -> None:
         self.limit = limit
+        self.proven = proven
         self.default_max_in_flight = default_max_in_flight
         self.allowance = allowance or {}
         self.in_flight = dict(in_flight)
@@ -159,9 +166,11 @@ class ClaimPlan:
         room = self._room.get(subscription_id)
         if room is None:
             cap = 1 if ordered else max_in_flight or self.default_max_in_flight
-            if failing and max_in_flight is None and cap is not None:
-                # An endpoint whose last attempt failed (often timing out) gets only a
-                # few slots until it succeeds again, so it cannot hold the worker.
+            unproven = self.proven is not None and subscription_id not in self.proven
+            if (failing or unproven) and max_in_flight is None and cap is not None:
+                # An endpoint whose last attempt failed (often timing out), or one not yet
+                # seen answering, gets only a few slots until it succeeds, so it cannot
+                # hold the worker.
                 cap = min(cap, FAILING_MAX_IN_FLIGHT)
             room = float("inf") if cap is None else cap - self.in_flight.get(subscription_id, 0)
             if subscription_id in self.allowance:
@@ -291,6 +300,7 @@ class Store(Protocol):
         worker_id: str,
         default_max_in_flight: int | None = None,
         allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
     ) -> list[Claim]:
         """Take up to ``limit`` deliveries due at ``now`` and lease them to ``worker_id``.
 
@@ -304,8 +314,9 @@ class Store(Protocol):
         ``default_max_in_flight``) deliveries under live leases gets no more;
         ``allowance`` caps what one subscription gets from this call (the worker's
         rate-limit tokens); an ``ordered`` subscription gives only its oldest
-        unfinished delivery, and only while none of its deliveries is in flight.
-        Expired leases are taken back regardless.
+        unfinished delivery, and only while none of its deliveries is in flight;
+        ``proven`` is slow start (subscriptions not in it get two slots, see
+        `ClaimPlan`). Expired leases are taken back regardless.
         """
         ...
 

@@ -10,7 +10,7 @@ import heapq
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 import attrs
@@ -180,6 +180,7 @@ class MemoryStore:
         worker_id: str,
         default_max_in_flight: int | None = None,
         allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries to ``worker_id``, honouring flow control."""
         claims: list[Claim] = []
@@ -196,6 +197,7 @@ class MemoryStore:
                 default_max_in_flight=default_max_in_flight,
                 allowance=allowance,
                 in_flight=in_flight,
+                proven=proven,
             )
             skipped: list[tuple[datetime, int, str]] = []
             while self._due and not plan.is_full() and self._due[0][0] <= now:

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -795,6 +795,7 @@ class PostgresStore:
         worker_id: str,
         default_max_in_flight: int | None = None,
         allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries to ``worker_id``: expired leases first,
         then pending ones on enabled subscriptions, oldest due first, within each
@@ -815,7 +816,7 @@ class PostgresStore:
             chosen = [row[0] for row in expired]
             if len(chosen) < limit:
                 chosen += self._plan_claim(
-                    db, moment, limit, expired, default_max_in_flight, allowance
+                    db, moment, limit, expired, default_max_in_flight, allowance, proven
                 )
             if not chosen:
                 return []
@@ -847,12 +848,14 @@ class PostgresStore:
         expired: list[tuple[Any, ...]],
         default_max_in_flight: int | None,
         allowance: Mapping[str, int] | None,
+        proven: Collection[str] | None = None,
     ) -> list[int]:
         plan = ClaimPlan(
             limit=limit - len(expired),
             default_max_in_flight=default_max_in_flight,
             allowance=allowance,
             in_flight={},
+            proven=proven,
         )
         reclaimed: dict[str, int] = {}
         for _, subscription_id in expired:

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -520,6 +520,7 @@ class SQLiteStore:
         worker_id: str,
         default_max_in_flight: int | None = None,
         allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries to ``worker_id``: expired leases first,
         then pending ones on enabled subscriptions, oldest due first, within each
@@ -532,7 +533,7 @@ class SQLiteStore:
             return []
         with self._writing() as db:
             rows, messages, subscriptions = self._claim_rows(
-                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance
+                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance, proven
             )
         return self._claims(rows, messages, subscriptions, now)
 
@@ -547,6 +548,7 @@ class SQLiteStore:
         lease_until: datetime,
         default_max_in_flight: int | None = None,
         allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
     ) -> tuple[RecordResult, list[Claim]]:
         """`record`, then `claim_due`, in one transaction: what the worker does after
         each batch of attempts, for one commit instead of two."""
@@ -555,7 +557,7 @@ class SQLiteStore:
             if limit <= 0:
                 return result, []
             rows, messages, subscriptions = self._claim_rows(
-                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance
+                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance, proven
             )
         return result, self._claims(rows, messages, subscriptions, now)
 
@@ -568,6 +570,7 @@ class SQLiteStore:
         worker_id: str,
         default_max_in_flight: int | None,
         allowance: Mapping[str, int] | None,
+        proven: Collection[str] | None = None,
     ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         """Select and lease, inside the caller's write transaction: the delivery rows, and
         the rows of their messages and subscriptions by id."""
@@ -579,7 +582,9 @@ class SQLiteStore:
             (now_us, limit),
         ).fetchall()
         if len(rows) < limit:
-            rows += self._plan_claim(db, now_us, limit, rows, default_max_in_flight, allowance)
+            rows += self._plan_claim(
+                db, now_us, limit, rows, default_max_in_flight, allowance, proven
+            )
         if not rows:
             return [], {}, {}
         ids = [row[0] for row in rows]
@@ -635,6 +640,7 @@ class SQLiteStore:
         reclaimed: list[Any],
         default_max_in_flight: int | None,
         allowance: Mapping[str, int] | None,
+        proven: Collection[str] | None = None,
     ) -> list[Any]:
         """Due pending deliveries this claim may take, walked oldest due first in pages;
         subscriptions that can give no more are left out of the next page's query."""
@@ -654,6 +660,7 @@ class SQLiteStore:
             default_max_in_flight=default_max_in_flight,
             allowance=allowance,
             in_flight=in_flight,
+            proven=proven,
         )
         heads: dict[str, tuple[int, bool]] = {}  # ordered subscription -> (seq, due)
         taken: list[Any] = []

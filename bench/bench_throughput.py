@@ -72,10 +72,14 @@ async def hand_rolled(urls: list[str], total: int, concurrency: int = 32) -> flo
         return total / (time.perf_counter() - started)
 
 
-def webhook_dispatch_run(urls: list[str], messages: int, directory: Path) -> float:
-    """B1: durable SQLite store, signing on, fan-out to every subscription."""
+def webhook_dispatch_run(
+    urls: list[str], messages: int, directory: Path, *, durable: bool = True
+) -> float:
+    """B1: durable SQLite store (or, for comparison, the memory store), signing on,
+    fan-out to every subscription."""
     path = directory / f"b1-{time.monotonic_ns()}.db"
-    with wd.Dispatcher(f"sqlite:///{path}", **dispatcher_options()) as dispatcher:
+    store = f"sqlite:///{path}" if durable else "memory://"
+    with wd.Dispatcher(store, **dispatcher_options()) as dispatcher:
         for url in urls:
             dispatcher.subscribe(url)
         total = messages * len(urls)
@@ -84,7 +88,7 @@ def webhook_dispatch_run(urls: list[str], messages: int, directory: Path) -> flo
         dispatcher.run_until_idle()
         elapsed = time.perf_counter() - started
         done = len(dispatcher.deliveries(status="succeeded"))
-    path.unlink()
+    path.unlink(missing_ok=True)
     if done != total:
         raise RuntimeError(f"only {done} of {total} deliveries succeeded")
     return total / elapsed
@@ -120,6 +124,10 @@ def main() -> None:
             b1, b1_samples = median_of(
                 args.reps, lambda: webhook_dispatch_run(urls, args.messages, directory)
             )
+            memory, memory_samples = median_of(
+                args.reps,
+                lambda: webhook_dispatch_run(urls, args.messages, directory, durable=False),
+            )
 
     print(machine())
     print(
@@ -132,6 +140,7 @@ def main() -> None:
         ("(a) raw aiohttp, 32 connections", a, a_samples),
         ("(b) httpx.AsyncClient + gather + tenacity", b, b_samples),
         ("B1 webhook_dispatch, SQLite, signed", b1, b1_samples),
+        ("webhook_dispatch, memory store (not durable)", memory, memory_samples),
     ]
     print(f"{'path':<44} {'req/s':>9}  samples")
     for name, value, samples in rows:
@@ -139,6 +148,7 @@ def main() -> None:
         print(f"{name:<44} {value:>9,.0f}  {shown}")
     print(f"B1 / (a) = {b1 / a:.2f}x   (target >= 0.5x)")
     print(f"B1 / (b) = {b1 / b:.2f}x   (target >= 3x)")
+    print(f"memory store / (a) = {memory / a:.2f}x   (the engine without a durable store)")
 
 
 if __name__ == "__main__":

@@ -707,6 +707,30 @@ def test_claim_slow_start_gives_an_unproven_subscription_few_slots(store: Store)
     assert [c.delivery.subscription_id for c in more].count(new.id) == 5 - FAILING_MAX_IN_FLIGHT
 
 
+def test_claim_walks_past_a_capped_backlog_to_another_subscription(store: Store) -> None:
+    busy, quiet = make_subscription(), make_subscription()
+    off = make_subscription(enabled=False, disabled_reason="by hand")
+    for subscription in (busy, quiet, off):
+        store.add_subscription(subscription)
+    for _ in range(150):  # more than two pages of the busy one's rows come first
+        published(store, busy)
+    published(store, off, quiet)
+    claims = store.claim_due(
+        T0, limit=50, lease_until=T0 + LEASE, worker_id="w1", default_max_in_flight=3
+    )
+    taken = [c.delivery.subscription_id for c in claims]
+    assert taken.count(busy.id) == 3
+    assert taken.count(quiet.id) == 1
+    assert off.id not in taken
+    # Every enabled subscription at its cap: nothing more, and the walk stops early.
+    assert (
+        store.claim_due(
+            T0, limit=50, lease_until=T0 + LEASE, worker_id="w2", default_max_in_flight=3
+        )
+        == []
+    )
+
+
 def test_claim_allowance_limits_one_subscription(store: Store) -> None:
     slow, fast = make_subscription(), make_subscription()
     store.add_subscription(slow)

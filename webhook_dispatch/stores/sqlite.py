@@ -716,8 +716,10 @@ class SQLiteStore:
                     taken.append(row[:width])
                 if plan.is_full():
                     break
-            if len(page) < page_size:
+            if len(page) < page_size or plan.is_full():
                 break
+            if _nobody_left(db, plan.closed):
+                break  # the rest of the walk could only find closed subscriptions' rows
         return taken
 
     def record(
@@ -938,6 +940,19 @@ def _translate_error(
     if opening and (primary == _CANTOPEN or "unable to open" in lowered):
         return InvalidStoreURL(f"{path}: cannot open the database file ({text})", path=path)
     return StoreError(f"{path}: {text}", path=path)
+
+
+def _nobody_left(db: sqlite3.Connection, closed: set[str]) -> bool:
+    """Whether every enabled subscription is closed for this claim (one with a large
+    backlog at its in-flight cap, say), so walking further pages is wasted work."""
+    if not closed or len(closed) > _CHUNK:
+        return False
+    marks = ", ".join("?" * len(closed))
+    row = db.execute(
+        f"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE enabled AND id NOT IN ({marks}))",
+        sorted(closed),
+    ).fetchone()
+    return not row[0]
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[tuple[Sequence[Any], str]]:

@@ -240,6 +240,9 @@ SELECT subscription_id, count(*) FROM {schema}.deliveries
 WHERE status = 'delivering' AND lease_expires_at > %s AND subscription_id = ANY(%s)
 GROUP BY subscription_id
 """
+_CLAIM_ANYONE_LEFT = """
+SELECT EXISTS (SELECT 1 FROM {schema}.subscriptions WHERE enabled AND NOT (id = ANY(%s)))
+"""
 _CLAIM_HEADS = """
 SELECT DISTINCT ON (subscription_id) subscription_id, seq,
     status = 'pending' AND next_attempt_at <= %s
@@ -919,8 +922,13 @@ class PostgresStore:
                     taken.append(seq)
                 if plan.is_full():
                     break
-            if len(page) < page_size:
+            if len(page) < page_size or plan.is_full():
                 break
+            closed = sorted(plan.closed)
+            if closed:
+                anyone = db.execute(self._sql(_CLAIM_ANYONE_LEFT), (closed,)).fetchone()
+                if anyone is not None and not anyone[0]:
+                    break  # the rest of the walk could only find closed subscriptions' rows
         return taken
 
     def _lock_key(self, subscription_id: str) -> int:

@@ -196,6 +196,14 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced() -> None:
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "conflicting"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n", "chunk size"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"T: 1\r\n" * 300,
+            "trailer fields",
+        ),
+        (b"HTTP/1.1 103 Early Hints\r\n\r\n" * 12, "1xx"),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
         (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", "larger than"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "in the middle"),
@@ -340,5 +348,131 @@ def test_an_international_host_name_is_resolved_and_sent_in_its_ascii_form() -> 
             await transport.aclose()
         assert asked == ["xn--bcher-kva.example"]
         assert f"Host: xn--bcher-kva.example:{server.port}\r\n".encode() in server.requests[0][0]
+
+    run(scenario())
+
+
+def test_the_first_blank_line_ends_the_head_whatever_its_line_ending() -> None:
+    async def scenario() -> None:
+        answer = b"HTTP/1.1 200 OK\nContent-Length: 0\n\nX-Injected: 1\r\n\r\n"
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        async with Server([answer, ok]) as server:
+            transport = _transport()
+            head, _ = await _post(transport, server.url)
+            assert head.header(b"x-injected") is None
+            await _post(transport, server.url)  # on a fresh connection: bytes were left over
+            await transport.aclose()
+        assert server.connections == 2
+
+    run(scenario())
+
+
+def test_a_timed_out_request_to_a_server_that_never_reads_is_aborted() -> None:
+    async def scenario() -> None:
+        done = asyncio.Event()
+        got = 0
+
+        async def reads_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal got
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
+            await asyncio.sleep(0.5)
+            writer.transport.resume_reading()  # type: ignore[attr-defined]
+            try:
+                while chunk := await reader.read(1 << 20):
+                    got += len(chunk)
+            except ConnectionError:
+                pass
+            done.set()
+
+        server = await asyncio.start_server(reads_late, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        transport = _transport()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await _post(transport, url, body=b"x" * (16 << 20))
+        await asyncio.wait_for(done.wait(), 5)
+        # Aborted, not left to flush 16 MiB nobody was reading: the rest never came.
+        assert got < 16 << 20
+        server.close()
+
+    run(scenario())
+
+
+def test_waiting_for_a_connection_slot_honours_the_pool_timeout() -> None:
+    async def scenario() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        transport = HTTPTransport(
+            max_connections=1, network_policy=NetworkPolicy(allow_private_networks=True)
+        )
+        first = asyncio.ensure_future(_post(transport, url))
+        await asyncio.sleep(0.05)
+        request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": 0.1}})
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(request)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        server.close()
+
+    run(scenario())
+
+
+def test_an_auth_flow_that_fails_gives_its_connection_slot_back() -> None:
+    """A flow that raises (a token service down) or runs out of time still releases the
+    response's connection: otherwise every slot of the shared pool leaks away."""
+    from datetime import datetime, timezone
+
+    from webhook_dispatch.clock import SystemClock
+    from webhook_dispatch.engine import Engine
+    from webhook_dispatch.models import Delivery, DeliveryStatus, Message, Subscription
+    from webhook_dispatch.stores.base import Claim
+
+    class FailsAfterTheFirstAnswer(httpx.Auth):
+        async def async_auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def,override]
+            yield request
+            raise RuntimeError("token service unavailable")
+
+    async def scenario() -> None:
+        ok = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+        async with Server([ok] * 3) as server:
+            transport = HTTPTransport(
+                max_connections=1, network_policy=NetworkPolicy(allow_private_networks=True)
+            )
+            engine = Engine(transport, SystemClock())
+            now = datetime.now(timezone.utc)
+            subscription = Subscription(
+                id="sub_1",
+                url=server.url,
+                secret="whsec_" + "A" * 32,
+                created_at=now,
+                updated_at=now,
+                auth=FailsAfterTheFirstAnswer(),
+                timeout=2.0,
+            )
+            message = Message(
+                id="msg_1",
+                event_type="a.b",
+                payload=b"{}",
+                content_type="application/json",
+                created_at=now,
+            )
+            for _ in range(3):  # with one slot, a leak would time the next attempts out
+                delivery = Delivery(
+                    id="dlv_1",
+                    message_id="msg_1",
+                    subscription_id="sub_1",
+                    status=DeliveryStatus.DELIVERING,
+                    attempt_count=0,
+                    next_attempt_at=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+                attempt, _ = await engine.attempt(Claim(delivery, message, subscription))
+                assert "token service unavailable" in (attempt.error or "")
+            await transport.aclose()
+        assert len(server.requests) == 3
 
     run(scenario())

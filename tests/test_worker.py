@@ -175,3 +175,31 @@ def test_idle_worker_applies_the_retention() -> None:
         dispatcher.stop()
         assert [m.id for m in dispatcher.messages()] == [fresh.id]
         assert dispatcher.attempts(old.id) == []
+
+
+def test_a_failing_attempt_observer_does_not_lose_the_attempt_record() -> None:
+    from webhook_dispatch.engine import Engine
+    from webhook_dispatch.retry import RetryPolicy
+    from webhook_dispatch.worker import Worker
+
+    class BrokenMetrics:
+        def observe_attempt(self, attempt: wd.Attempt, status: wd.DeliveryStatus) -> None:
+            raise RuntimeError("metrics backend down")
+
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        message = dispatcher.publish("order.created", {})
+        store = dispatcher.store
+        worker = Worker(
+            store,
+            Engine(receiver, clock),
+            clock,
+            retry=RetryPolicy(),
+            observer=BrokenMetrics(),
+        )
+        assert asyncio.run(worker.run_until_idle()) == 1
+        worker.close()
+        assert [a.status_code for a in dispatcher.attempts(message.id)] == [200]
+        assert dispatcher.deliveries()[0].status is wd.DeliveryStatus.SUCCEEDED

@@ -25,6 +25,8 @@ MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200
 _PAUSE_AT = 256 * 1024  # stop reading the socket while this much is buffered and unread
 _READ_SIZE = 32 * 1024  # bytes read from the socket at a time
+_MAX_INFORMATIONAL = 10  # 1xx responses accepted before the final one
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FORBIDDEN_IN_HEADERS = (b"\r", b"\n", b"\0")
 
@@ -77,6 +79,11 @@ class ResponseHead:
         if self.until_close:
             self.keep_alive = False
 
+    def no_body(self) -> None:
+        """The answer to a HEAD request: headers only, whatever they say of a body."""
+        self.content_length = 0
+        self.chunked = self.until_close = False
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case), or None."""
         for key, value in self.headers:
@@ -107,7 +114,7 @@ def _parse_head(block: bytes) -> ResponseHead:
     for raw in lines[1:]:
         line = raw.rstrip(b"\r")
         if not line:
-            continue
+            raise httpx.RemoteProtocolError("blank line inside the response head")
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
             raise httpx.RemoteProtocolError(f"invalid header line: {line[:80]!r}")
@@ -131,6 +138,16 @@ def serialize_head(
         lines += (name, b": ", value, b"\r\n")
     lines += (b"Content-Length: ", str(length).encode("ascii"), b"\r\n\r\n")
     return b"".join(lines)
+
+
+def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.ReadTimeout(f"no response data within {timeout:g}s"))
+
+
+def _pool_expired(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.PoolTimeout("no free connection slot in time"))
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -191,11 +208,22 @@ class Connection(asyncio.BufferedProtocol):
         """Open, and nothing arrived since the last response ended."""
         return not self.closed and not self._buffer
 
-    def close(self) -> None:
-        """Drop the connection (unread bytes and all)."""
+    def close(self, *, abort: bool = False) -> None:
+        """Drop the connection (unread bytes and all). ``abort``: at once, without
+        waiting to flush a request the server may never read (after an error, a
+        timeout or a body left unread)."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def resume(self) -> None:
+        """Read again (an idle connection must notice the server closing it)."""
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
 
     def send(self, data: bytes) -> None:
         """Write one request (head and body)."""
@@ -207,17 +235,19 @@ class Connection(asyncio.BufferedProtocol):
         """Wait until more bytes (or the end of the connection) arrive."""
         if self.closed:
             raise self._disconnected()
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.resume()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         if timeout is None:
             await waiter
             return
+        # A timer that fails the waiter, not asyncio.wait_for: wait_for on Python 3.11
+        # can swallow a cancellation (the attempt's deadline) that lands as data arrives.
+        timer = loop.call_later(timeout, _expire, waiter, timeout)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            raise httpx.ReadTimeout(f"no response data within {timeout:g}s") from None
+            await waiter
+        finally:
+            timer.cancel()
 
     def _disconnected(self) -> httpx.RemoteProtocolError:
         what = "before a response" if self.received == 0 else "in the middle of the response"
@@ -226,13 +256,13 @@ class Connection(asyncio.BufferedProtocol):
 
     async def read_head(self, timeout: float | None = None) -> ResponseHead:
         """Read and parse the next final (non-1xx) response head."""
+        informational = 0
         while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                end = self._buffer.find(b"\n\n")
-                size = 2
-            else:
-                size = 4
+            # The first blank line ends the head, whichever line ending it uses.
+            end, size = self._buffer.find(b"\r\n\r\n"), 4
+            bare = self._buffer.find(b"\n\n")
+            if bare >= 0 and (end < 0 or bare < end):
+                end, size = bare, 2
             if end > MAX_HEAD or (end < 0 and len(self._buffer) > MAX_HEAD):
                 raise httpx.RemoteProtocolError(f"response head larger than {MAX_HEAD} bytes")
             if end < 0:
@@ -246,6 +276,9 @@ class Connection(asyncio.BufferedProtocol):
             if head.status >= 200:
                 return head
             # 1xx informational (100 Continue, 103 Early Hints): the real answer follows.
+            informational += 1
+            if informational > _MAX_INFORMATIONAL:
+                raise httpx.RemoteProtocolError("too many 1xx informational responses")
 
     async def read_body(
         self, head: ResponseHead, limit: int, timeout: float | None = None
@@ -321,17 +354,15 @@ class Connection(asyncio.BufferedProtocol):
     async def _iter_chunked(self, timeout: float | None) -> AsyncIterator[bytes]:
         while True:
             line = await self._line(timeout)
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                if not size_text or len(size_text) > 16:
-                    raise ValueError
-                size = int(size_text, 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError(f"invalid chunk size {line[:40]!r}") from None
+            size_text = line.split(b";", 1)[0].strip(b" \t")
+            if not size_text or len(size_text) > 16 or size_text.translate(None, _HEX_DIGITS):
+                raise httpx.RemoteProtocolError(f"invalid chunk size {line[:40]!r}")
+            size = int(size_text, 16)
             if size == 0:
-                while await self._line(timeout):  # trailer fields, up to the empty line
-                    pass
-                return
+                for _ in range(MAX_HEADERS + 1):
+                    if not await self._line(timeout):  # trailer fields, up to the empty line
+                        return
+                raise httpx.RemoteProtocolError(f"more than {MAX_HEADERS} trailer fields")
             while size > 0:
                 if not self._buffer:
                     await self._more(timeout)
@@ -372,9 +403,15 @@ class ConnectionPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.closed = False
 
-    async def acquire(self, origin: Origin, connect_timeout: float | None) -> Connection:
-        """A connection to ``origin``: an idle one when there is one, else a new one."""
-        await self._take_slot()
+    async def acquire(
+        self,
+        origin: Origin,
+        connect_timeout: float | None,
+        pool_timeout: float | None = None,
+    ) -> Connection:
+        """A connection to ``origin``: an idle one when there is one, else a new one.
+        Raises `httpx.PoolTimeout` after waiting ``pool_timeout`` seconds for a slot."""
+        await self._take_slot(pool_timeout)
         try:
             connection = self._idle_connection(origin)
             if connection is None:
@@ -391,21 +428,26 @@ class ConnectionPool:
         connection.requests += 1
         return connection
 
-    async def _take_slot(self) -> None:
+    async def _take_slot(self, timeout: float | None) -> None:
         if self._in_use < self._max_connections and not self._waiters:
             self._in_use += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _pool_expired, waiter)
         try:
             await waiter  # the releasing request hands its slot over: _in_use is unchanged
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._give_slot()  # handed over, then cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):  # already skipped by _give_slot
                     self._waiters.remove(waiter)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _give_slot(self) -> None:
         while self._waiters:
@@ -426,17 +468,20 @@ class ConnectionPool:
             connection.close()
         return None
 
-    def release(self, origin: Origin, connection: Connection, *, reuse: bool) -> None:
+    def release(
+        self, origin: Origin, connection: Connection, *, reuse: bool, abort: bool = False
+    ) -> None:
         """Give a connection back after its response: kept when ``reuse`` and still
-        open, closed otherwise."""
+        open, closed otherwise (``abort``: at once, see `Connection.close`)."""
         if reuse and connection.reusable and not self.closed:
+            connection.resume()
             connection.idle_since = time.monotonic()
             self._idle.setdefault(origin, []).append(connection)
             self._idle_count += 1
             if self._idle_count > self._max_connections:
                 self._evict_oldest()
         else:
-            connection.close()
+            connection.close(abort=abort)
         self._give_slot()
 
     def _evict_oldest(self) -> None:

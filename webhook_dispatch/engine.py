@@ -300,12 +300,17 @@ class Engine:
             outgoing = await flow.__anext__()
             while True:
                 response = await self.transport.handle_async_request(outgoing)
-                if auth.requires_response_body:
-                    response = await _buffered(response, outgoing, _AUTH_RESPONSE_LIMIT)
                 try:
+                    if auth.requires_response_body:
+                        response = await _buffered(response, outgoing, _AUTH_RESPONSE_LIMIT)
                     following = await flow.asend(response)
                 except StopAsyncIteration:
-                    return response
+                    return response  # the caller reads and closes it
+                except BaseException:
+                    # The flow failed or the deadline hit: the response's connection (a
+                    # pool slot) must still be given back.
+                    await response.aclose()
+                    raise
                 await response.aclose()
                 outgoing = following
         finally:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import os
 import ssl
+import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 
@@ -205,9 +206,19 @@ class HTTPTransport(httpx.AsyncBaseTransport):
     ) -> Connection:
         """Connect to an address of ``host`` the guard allows (TLS checked against the
         name, not the address)."""
-        try:
+        if timeout is None:
+            return await self._connect(host, port, context)
+        # Not asyncio.wait_for: on Python 3.11 it can swallow the attempt's own deadline
+        # when the connection completes in the same pass.
+        if sys.version_info >= (3, 11):
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._connect(host, port, context)
+            except TimeoutError:
+                raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        try:  # pragma: no cover - Python 3.10
             return await asyncio.wait_for(self._connect(host, port, context), timeout)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # pragma: no cover - Python 3.10
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
 
     async def _connect(self, host: str, port: int, context: ssl.SSLContext | None) -> Connection:
@@ -248,9 +259,9 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             head = await connection.read_head()
             body, complete = await connection.read_body(head, limit)
         except BaseException:
-            pool.release(origin, connection, reuse=False)
+            pool.release(origin, connection, reuse=False, abort=True)
             raise
-        pool.release(origin, connection, reuse=complete and head.keep_alive)
+        pool.release(origin, connection, reuse=complete and head.keep_alive, abort=not complete)
         return head, body
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -277,13 +288,15 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         pool = self._pool_for_loop()
         origin = endpoint.origin
         read_timeout = timeout.get("read")
-        connection = await pool.acquire(origin, timeout.get("connect"))
+        connection = await pool.acquire(origin, timeout.get("connect"), timeout.get("pool"))
         try:
             connection.send(head_bytes + body)
             head = await connection.read_head(read_timeout)
         except BaseException:
-            pool.release(origin, connection, reuse=False)
+            pool.release(origin, connection, reuse=False, abort=True)
             raise
+        if request.method == "HEAD":
+            head.no_body()
         return httpx.Response(
             status_code=head.status,
             headers=[(name, value) for name, value in head.headers],
@@ -328,7 +341,9 @@ class _ResponseStream(httpx.AsyncByteStream):
         if not self._released:
             self._released = True
             reuse = self._complete and self._head.keep_alive
-            self._pool.release(self._origin, self._connection, reuse=reuse)
+            self._pool.release(
+                self._origin, self._connection, reuse=reuse, abort=not self._complete
+            )
 
 
 @functools.lru_cache(maxsize=4096)

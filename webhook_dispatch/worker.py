@@ -226,7 +226,7 @@ class Worker:
                     store_round = None
                     if claims and self._stopping:  # claimed as the stop came: never run
                         unrun = [claim.delivery.id for claim in claims]
-                        await self._store_call(self.store.release, unrun, self.worker_id)
+                        await self._release_unrun(unrun)
                         claims = []
                     for claim in claims:
                         task = loop.create_task(self._attempt(claim))
@@ -534,7 +534,10 @@ class Worker:
         )
         _log_attempt(attempt, decision.status)
         if self.observer is not None:
-            self.observer.observe_attempt(attempt, decision.status)
+            try:
+                self.observer.observe_attempt(attempt, decision.status)
+            except Exception:  # metrics must never cost a sent attempt its record
+                logger.exception("attempt observer failed")
         return AttemptRecord(
             attempt=attempt,
             delivery=delivery,
@@ -700,11 +703,25 @@ class Worker:
                 if not task.cancelled() and task.exception() is None:
                     finished.append(task.result())
         if unrun:
-            await self._store_call(self.store.release, unrun, self.worker_id)
+            await self._release_unrun(unrun)
         if finished:
             await self._flush(finished)
         if store_round is not None and not store_round.cancelled():
             store_round.result()  # a failed round's error surfaces here
+
+    async def _release_unrun(self, delivery_ids: list[str]) -> None:
+        """Give back claims that will not run (stopping); if the store refuses, their
+        leases simply expire and another worker takes them then."""
+        try:
+            await self._store_call(self.store.release, delivery_ids, self.worker_id)
+        except StoreError as exc:
+            logger.warning(
+                "could not release %d unstarted deliveries (%s); they return when their "
+                "leases expire",
+                len(delivery_ids),
+                exc,
+                extra={"worker_id": self.worker_id},
+            )
 
     async def _store_call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call the store, off the event loop when its calls block."""

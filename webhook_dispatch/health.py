@@ -15,7 +15,7 @@ import attrs
 from .errors import ConfigurationError
 from .models import Attempt
 
-__all__ = ["AutoDisable", "HealthUpdate", "fold_attempts"]
+__all__ = ["AutoDisable", "HealthUpdate", "fold_attempts", "fold_health"]
 
 
 def _check_window(instance: object, attribute: attrs.Attribute[timedelta], value: object) -> None:
@@ -118,4 +118,27 @@ def fold_attempts(
         updates.append(
             HealthUpdate(subscription_id, new_since, new_count, recovered, batch.last_attempt_at)
         )
+    return updates
+
+
+def fold_health(
+    attempts: Iterable[Attempt],
+    health: Mapping[str, tuple[bool, datetime | None, int]],
+    auto_disable: AutoDisable | None,
+    disabled: dict[str, str],
+) -> list[HealthUpdate]:
+    """`fold_attempts` over the stores' ``health`` rows ``(enabled, failing_since,
+    consecutive_failures)``; an enabled subscription whose new run ``auto_disable``
+    refuses is added to ``disabled`` with the reason (an earlier reason stays)."""
+    updates = fold_attempts(
+        attempts, {key: (since, count) for key, (_, since, count) in health.items()}
+    )
+    for update in updates:
+        if auto_disable is None or not health[update.subscription_id][0]:
+            continue
+        reason = auto_disable.reason(
+            update.failing_since, update.consecutive_failures, update.last_attempt_at
+        )
+        if reason is not None:
+            disabled.setdefault(update.subscription_id, reason)
     return updates

@@ -24,7 +24,7 @@ from webhook_dispatch.errors import (
     StoreError,
     StoreUnavailable,
 )
-from webhook_dispatch.health import AutoDisable, fold_attempts
+from webhook_dispatch.health import AutoDisable, fold_health
 from webhook_dispatch.models import (
     Attempt,
     AttemptTrigger,
@@ -1050,18 +1050,7 @@ def _record(
         reason = record.disable_subscription
         if reason is not None and health.get(subscription_id, (False,))[0]:
             disabled.setdefault(subscription_id, reason)
-    updates = fold_attempts(
-        (record.attempt for record in records),
-        {key: (since, count) for key, (_, since, count) in health.items()},
-    )
-    for update in updates:
-        if auto_disable is None or not health[update.subscription_id][0]:
-            continue
-        reason = auto_disable.reason(
-            update.failing_since, update.consecutive_failures, update.last_attempt_at
-        )
-        if reason is not None:
-            disabled.setdefault(update.subscription_id, reason)
+    updates = fold_health((record.attempt for record in records), health, auto_disable, disabled)
     db.executemany(
         "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
         [

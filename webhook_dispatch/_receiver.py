@@ -39,6 +39,9 @@ class Received:
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # The default listen backlog (5) drops connections when a worker opens dozens at
+    # once; a dropped SYN costs the client a one-second retransmit.
+    request_queue_size = 128
     owner: LoopbackReceiver
 
 

@@ -203,3 +203,19 @@ def test_a_failing_attempt_observer_does_not_lose_the_attempt_record() -> None:
         worker.close()
         assert [a.status_code for a in dispatcher.attempts(message.id)] == [200]
         assert dispatcher.deliveries()[0].status is wd.DeliveryStatus.SUCCEEDED
+
+
+def test_a_store_error_putting_back_rate_limited_claims_still_runs_the_kept_ones() -> None:
+    class NoRelease(MemoryStore):
+        def release(self, delivery_ids: Sequence[str], worker_id: str, **kwargs: Any) -> None:
+            raise wd.StoreUnavailable("database is locked")
+
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(NoRelease(), clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h", rate_limit=1, max_in_flight=5)
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(3))
+        assert dispatcher.run_until_idle() == 1  # the one within the limit was sent
+        # The two over the limit could not be put back: still leased, not lost.
+        assert len(dispatcher.deliveries(status="delivering")) == 2
+    assert len(receiver.requests) == 1

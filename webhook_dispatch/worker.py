@@ -460,10 +460,19 @@ class Worker:
             due_at = self._buckets[claim.subscription.id].next_token_at(now)
             by_time.setdefault(due_at, []).append(claim.delivery.id)
         for due_at, ids in by_time.items():
-            if self._supports("release", "due_at"):
-                await self._store_call(self.store.release, ids, self.worker_id, due_at=due_at)
-            else:
-                await self._store_call(self.store.release, ids, self.worker_id)
+            try:
+                if self._supports("release", "due_at"):
+                    await self._store_call(self.store.release, ids, self.worker_id, due_at=due_at)
+                else:
+                    await self._store_call(self.store.release, ids, self.worker_id)
+            except StoreError as exc:
+                # The kept claims still run; these come back when their leases expire.
+                logger.warning(
+                    "could not put back %d rate-limited deliveries (%s)",
+                    len(ids),
+                    exc,
+                    extra={"worker_id": self.worker_id},
+                )
         if over and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "rate limit: %d deliveries put back until a token is free",

@@ -971,8 +971,14 @@ def load(
 
         def run_phase(name: str) -> tuple[float, dict[str, float]]:
             first = len(setup.receiver)
+            # Never-answering endpoints drain two attempts at a time (the failing cap),
+            # one timeout each: at full size that alone is about 300 s.
             worker = start_worker(
-                store=store, delays=delays, concurrency=concurrency, per_subscription="auto"
+                store=store,
+                delays=delays,
+                concurrency=concurrency,
+                per_subscription="auto",
+                deadline=max(300, messages // 20),
             )
             samples: list[int] = []
             started = time.monotonic()

@@ -157,6 +157,83 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
     store.close()
 
 
+def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path) -> None:
+    """Version 3 moved the open-deliveries index off ``status`` (which every lease
+    rewrites) onto ``next_attempt_at``; a version-2 file, with a finished row that still
+    carries a due time, is migrated in place and claims as before."""
+    store = SQLiteStore(db_path)
+    ordered = make_subscription(ordered=True)
+    store.add_subscription(ordered)
+    first, second = make_message(), make_message()
+    store.publish(first, [ordered.id], T0)
+    store.publish(second, [ordered.id], T0)
+    (head,) = claim(store)
+    done = attrs.evolve(
+        retry_record(head, started=T0, retry_at=T0).delivery,
+        status=DeliveryStatus.SUCCEEDED,
+        next_attempt_at=None,
+    )
+    store.record([AttemptRecord(retry_record(head, started=T0, retry_at=T0).attempt, done)], "w1")
+    store.close()
+    # Put the file back in its version-2 shape.
+    connection = sqlite3.connect(db_path)
+    with connection:
+        connection.execute("DROP INDEX deliveries_open")
+        connection.execute(
+            "CREATE INDEX deliveries_unfinished ON deliveries (subscription_id, seq) "
+            "WHERE status IN ('pending', 'delivering')"
+        )
+        connection.execute(
+            "UPDATE deliveries SET next_attempt_at = created_at WHERE status = 'succeeded'"
+        )
+        connection.execute(
+            "UPDATE webhook_dispatch_meta SET value = 2 WHERE key = 'schema_version'"
+        )
+    connection.close()
+
+    reopened = SQLiteStore(db_path)
+    try:
+        assert [c.delivery.message_id for c in claim(reopened)] == [second.id]
+    finally:
+        reopened.close()
+    connection = sqlite3.connect(db_path)
+    indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_schema")}
+    version = connection.execute(
+        "SELECT value FROM webhook_dispatch_meta WHERE key = 'schema_version'"
+    ).fetchone()[0]
+    finished = connection.execute(
+        "SELECT next_attempt_at FROM deliveries WHERE status = 'succeeded'"
+    ).fetchall()
+    connection.close()
+    assert version == SCHEMA_VERSION == 3
+    assert "deliveries_open" in indexes and "deliveries_unfinished" not in indexes
+    assert finished == [(None,)]
+
+
+def test_finished_deliveries_lose_their_due_time(db_path: Path) -> None:
+    """However a record is built, a final delivery is stored without a due time, and an
+    unfinished one with one (the open-deliveries index depends on both)."""
+    store = SQLiteStore(db_path)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    store.publish(make_message(), [subscription.id], T0)
+    store.publish(make_message(), [subscription.id], T0)
+    held = claim(store)
+    sloppy = retry_record(held[0], started=T0, retry_at=T0 + timedelta(hours=1))
+    final = attrs.evolve(sloppy.delivery, status=DeliveryStatus.FAILED)  # keeps the time
+    timeless = retry_record(held[1], started=T0, retry_at=T0)
+    pending = attrs.evolve(timeless.delivery, next_attempt_at=None)
+    store.record(
+        [AttemptRecord(sloppy.attempt, final), AttemptRecord(timeless.attempt, pending)], "w1"
+    )
+    assert store.get_delivery(held[0].delivery.id).next_attempt_at is None
+    assert store.get_delivery(held[1].delivery.id).next_attempt_at == T0
+    assert [c.delivery.id for c in claim(store, T0 + timedelta(minutes=10))] == [
+        held[1].delivery.id
+    ]
+    store.close()
+
+
 def test_newer_schema_is_refused_and_left_untouched(db_path: Path) -> None:
     SQLiteStore(db_path).close()
     connection = sqlite3.connect(db_path)

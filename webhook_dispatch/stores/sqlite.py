@@ -219,6 +219,7 @@ class SQLiteStore:
                 self._path,
                 timeout=busy_timeout,
                 isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                cached_statements=256,  # multi-row statements come in several sizes
                 check_same_thread=False,  # shared by threads, serialized by self._lock
             )
         try:
@@ -597,9 +598,10 @@ class SQLiteStore:
             "ORDER BY lease_expires_at LIMIT ?",
             (now_us, limit),
         ).fetchall()
+        subscriptions: dict[str, Any] = {}
         if len(rows) < limit:
             rows += self._plan_claim(
-                db, now_us, limit, rows, default_max_in_flight, allowance, proven
+                db, now_us, limit, rows, default_max_in_flight, allowance, proven, subscriptions
             )
         if not rows:
             return [], {}, {}
@@ -611,9 +613,9 @@ class SQLiteStore:
                 (worker_id, _to_us(lease_until), now_us, *chunk),
             )
         messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
-        subscriptions = _fetch_by_id(
-            db, "subscriptions", _SUBSCRIPTION_COLUMNS, {row[2] for row in rows}
-        )
+        missing = {row[2] for row in rows} - subscriptions.keys()  # reclaimed leases
+        if missing:
+            subscriptions.update(_fetch_by_id(db, "subscriptions", _SUBSCRIPTION_COLUMNS, missing))
         return rows, messages, subscriptions
 
     def _claims(
@@ -657,18 +659,23 @@ class SQLiteStore:
         default_max_in_flight: int | None,
         allowance: Mapping[str, int] | None,
         proven: Collection[str] | None = None,
+        subscription_rows: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Due pending deliveries this claim may take, walked oldest due first in pages;
-        subscriptions that can give no more are left out of the next page's query."""
-        in_flight: dict[str, int] = dict(
-            db.execute(
-                # INDEXED BY: left to itself the planner walks the subscription index to
-                # group, scanning every delivery ever made instead of the few in flight.
-                "SELECT subscription_id, COUNT(*) FROM deliveries INDEXED BY deliveries_lease "
-                "WHERE status = 'delivering' AND lease_expires_at > ? GROUP BY subscription_id",
-                (now_us,),
-            ).fetchall()
-        )
+        subscriptions that can give no more are left out of the next page's query. The
+        rows of their subscriptions go into ``subscription_rows``."""
+        if subscription_rows is None:
+            subscription_rows = {}
+        (counts,) = db.execute(
+            # INDEXED BY: left to itself the planner walks the subscription index to
+            # group, scanning every delivery ever made instead of the few in flight.
+            # One JSON row rather than a row per subscription (see _one_row).
+            "SELECT json_group_object(subscription_id, n) FROM ("
+            "SELECT subscription_id, COUNT(*) AS n FROM deliveries INDEXED BY deliveries_lease "
+            "WHERE status = 'delivering' AND lease_expires_at > ? GROUP BY subscription_id)",
+            (now_us,),
+        ).fetchone()
+        in_flight: dict[str, int] = json.loads(counts)
         for row in reclaimed:
             in_flight[row[2]] = in_flight.get(row[2], 0) + 1
         plan = ClaimPlan(
@@ -681,8 +688,9 @@ class SQLiteStore:
         heads: dict[str, tuple[int, bool]] = {}  # ordered subscription -> (seq, due)
         taken: list[Any] = []
         after: tuple[int, int] | None = None
-        page_size = max(limit, 64)
+        page_size = limit
         width = len(_DELIVERY_COLUMNS.split(","))
+        extra = width + 4  # the subscription's own columns follow
         while not plan.is_full():
             closed = sorted(plan.closed)
             # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
@@ -690,7 +698,8 @@ class SQLiteStore:
             sql = (
                 f"SELECT {_prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
                 "json_extract(s.options, '$.max_in_flight'), "
-                "json_extract(s.options, '$.ordered'), s.consecutive_failures "
+                "json_extract(s.options, '$.ordered'), s.consecutive_failures, "
+                f"{_prefixed('s', _SUBSCRIPTION_COLUMNS)} "
                 "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
                 "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
             )
@@ -731,6 +740,7 @@ class SQLiteStore:
                     failing=row[width + 3] > 0,
                 ):
                     taken.append(row[:width])
+                    subscription_rows[subscription_id] = row[extra:]
                 if plan.is_full():
                     break
             if len(page) < page_size or plan.is_full():
@@ -1012,11 +1022,7 @@ def _record(
     auto_disable: AutoDisable | None,
 ) -> RecordResult:
     """`SQLiteStore.record` inside the caller's write transaction."""
-    db.executemany(
-        f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [_attempt_row(record.attempt) for record in records],
-    )
+    _insert_rows(db, "attempts", _ATTEMPT_COLUMNS, [_attempt_row(r.attempt) for r in records])
     # Only a record asking to disable its subscription needs to know, before the
     # update, whether this worker still held the lease; the update checks it itself.
     asking = [record for record in records if record.disable_subscription is not None]
@@ -1030,13 +1036,12 @@ def _record(
                 (*chunk, worker_id),
             )
         )
-    db.executemany(
-        "UPDATE deliveries SET status = ?, attempt_count = ?, next_attempt_at = ?, "
-        "next_trigger = ?, last_status_code = ?, last_error = ?, updated_at = ?, "
-        "lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE id = ? AND status = 'delivering' AND lease_owner = ?",
+    _update_deliveries(
+        db,
+        worker_id,
         [
             (
+                d.id,
                 d.status.value,
                 d.attempt_count,
                 # NULL once final, set while unfinished: the open-deliveries index
@@ -1046,21 +1051,19 @@ def _record(
                 d.last_status_code,
                 d.last_error,
                 _to_us(d.updated_at),
-                d.id,
-                worker_id,
             )
             for d in (record.delivery for record in records)
         ],
     )
-    health = {
-        row[0]: (row[1], None if row[2] is None else _from_us(row[2]), row[3])
-        for row in _fetch_by_id(
-            db,
-            "subscriptions",
-            "id, enabled, failing_since, consecutive_failures",
-            {record.attempt.subscription_id for record in records},
-        ).values()
-    }
+    health: dict[str, tuple[bool, datetime | None, int]] = {}
+    for chunk, marks in _chunks(sorted({record.attempt.subscription_id for record in records})):
+        (found,) = db.execute(
+            "SELECT json_group_array(json_array(id, enabled, failing_since, "
+            f"consecutive_failures)) FROM subscriptions WHERE id IN ({marks})",
+            chunk,
+        ).fetchone()
+        for key, enabled, since, count in json.loads(found):
+            health[key] = (bool(enabled), None if since is None else _from_us(since), count)
     disabled: dict[str, str] = {}
     for record in asking:
         if record.attempt.delivery_id not in held:
@@ -1097,6 +1100,79 @@ def _record(
     return RecordResult(
         tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
     )
+
+
+# Python's sqlite3 lets go of the GIL around every step of a statement, that is for
+# every row written by executemany and every row read. The store's thread then has to win
+# the GIL back from the busy event loop, once per row. So the hot statements write many
+# rows in one statement and read many rows as one JSON value.
+_MAX_VARIABLES = 999
+"""The oldest SQLite's limit on ``?`` per statement."""
+
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+"""``UPDATE ... FROM`` (one statement for a batch of rows) exists from SQLite 3.33."""
+
+_DELIVERY_UPDATE_COLUMNS = (
+    "status",
+    "attempt_count",
+    "next_attempt_at",
+    "next_trigger",
+    "last_status_code",
+    "last_error",
+    "updated_at",
+)
+
+
+def _rows_per_statement(width: int) -> int:
+    return max(1, min(64, _MAX_VARIABLES // width))
+
+
+def _batches(rows: Sequence[tuple[Any, ...]], width: int) -> Iterator[tuple[list[Any], str]]:
+    """Slices of ``rows`` as flat parameters, with their ``(?, ...), (?, ...)`` list."""
+    step = _rows_per_statement(width)
+    one = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), step):
+        batch = rows[start : start + step]
+        yield [value for row in batch for value in row], ", ".join([one] * len(batch))
+
+
+def _insert_rows(
+    db: sqlite3.Connection, table: str, columns: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert ``rows`` several to a statement."""
+    if not rows:
+        return
+    for parameters, values in _batches(rows, len(rows[0])):
+        db.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", parameters)
+
+
+def _update_deliveries(
+    db: sqlite3.Connection, worker_id: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Write each ``(id, *_DELIVERY_UPDATE_COLUMNS)`` row where ``worker_id`` still holds
+    the delivery's lease, and end the lease."""
+    if not rows:
+        return
+    if not _UPDATE_FROM:
+        assignments = ", ".join(f"{column} = ?" for column in _DELIVERY_UPDATE_COLUMNS)
+        db.executemany(
+            f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE id = ? AND status = 'delivering' AND lease_owner = ?",
+            [(*row[1:], row[0], worker_id) for row in rows],
+        )
+        return
+    # VALUES columns are named column1, column2, ...: column1 is the id.
+    assignments = ", ".join(
+        f"{column} = v.column{n}" for n, column in enumerate(_DELIVERY_UPDATE_COLUMNS, start=2)
+    )
+    for parameters, values in _batches(rows, len(rows[0])):
+        db.execute(
+            f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL "
+            f"FROM (VALUES {values}) AS v "
+            "WHERE deliveries.id = v.column1 AND deliveries.status = 'delivering' "
+            "AND deliveries.lease_owner = ?",
+            [*parameters, worker_id],
+        )
 
 
 def _bump_subscriptions_version(db: sqlite3.Connection) -> None:

@@ -179,6 +179,27 @@ def test_silent_server_times_out(raw_server) -> None:  # type: ignore[no-untyped
     assert time.monotonic() - started < 2.5
 
 
+def test_a_trickling_response_is_cut_off_at_the_attempts_timeout(raw_server) -> None:  # type: ignore[no-untyped-def]
+    """The timeout bounds the whole attempt: a server sending a byte every 50 ms never
+    leaves the client waiting long for the next read, yet the attempt ends on time."""
+
+    def handle(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+        for _ in range(200):
+            connection.sendall(b"x")
+            time.sleep(0.05)
+
+    server = raw_server(handle)
+    started = time.monotonic()
+    attempt = deliver_once(server.url, timeout=0.6)
+    elapsed = time.monotonic() - started
+    assert attempt.error_kind is wd.ErrorKind.TIMEOUT
+    assert attempt.error is not None and "timeout" in attempt.error
+    assert 0.5 < attempt.duration < 2.0
+    assert elapsed < 5
+
+
 def test_garbage_response_is_a_protocol_error(raw_server) -> None:  # type: ignore[no-untyped-def]
     def handle(connection: socket.socket) -> None:
         read_request(connection)

@@ -145,6 +145,13 @@ def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
         waiter.set_exception(httpx.ReadTimeout(f"no response data within {timeout:g}s"))
 
 
+def _deadline_passed(waiter: asyncio.Future[None], _: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(
+            httpx.ReadTimeout("the attempt's timeout passed before the response was complete")
+        )
+
+
 def _pool_expired(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.PoolTimeout("no free connection slot in time"))
@@ -168,6 +175,10 @@ class Connection(asyncio.BufferedProtocol):
         self.idle_since = 0.0
         self.requests = 0  # requests sent on this connection
         self.received = 0  # bytes of the current response seen so far
+        self.deadline: float | None = None
+        """``time.monotonic()`` by which the current response must be complete, if any:
+        one deadline for the whole exchange, on top of any per-read timeout."""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.BufferedProtocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -236,14 +247,21 @@ class Connection(asyncio.BufferedProtocol):
         if self.closed:
             raise self._disconnected()
         self.resume()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # looked up once: each lookup is a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
+        expire: Callable[..., None] = _expire
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if timeout is None or left < timeout:
+                timeout, expire = max(left, 0.0), _deadline_passed
         if timeout is None:
             await waiter
             return
         # A timer that fails the waiter, not asyncio.wait_for: wait_for on Python 3.11
         # can swallow a cancellation (the attempt's deadline) that lands as data arrives.
-        timer = loop.call_later(timeout, _expire, waiter, timeout)
+        timer = loop.call_later(timeout, expire, waiter, timeout)
         try:
             await waiter
         finally:

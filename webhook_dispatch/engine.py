@@ -212,14 +212,18 @@ class Engine:
         try:
             secrets = subscription.signing_secrets(started_at)
             if self._fast is not None and subscription.auth is None:
-                sent = self._post(message, subscription, timestamp, secrets)
+                # The transport keeps the attempt's deadline itself (slot, connect, read).
+                deadline = time.monotonic() + subscription.timeout
+                status_code, kept, body = await self._post(
+                    message, subscription, timestamp, secrets, deadline
+                )
             else:
                 request = build_request(
                     message, subscription, timestamp=timestamp, signing_secrets=secrets
                 )
                 sent = self._send(request, subscription.auth)
-            # One deadline for the whole attempt, auth flow and capped read included.
-            status_code, kept, body = await _within(subscription.timeout, sent)
+                # One deadline for the whole attempt, auth flow and capped read included.
+                status_code, kept, body = await _within(subscription.timeout, sent)
             outcome = Outcome(status_code=status_code, headers=kept)
         except asyncio.CancelledError:
             raise
@@ -246,7 +250,12 @@ class Engine:
         return attempt, outcome
 
     async def _post(
-        self, message: Message, subscription: Subscription, timestamp: int, secrets: list[str]
+        self,
+        message: Message,
+        subscription: Subscription,
+        timestamp: int,
+        secrets: list[str],
+        deadline: float,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """The attempt over `HTTPTransport.post`: the same request `build_request` makes,
         written straight to bytes."""
@@ -271,7 +280,9 @@ class Engine:
             lines.append(_header_lines(tuple(subscription.headers.items())))
         payload = message.payload
         lines += (b"content-length: ", str(len(payload)).encode("ascii"), b"\r\n\r\n", payload)
-        head, body = await self._fast.post(endpoint, b"".join(lines), self.response_body_cap)
+        head, body = await self._fast.post(
+            endpoint, b"".join(lines), self.response_body_cap, deadline
+        )
         kept: dict[str, str] = {}
         for key, raw in head.headers:
             if key in _KEPT_RESPONSE_HEADERS_BYTES and key.decode("ascii") not in kept:

@@ -14,6 +14,7 @@ import os
 import ssl
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import attrs
@@ -247,20 +248,29 @@ class HTTPTransport(httpx.AsyncBaseTransport):
 
     # -- sending ----------------------------------------------------------------------
     async def post(
-        self, endpoint: Endpoint, request: bytes, limit: int
+        self, endpoint: Endpoint, request: bytes, limit: int, deadline: float | None = None
     ) -> tuple[ResponseHead, bytes]:
         """Send ``request`` (head and body, as bytes) to ``endpoint``; return the response
-        head and at most ``limit`` bytes of its body. Timeouts are the caller's."""
+        head and at most ``limit`` bytes of its body.
+
+        ``deadline`` (a `time.monotonic` value) bounds the whole exchange: waiting for a
+        connection slot, connecting and reading (`httpx.TimeoutException` subclasses
+        when it passes). It costs a timer only while the response is awaited, not the
+        task, the timer and the bookkeeping of ``asyncio.timeout``."""
         pool = self._pool_for_loop()
         origin = endpoint.origin
-        connection = await pool.acquire(origin, None)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        connection = await pool.acquire(origin, left, left)
+        connection.deadline = deadline
         try:
             connection.send(request)
             head = await connection.read_head()
             body, complete = await connection.read_body(head, limit)
         except BaseException:
+            connection.deadline = None
             pool.release(origin, connection, reuse=False, abort=True)
             raise
+        connection.deadline = None
         pool.release(origin, connection, reuse=complete and head.keep_alive, abort=not complete)
         return head, body
 

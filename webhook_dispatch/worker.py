@@ -8,6 +8,7 @@ this process, the next due time, or a short poll for other processes' work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import inspect
@@ -187,6 +188,10 @@ class Worker:
         """Attempts run on the loop while at most one store round (record what finished,
         then claim) runs on the store thread: neither waits for the other.
 
+        A claim may lease up to half of ``concurrency`` more deliveries than there are
+        free slots: they wait, leased, in ``ready`` and start as slots free up, so the
+        loop has work while the next store round runs instead of draining to empty.
+
         Each attempt's completion and each wake-up resolve one signal future, so a
         completion costs O(1) whatever the concurrency."""
         self._bind_loop()
@@ -194,13 +199,19 @@ class Worker:
         loop = asyncio.get_running_loop()
         wake = self._wake
         in_flight: dict[asyncio.Task[AttemptRecord], Claim] = {}
+        ready: collections.deque[tuple[Claim, float]] = collections.deque()
         completed: list[asyncio.Task[AttemptRecord]] = []
         finished: list[AttemptRecord] = []
         store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None = None
         attempts = 0
         want_claim = True
+        freed_meanwhile = False
+        capacity = self.concurrency + self.concurrency // 2  # in flight plus ready
         # Refill only once a quarter of the slots are free: fewer, larger claims.
         refill_at = max(1, self.concurrency // 4)
+        # A claim that waited this long in ready goes back: its lease must outlast the
+        # attempt that has not started yet.
+        stale_after = self.lease.total_seconds() / 4
 
         def attempt_done(task: asyncio.Task[AttemptRecord]) -> None:
             completed.append(task)
@@ -211,53 +222,73 @@ class Worker:
 
         try:
             while True:
+                freed = bool(completed)
                 if completed:
+                    # A slot freed while a round claims may let a capped subscription
+                    # give more than that round found: claim again after it.
+                    freed_meanwhile = freed_meanwhile or store_round is not None
                     for task in completed:
                         del in_flight[task]
                         finished.append(task.result())
                     attempts += len(completed)
                     completed.clear()
-                    if self.concurrency - len(in_flight) >= refill_at:
-                        want_claim = True
                 if wake.is_set():
                     want_claim = True  # a publish here, or the poll interval passed
                 if store_round is not None and store_round.done():
                     claims, full = store_round.result()
                     store_round = None
-                    if claims and self._stopping:  # claimed as the stop came: never run
-                        unrun = [claim.delivery.id for claim in claims]
-                        await self._release_unrun(unrun)
-                        claims = []
-                    for claim in claims:
-                        task = loop.create_task(self._attempt(claim))
-                        task.add_done_callback(attempt_done)
-                        in_flight[task] = claim
-                    if full is not None:
-                        want_claim = full or wake.is_set()  # a full batch: more may be due
+                    claimed_at = loop.time()
+                    ready.extend((claim, claimed_at) for claim in claims)
+                    if full is not None:  # a full batch: more may be due
+                        want_claim = full or wake.is_set() or freed_meanwhile
+                    freed_meanwhile = False
+                if ready and self._stopping:  # claimed as the stop came: never run
+                    unrun = [claim.delivery.id for claim, _ in ready]
+                    ready.clear()
+                    await self._release_unrun(unrun)
+                room = capacity - len(in_flight) - len(ready)
+                if freed and room >= refill_at:
+                    want_claim = True
                 if store_round is None:
-                    free = self.concurrency - len(in_flight)
-                    claim_now = want_claim and free > 0 and not self._stopping
+                    claim_now = want_claim and room > 0 and not self._stopping
                     if claim_now or finished:
                         if claim_now:
                             wake.clear()
                         # Records are written before the claim: only attempts still
-                        # running may come back (after a wall-clock jump past the lease).
+                        # running (or waiting in ready) may come back, after a
+                        # wall-clock jump past the lease.
                         held = {running.delivery.id for running in in_flight.values()}
-                        limit = free if claim_now else 0
+                        held.update(claim.delivery.id for claim, _ in ready)
+                        limit = room if claim_now else 0
+                        # Created before the attempts below, so its store call is handed
+                        # to the store thread before their first steps run.
                         store_round = loop.create_task(self._store_round(finished, limit, held))
                         store_round.add_done_callback(round_done)
                         finished = []
+                # Start what waits in ready, as slots allow.
+                stale: list[str] = []
+                while ready and len(in_flight) < self.concurrency:
+                    claim, claimed_at = ready.popleft()
+                    if loop.time() - claimed_at > stale_after:
+                        stale.append(claim.delivery.id)
                         continue
-                    if not in_flight:
-                        if self._stopping or (until_idle and not want_claim):
-                            return attempts
-                        await self._idle(wake)
-                        want_claim = True
-                        continue
+                    task = loop.create_task(self._attempt(claim))
+                    task.add_done_callback(attempt_done)
+                    in_flight[task] = claim
+                if stale:
+                    await self._release_unrun(stale)
+                if store_round is None and not in_flight and not ready:
+                    if self._stopping or (until_idle and not want_claim):
+                        return attempts
+                    await self._idle(wake)
+                    want_claim = True
+                    continue
                 if completed or (store_round is not None and store_round.done()):
                     continue
                 await self._wait_for_signal(loop)
         finally:
+            if ready:
+                await self._release_unrun([claim.delivery.id for claim, _ in ready])
             await self._shutdown(in_flight, finished, store_round)
 
     def _signal_loop(self) -> None:

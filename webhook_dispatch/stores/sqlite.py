@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -669,7 +669,7 @@ class SQLiteStore:
         (counts,) = db.execute(
             # INDEXED BY: left to itself the planner walks the subscription index to
             # group, scanning every delivery ever made instead of the few in flight.
-            # One JSON row rather than a row per subscription (see _one_row).
+            # One JSON row rather than a row per subscription (see _MAX_VARIABLES).
             "SELECT json_group_object(subscription_id, n) FROM ("
             "SELECT subscription_id, COUNT(*) AS n FROM deliveries INDEXED BY deliveries_lease "
             "WHERE status = 'delivering' AND lease_expires_at > ? GROUP BY subscription_id)",
@@ -695,11 +695,15 @@ class SQLiteStore:
             closed = sorted(plan.closed)
             # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
             # order; disabled subscriptions' deliveries are skipped (held), not taken.
+            # The page comes back as one JSON array (one step of the statement, see
+            # _MAX_VARIABLES), its rows re-sorted here as the order of an aggregate's
+            # input is not promised.
             sql = (
-                f"SELECT {_prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
+                "SELECT json_group_array(json(r)) FROM (SELECT json_array("
+                f"{_prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
                 "json_extract(s.options, '$.max_in_flight'), "
                 "json_extract(s.options, '$.ordered'), s.consecutive_failures, "
-                f"{_prefixed('s', _SUBSCRIPTION_COLUMNS)} "
+                f"{_prefixed('s', _SUBSCRIPTION_COLUMNS)}) AS r "
                 "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
                 "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
             )
@@ -710,9 +714,10 @@ class SQLiteStore:
             if closed:
                 sql += f"AND d.subscription_id NOT IN ({', '.join('?' * len(closed))}) "
                 parameters += closed
-            sql += "ORDER BY d.next_attempt_at, d.seq LIMIT ?"
+            sql += "ORDER BY d.next_attempt_at, d.seq LIMIT ?)"
             parameters.append(page_size)
-            page = db.execute(sql, parameters).fetchall()
+            (found,) = db.execute(sql, parameters).fetchone()
+            page = sorted((tuple(row) for row in json.loads(found)), key=_due_order(width))
             unknown = {row[2] for row in page if row[width + 2] and row[2] not in heads}
             for subscription_id in unknown:
                 head = db.execute(
@@ -1121,6 +1126,11 @@ _DELIVERY_UPDATE_COLUMNS = (
     "last_error",
     "updated_at",
 )
+
+
+def _due_order(width: int) -> Callable[[tuple[Any, ...]], tuple[int, int]]:
+    """Sort key of a claim-plan row: due time, then ``seq`` (at ``width``)."""
+    return lambda row: (row[5], row[width])
 
 
 def _rows_per_statement(width: int) -> int:

@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,9 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
     with connection:
         connection.execute("DROP INDEX deliveries_open")
         connection.execute(
+            "CREATE INDEX attempts_message ON attempts (message_id, started_at, number)"
+        )
+        connection.execute(
             "CREATE INDEX deliveries_unfinished ON deliveries (subscription_id, seq) "
             "WHERE status IN ('pending', 'delivering')"
         )
@@ -207,7 +211,53 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
     connection.close()
     assert version == SCHEMA_VERSION == 3
     assert "deliveries_open" in indexes and "deliveries_unfinished" not in indexes
+    assert "attempts_message" not in indexes
     assert finished == [(None,)]
+    reopened = SQLiteStore(db_path)
+    try:  # a message's attempts are still found (through its deliveries)
+        assert [a.delivery_id for a in reopened.list_attempts(message_id=first.id)] == [
+            head.delivery.id
+        ]
+    finally:
+        reopened.close()
+
+
+def test_checkpoints_run_off_the_committing_thread_and_stop_with_the_store(
+    db_path: Path,
+) -> None:
+    """Every few commits a background thread copies the WAL back into the file, so a
+    commit does not pay for it; closing the store ends that thread, and what was
+    written is all there on reopening."""
+    before = {thread.name for thread in threading.enumerate()}
+    store = SQLiteStore(db_path)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    messages = [make_message() for _ in range(40)]
+    for message in messages:
+        store.publish(message, [subscription.id], T0)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpointer.runs >= 1
+    assert "webhook-dispatch-checkpoint" in {t.name for t in threading.enumerate()}
+    store.close()
+    store.close()  # idempotent
+    assert {thread.name for thread in threading.enumerate()} <= before
+    reopened = SQLiteStore(db_path)
+    try:
+        assert len(reopened.list_messages(limit=100)) == len(messages)
+    finally:
+        reopened.close()
+
+
+def test_an_in_memory_store_has_no_checkpoint_thread() -> None:
+    store = SQLiteStore(":memory:")
+    try:
+        assert store._checkpointer is None
+    finally:
+        store.close()
 
 
 def test_finished_deliveries_lose_their_due_time(db_path: Path) -> None:

@@ -159,9 +159,9 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
 
 
 def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path) -> None:
-    """Version 3 moved the open-deliveries index off ``status`` (which every lease
-    rewrites) onto ``next_attempt_at``; a version-2 file, with a finished row that still
-    carries a due time, is migrated in place and claims as before."""
+    """Version 3 indexes only ordered subscriptions' open deliveries, on columns a lease
+    does not rewrite; a version-2 file, with a finished row that still carries a due
+    time, is migrated in place and its ordered subscription claims as before."""
     store = SQLiteStore(db_path)
     ordered = make_subscription(ordered=True)
     store.add_subscription(ordered)
@@ -179,7 +179,8 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
     # Put the file back in its version-2 shape.
     connection = sqlite3.connect(db_path)
     with connection:
-        connection.execute("DROP INDEX deliveries_open")
+        connection.execute("DROP INDEX deliveries_ordered")
+        connection.execute("ALTER TABLE deliveries DROP COLUMN ordered")
         connection.execute(
             "CREATE INDEX attempts_message ON attempts (message_id, started_at, number)"
         )
@@ -210,7 +211,7 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
     ).fetchall()
     connection.close()
     assert version == SCHEMA_VERSION == 3
-    assert "deliveries_open" in indexes and "deliveries_unfinished" not in indexes
+    assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
     assert finished == [(None,)]
     reopened = SQLiteStore(db_path)
@@ -262,7 +263,7 @@ def test_an_in_memory_store_has_no_checkpoint_thread() -> None:
 
 def test_finished_deliveries_lose_their_due_time(db_path: Path) -> None:
     """However a record is built, a final delivery is stored without a due time, and an
-    unfinished one with one (the open-deliveries index depends on both)."""
+    unfinished one with one (the ordered-deliveries index depends on both)."""
     store = SQLiteStore(db_path)
     subscription = make_subscription()
     store.add_subscription(subscription)

@@ -750,6 +750,35 @@ def test_claim_allowance_limits_one_subscription(store: Store) -> None:
     )
 
 
+def test_a_subscription_made_ordered_later_orders_its_open_deliveries(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    messages = [published(store, subscription) for _ in range(3)]
+    store.save_subscription(attrs.evolve(subscription, ordered=True))
+    assert [c.delivery.message_id for c in claim(store, limit=50)] == [messages[0].id]
+    # ...and back: the rest may go at once.
+    store.save_subscription(attrs.evolve(subscription, ordered=False))
+    assert {c.delivery.message_id for c in claim(store, limit=50)} == {
+        messages[1].id,
+        messages[2].id,
+    }
+
+
+def test_a_manual_retry_is_an_ordered_subscriptions_head_again(store: Store) -> None:
+    subscription = make_subscription(ordered=True)
+    store.add_subscription(subscription)
+    first, second = published(store, subscription), published(store, subscription)
+    (head,) = claim(store, limit=50)
+    store.record([final_record(head, started=T0, status=DeliveryStatus.FAILED)], "w1")
+    store.schedule_manual([head.delivery.id], T0 + timedelta(seconds=1))
+    # The retried first message is the oldest unfinished again: the second waits.
+    retried = claim(store, T0 + timedelta(seconds=2), limit=50)
+    assert [c.delivery.message_id for c in retried] == [first.id]
+    store.record([final_record(retried[0], started=T0, status=DeliveryStatus.SUCCEEDED)], "w1")
+    following = claim(store, T0 + timedelta(seconds=2), limit=50)
+    assert [c.delivery.message_id for c in following] == [second.id]
+
+
 def test_ordered_subscription_gives_its_oldest_unfinished_delivery_only(store: Store) -> None:
     ordered, plain = make_subscription(ordered=True), make_subscription()
     store.add_subscription(ordered)

@@ -147,18 +147,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHERE status IN ('pending', 'delivering')""",
     ),
     (
-        # The same index, keyed on a column a claim leaves alone. Leasing changes
-        # ``status``, and an index whose WHERE names ``status`` is rewritten by every
-        # lease: one scattered page per subscription per commit (two thirds of the
+        # Only ordered subscriptions need their oldest unfinished delivery, so only
+        # their deliveries are indexed for it, on columns a lease leaves alone: an
+        # index over every subscription's open deliveries, keyed by subscription, had
+        # a scattered page rewritten per subscription per commit (two thirds of the
         # pages a busy commit wrote). ``next_attempt_at`` is set exactly while a
-        # delivery is unfinished (pending or delivering) and NULL once it is final.
+        # delivery is unfinished (pending or delivering) and NULL once it is final;
+        # ``ordered`` copies the subscription's setting while the delivery is open.
         "DROP INDEX deliveries_unfinished",
+        "ALTER TABLE deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0",
         f"UPDATE deliveries SET next_attempt_at = NULL "
         f"WHERE status NOT IN {_UNFINISHED} AND next_attempt_at IS NOT NULL",
         f"UPDATE deliveries SET next_attempt_at = updated_at "
         f"WHERE status IN {_UNFINISHED} AND next_attempt_at IS NULL",
-        """CREATE INDEX deliveries_open ON deliveries (subscription_id, seq)
-            WHERE next_attempt_at IS NOT NULL""",
+        "UPDATE deliveries SET ordered = 1 WHERE next_attempt_at IS NOT NULL AND "
+        "subscription_id IN (SELECT id FROM subscriptions "
+        "WHERE json_extract(options, '$.ordered'))",
+        """CREATE INDEX deliveries_ordered ON deliveries (subscription_id, seq)
+            WHERE next_attempt_at IS NOT NULL AND ordered""",
         # A message's attempts are found through its deliveries (deliveries_message,
         # then attempts_delivery): one index fewer to write with every attempt.
         "DROP INDEX attempts_message",
@@ -396,6 +402,13 @@ class SQLiteStore:
             ).rowcount
             if not changed:
                 raise NotFound(f"no subscription with id {subscription.id!r}")
+            # Open deliveries follow a changed setting (the ordered index holds only
+            # ordered subscriptions' deliveries).
+            db.execute(
+                "UPDATE deliveries SET ordered = ? WHERE subscription_id = ? "
+                "AND next_attempt_at IS NOT NULL AND ordered != ?",
+                (int(subscription.ordered), subscription.id, int(subscription.ordered)),
+            )
             _bump_subscriptions_version(db)
 
     def remove_subscription(self, subscription_id: str, now: datetime) -> None:
@@ -483,13 +496,15 @@ class SQLiteStore:
                     stored_by_key[key] = message  # a later duplicate in this batch
                 new_messages.append(message)
                 deliveries.extend(
-                    (new_id("dlv"), message.id, subscription_id, now_us, now_us, now_us)
+                    (new_id("dlv"), message.id, subscription_id, now_us, now_us, now_us, 0)
                     for subscription_id in subscription_ids
                 )
                 results.append(PublishResult(message, True, len(subscription_ids)))
             if not new_messages:
                 return results
-            _require_subscriptions(db, {row[2] for row in deliveries})
+            ordered = _require_subscriptions(db, {row[2] for row in deliveries})
+            if ordered:
+                deliveries = [(*row[:6], 1) if row[2] in ordered else row for row in deliveries]
             db.executemany(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -506,8 +521,8 @@ class SQLiteStore:
             )
             db.executemany(
                 "INSERT INTO deliveries (id, message_id, subscription_id, status, "
-                "attempt_count, next_attempt_at, next_trigger, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?)",
+                "attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered) "
+                "VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?, ?)",
                 deliveries,
             )
         return results
@@ -733,8 +748,8 @@ class SQLiteStore:
             for subscription_id in unknown:
                 head = db.execute(
                     "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
-                    "FROM deliveries INDEXED BY deliveries_open "
-                    "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL "
+                    "FROM deliveries INDEXED BY deliveries_ordered "
+                    "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL AND ordered "
                     f"AND status IN {_UNFINISHED} ORDER BY seq LIMIT 1",
                     (now_us, subscription_id),
                 ).fetchone()
@@ -1098,16 +1113,23 @@ def _fetch_by_id(
     return found
 
 
-def _require_subscriptions(db: sqlite3.Connection, ids: set[str]) -> None:
+def _require_subscriptions(db: sqlite3.Connection, ids: set[str]) -> set[str]:
+    """Raise `NotFound` unless every subscription exists; return the ordered ones."""
     known: set[str] = set()
+    ordered: set[str] = set()
     for chunk, marks in _chunks(sorted(ids)):
-        known.update(
-            row[0]
-            for row in db.execute(f"SELECT id FROM subscriptions WHERE id IN ({marks})", chunk)
-        )
+        for key, is_ordered in db.execute(
+            f"SELECT id, json_extract(options, '$.ordered') FROM subscriptions "
+            f"WHERE id IN ({marks})",
+            chunk,
+        ):
+            known.add(key)
+            if is_ordered:
+                ordered.add(key)
     missing = sorted(ids - known)
     if missing:
         raise NotFound(f"no subscription with id {missing[0]!r}")
+    return ordered
 
 
 def _record(
@@ -1139,7 +1161,7 @@ def _record(
                 d.id,
                 d.status.value,
                 d.attempt_count,
-                # NULL once final, set while unfinished: the open-deliveries index
+                # NULL once final, set while unfinished: the ordered-deliveries index
                 # relies on it (a pending record without a time is due at once).
                 None if d.status.is_final else _to_us(d.next_attempt_at or d.updated_at),
                 d.next_trigger.value,
@@ -1301,7 +1323,10 @@ def _schedule_manual(db: sqlite3.Connection, ids: list[str], now: datetime) -> l
     now_us = _to_us(now)
     db.executemany(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
-        "next_trigger = 'manual', updated_at = ? WHERE id = ? AND status != 'delivering'",
+        "next_trigger = 'manual', updated_at = ?, ordered = COALESCE(("
+        "SELECT json_extract(options, '$.ordered') = 1 FROM subscriptions "
+        "WHERE subscriptions.id = deliveries.subscription_id), 0) "
+        "WHERE id = ? AND status != 'delivering'",
         [(now_us, now_us, delivery.id) for delivery in updated],
     )
     return updated

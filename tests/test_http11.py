@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -474,5 +475,74 @@ def test_an_auth_flow_that_fails_gives_its_connection_slot_back() -> None:
                 assert "token service unavailable" in (attempt.error or "")
             await transport.aclose()
         assert len(server.requests) == 3
+
+    run(scenario())
+
+
+def test_a_deadline_covers_the_slot_wait_and_nothing_is_sent_after_it() -> None:
+    """One deadline for the whole exchange: an attempt that waited for a connection slot
+    until its time was up fails as a timeout without its request reaching the server
+    (which would count it as sent while the sender retries it)."""
+
+    async def scenario() -> None:
+        seen: list[bytes] = []
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    head, _ = await _read_request(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                seen.append(head)
+                await asyncio.sleep(0.3)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+
+        server = await asyncio.start_server(slow, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        transport = HTTPTransport(
+            max_connections=1, network_policy=NetworkPolicy(allow_private_networks=True)
+        )
+        endpoint = transport.endpoint(url)
+        request = endpoint.prefix + b"content-length: 2\r\n\r\n{}"
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(transport.post(endpoint, request, 1024))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        with pytest.raises(httpx.TimeoutException):
+            await transport.post(endpoint, request, 1024, deadline=time.monotonic() + 0.15)
+        assert loop.time() - started < 0.3  # not the slot wait plus a whole connect
+        head, _ = await first
+        assert head.status == 200
+        await asyncio.sleep(0.05)
+        assert len(seen) == 1  # the timed-out request was never written
+        # The slot and the connection came back: the next request goes through.
+        head, _ = await transport.post(endpoint, request, 1024, deadline=time.monotonic() + 2)
+        assert head.status == 200
+        server.close()
+
+    run(scenario())
+
+
+def test_a_response_still_streaming_at_the_deadline_is_cut_off() -> None:
+    async def scenario() -> None:
+        async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(100):
+                writer.write(b"x" * 10)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+        server = await asyncio.start_server(drip, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        transport = _transport()
+        endpoint = transport.endpoint(url)
+        request = endpoint.prefix + b"content-length: 2\r\n\r\n{}"
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.post(endpoint, request, 1 << 20, deadline=started + 0.2)
+        assert time.monotonic() - started < 0.6
+        server.close()
 
     run(scenario())

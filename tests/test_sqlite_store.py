@@ -253,6 +253,30 @@ def test_checkpoints_run_off_the_committing_thread_and_stop_with_the_store(
         reopened.close()
 
 
+def test_the_checkpoint_thread_finds_a_relative_path_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that changes directory after opening ``webhooks.db`` keeps checkpointing
+    that file, and no empty database appears in the new directory."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    store = SQLiteStore("webhooks.db")
+    monkeypatch.chdir(tmp_path / "second")
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    for _ in range(16):
+        store.publish(make_message(), [subscription.id], T0)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()
+    assert checkpointer.runs >= 1
+    assert list((tmp_path / "second").iterdir()) == []
+
+
 def test_an_in_memory_store_has_no_checkpoint_thread() -> None:
     store = SQLiteStore(":memory:")
     try:

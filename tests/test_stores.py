@@ -779,6 +779,19 @@ def test_a_manual_retry_is_an_ordered_subscriptions_head_again(store: Store) -> 
     assert [c.delivery.message_id for c in following] == [second.id]
 
 
+def test_an_id_added_again_as_ordered_claims_its_retried_delivery(store: Store) -> None:
+    """A removed subscription's cancelled delivery, retried by hand, then the same id
+    added again as an ordered subscription: the delivery is claimed as its head."""
+    subscription = make_subscription(ordered=True)
+    store.add_subscription(subscription)
+    message = published(store, subscription)
+    (delivery,) = store.list_deliveries()
+    store.remove_subscription(subscription.id, T0)
+    store.schedule_manual([delivery.id], T0)
+    store.add_subscription(subscription)
+    assert [c.delivery.message_id for c in claim(store, limit=5)] == [message.id]
+
+
 def test_ordered_subscription_gives_its_oldest_unfinished_delivery_only(store: Store) -> None:
     ordered, plain = make_subscription(ordered=True), make_subscription()
     store.add_subscription(ordered)

@@ -4,6 +4,7 @@ concurrency are bounded."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 import webhook_dispatch as wd
+from webhook_dispatch.flow import TokenBucket
 from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore
 from webhook_dispatch.stores.sqlite import SQLiteStore
 from webhook_dispatch.testing import FakeClock, MockReceiver
@@ -221,3 +223,65 @@ def test_a_store_error_putting_back_rate_limited_claims_still_runs_the_kept_ones
         # The two over the limit could not be put back: still leased, not lost.
         assert len(dispatcher.deliveries(status="delivering")) == 2
     assert len(receiver.requests) == 1
+
+
+def test_claims_waiting_for_a_slot_past_their_lease_go_back_and_are_sent_once(
+    tmp_path: Path,
+) -> None:
+    """With a lease too short to cover an attempt that has to wait for a slot, the
+    claims waiting in line are given back (and claimed afresh), never kept leased and
+    unsent: every delivery is attempted exactly once and the run ends with none left."""
+    sent: list[str] = []
+
+    class Slow(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append(request.headers["webhook-id"])
+            await asyncio.sleep(0.1)
+            return httpx.Response(200)
+
+    store = SQLiteStore(tmp_path / "w.db")
+    with wd.Dispatcher(
+        store, transport=Slow(), concurrency=1, lease=timedelta(seconds=0.3)
+    ) as dispatcher:
+        dispatcher.subscribe("https://example.com/h", max_in_flight=4)
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(5))
+        assert dispatcher.run_until_idle() == 5
+        deliveries = dispatcher.deliveries()
+    store.close()
+    assert sorted(d.status.value for d in deliveries) == ["succeeded"] * 5
+    assert sorted(d.attempt_count for d in deliveries) == [1] * 5
+    assert len(sent) == len(set(sent)) == 5
+
+
+def test_a_rate_limited_claim_never_waits_for_a_slot_holding_its_token() -> None:
+    """A token is spent when a delivery is claimed, for that moment: a rate-limited
+    claim that cannot start at once goes back (its token refunded) instead of waiting
+    in line to start later beside claims that took tokens after it."""
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(clock=clock, transport=receiver, concurrency=1) as dispatcher:
+        subscription = dispatcher.subscribe("https://example.com/h", rate_limit=5)
+        messages = [dispatcher.publish("order.created", {"n": n}) for n in range(3)]
+        worker = dispatcher._core.worker
+        claims = dispatcher.store.claim_due(
+            clock.now(),
+            limit=3,
+            lease_until=clock.now() + timedelta(minutes=1),
+            worker_id=worker.worker_id,
+        )
+        assert len(claims) == 3
+        spent = TokenBucket(5, clock.now())
+        for _ in claims:
+            assert spent.take(clock.now())
+        worker._buckets[subscription.id] = spent
+        ready: collections.deque[tuple[Claim, float]] = collections.deque()
+
+        async def sort() -> bool:
+            return await worker._sort_ready(ready, claims, lambda claim: 1e18, 0.0, 1)
+
+        assert asyncio.run(sort()) is True
+        assert [claim.delivery.id for claim, _ in ready] == [claims[0].delivery.id]
+        assert spent.available(clock.now()) == 4  # the two given back were refunded
+        statuses = {d.message_id: d.status for d in dispatcher.deliveries()}
+    assert statuses[messages[0].id] is wd.DeliveryStatus.DELIVERING
+    assert statuses[messages[1].id] is statuses[messages[2].id] is wd.DeliveryStatus.PENDING

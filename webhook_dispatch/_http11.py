@@ -145,6 +145,12 @@ def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
         waiter.set_exception(httpx.ReadTimeout(f"no response data within {timeout:g}s"))
 
 
+def _sooner(timeout: float | None, left: float) -> float:
+    """The smaller of a timeout (None: none) and the time ``left`` (at least 0)."""
+    left = max(left, 0.0)
+    return left if timeout is None else min(timeout, left)
+
+
 def _deadline_passed(waiter: asyncio.Future[None], _: float) -> None:
     if not waiter.done():
         waiter.set_exception(
@@ -250,12 +256,16 @@ class Connection(asyncio.BufferedProtocol):
         loop = self._loop
         if loop is None:  # looked up once: each lookup is a getpid() system call
             loop = self._loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
         expire: Callable[..., None] = _expire
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
+            if left <= 0:  # even with bytes still arriving, the attempt is over
+                raise httpx.ReadTimeout(
+                    "the attempt's timeout passed before the response was complete"
+                )
             if timeout is None or left < timeout:
-                timeout, expire = max(left, 0.0), _deadline_passed
+                timeout, expire = left, _deadline_passed
+        waiter = self._waiter = loop.create_future()
         if timeout is None:
             await waiter
             return
@@ -426,13 +436,20 @@ class ConnectionPool:
         origin: Origin,
         connect_timeout: float | None,
         pool_timeout: float | None = None,
+        *,
+        deadline: float | None = None,
     ) -> Connection:
         """A connection to ``origin``: an idle one when there is one, else a new one.
-        Raises `httpx.PoolTimeout` after waiting ``pool_timeout`` seconds for a slot."""
+        Raises `httpx.PoolTimeout` after waiting ``pool_timeout`` seconds for a slot.
+        ``deadline`` (`time.monotonic`) bounds the slot wait and the connect together."""
+        if deadline is not None:
+            pool_timeout = _sooner(pool_timeout, deadline - time.monotonic())
         await self._take_slot(pool_timeout)
         try:
             connection = self._idle_connection(origin)
             if connection is None:
+                if deadline is not None:  # what the slot wait left
+                    connect_timeout = _sooner(connect_timeout, deadline - time.monotonic())
                 _, host, port, context = origin
                 connection = await self._connect(
                     host,

@@ -39,6 +39,10 @@ class TokenBucket:
             return True
         return False
 
+    def refund(self) -> None:
+        """Give back a token spent on a request that was not sent after all."""
+        self.tokens = min(self.capacity, self.tokens + 1)
+
     def next_token_at(self, now: datetime) -> datetime:
         """When the next whole token is there (``now`` if it already is)."""
         self._refill(now)

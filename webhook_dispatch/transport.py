@@ -259,8 +259,12 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         task, the timer and the bookkeeping of ``asyncio.timeout``."""
         pool = self._pool_for_loop()
         origin = endpoint.origin
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        connection = await pool.acquire(origin, left, left)
+        connection = await pool.acquire(origin, None, deadline=deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            # Nothing sent yet: keep the connection, and do not send a request the
+            # attempt would count as timed out (the endpoint would get it twice).
+            pool.release(origin, connection, reuse=True)
+            raise httpx.PoolTimeout("the attempt's timeout passed before the request was sent")
         connection.deadline = deadline
         try:
             connection.send(request)

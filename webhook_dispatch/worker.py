@@ -75,6 +75,10 @@ _FINAL_EVENTS = {
 }
 
 
+_LEASE_MARGIN = 5.0
+"""Seconds of lease a claim waiting for a slot must keep beyond its whole timeout."""
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
@@ -200,19 +204,19 @@ class Worker:
         loop = asyncio.get_running_loop()
         wake = self._wake
         in_flight: dict[asyncio.Task[AttemptRecord], Claim] = {}
+        # Leased claims waiting for a slot, with the loop time by which each must start.
         ready: collections.deque[tuple[Claim, float]] = collections.deque()
         completed: list[asyncio.Task[AttemptRecord]] = []
         finished: list[AttemptRecord] = []
         store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None = None
+        round_started = 0.0
         attempts = 0
         want_claim = True
         freed_meanwhile = False
         capacity = 2 * self.concurrency  # in flight plus ready
         # Refill only once a quarter of the slots are free: fewer, larger claims.
         refill_at = max(1, self.concurrency // 4)
-        # A claim that waited this long in ready goes back: its lease must outlast the
-        # attempt that has not started yet.
-        stale_after = self.lease.total_seconds() / 4
+        lease = self.lease.total_seconds()
 
         def attempt_done(task: asyncio.Task[AttemptRecord]) -> None:
             completed.append(task)
@@ -220,6 +224,11 @@ class Worker:
 
         def round_done(_: object) -> None:
             self._signal_loop()
+
+        def start_by(claim: Claim) -> float:
+            # Its lease (taken as the round started) must outlast the whole attempt.
+            spare = lease - claim.subscription.timeout - _LEASE_MARGIN
+            return round_started + max(spare, 0.0)
 
         try:
             while True:
@@ -235,18 +244,24 @@ class Worker:
                     completed.clear()
                 if wake.is_set():
                     want_claim = True  # a publish here, or the poll interval passed
+                arrived: list[Claim] = []
                 if store_round is not None and store_round.done():
-                    claims, full = store_round.result()
+                    arrived, full = store_round.result()
                     store_round = None
-                    claimed_at = loop.time()
-                    ready.extend((claim, claimed_at) for claim in claims)
                     if full is not None:  # a full batch: more may be due
                         want_claim = full or wake.is_set() or freed_meanwhile
                     freed_meanwhile = False
-                if ready and self._stopping:  # claimed as the stop came: never run
+                if self._stopping and (ready or arrived):  # never run: give back
                     unrun = [claim.delivery.id for claim, _ in ready]
+                    unrun += [claim.delivery.id for claim in arrived]
                     ready.clear()
+                    arrived = []
                     await self._release_unrun(unrun)
+                if ready or arrived:
+                    # Before the next round: what goes back must be back before it claims.
+                    free_slots = self.concurrency - len(in_flight)
+                    if await self._sort_ready(ready, arrived, start_by, loop.time(), free_slots):
+                        want_claim = True
                 room = capacity - len(in_flight) - len(ready)
                 if freed and room >= refill_at:
                     want_claim = True
@@ -263,21 +278,17 @@ class Worker:
                         limit = room if claim_now else 0
                         # Created before the attempts below, so its store call is handed
                         # to the store thread before their first steps run.
+                        round_started = loop.time()
                         store_round = loop.create_task(self._store_round(finished, limit, held))
                         store_round.add_done_callback(round_done)
                         finished = []
-                # Start what waits in ready, as slots allow.
-                stale: list[str] = []
+                # Start what waits in ready, as slots allow (_sort_ready kept only
+                # claims that may still start).
                 while ready and len(in_flight) < self.concurrency:
-                    claim, claimed_at = ready.popleft()
-                    if loop.time() - claimed_at > stale_after:
-                        stale.append(claim.delivery.id)
-                        continue
+                    claim, _ = ready.popleft()
                     task = loop.create_task(self._attempt(claim))
                     task.add_done_callback(attempt_done)
                     in_flight[task] = claim
-                if stale:
-                    await self._release_unrun(stale)
                 if store_round is None and not in_flight and not ready:
                     if self._stopping or (until_idle and not want_claim):
                         return attempts
@@ -288,9 +299,48 @@ class Worker:
                     continue
                 await self._wait_for_signal(loop)
         finally:
-            if ready:
-                await self._release_unrun([claim.delivery.id for claim, _ in ready])
-            await self._shutdown(in_flight, finished, store_round)
+            try:
+                if ready:
+                    await self._release_unrun([claim.delivery.id for claim, _ in ready])
+            finally:
+                await self._shutdown(in_flight, finished, store_round)
+
+    async def _sort_ready(
+        self,
+        ready: collections.deque[tuple[Claim, float]],
+        arrived: list[Claim],
+        start_by: Callable[[Claim], float],
+        now: float,
+        free_slots: int,
+    ) -> bool:
+        """Add the claims that just ``arrived`` to ``ready`` and give back, in one store
+        call, those that must not wait: one waiting past its start-by time (its lease
+        could run out mid-attempt), and a rate-limited one that cannot start at once
+        (its token was spent for now, not for whenever a slot frees; the token is
+        refunded). Returns whether anything went back (it is due again)."""
+        kept: list[tuple[Claim, float]] = []
+        back: list[str] = []
+        for claim, deadline in ready:
+            if now > deadline:
+                back.append(claim.delivery.id)
+            else:
+                kept.append((claim, deadline))
+        free = free_slots - len(kept)  # slots left for the new claims
+        for claim in arrived:
+            if free > 0:
+                free -= 1
+            elif claim.subscription.rate_limit is not None:
+                bucket = self._buckets.get(claim.subscription.id)
+                if bucket is not None:
+                    bucket.refund()
+                back.append(claim.delivery.id)
+                continue
+            kept.append((claim, start_by(claim)))
+        ready.clear()
+        ready.extend(kept)
+        if back:
+            await self._release_unrun(back)
+        return bool(back)
 
     def _signal_loop(self) -> None:
         signal = self._signal

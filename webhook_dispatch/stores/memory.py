@@ -65,6 +65,12 @@ class MemoryStore:
                 raise StoreError(f"a subscription with id {subscription.id!r} already exists")
             self._subscriptions[subscription.id] = subscription
             self._subscriptions_version += 1
+            # An id used before may have open deliveries (retried after its removal).
+            for delivery in self._deliveries.values():
+                if delivery.subscription_id == subscription.id and not delivery.status.is_final:
+                    self._unfinished.setdefault(subscription.id, {})[delivery.id] = self._order[
+                        delivery.id
+                    ]
 
     def save_subscription(self, subscription: Subscription) -> None:
         """Replace a stored subscription by id; `NotFound` if it does not exist."""

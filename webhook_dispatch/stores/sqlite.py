@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -240,7 +241,7 @@ class SQLiteStore:
         self._connection = connection
         self._checkpointer: _Checkpointer | None = None
         if self._path != ":memory:":
-            self._checkpointer = _Checkpointer(self._path, busy_timeout)
+            self._checkpointer = _Checkpointer(os.path.abspath(self._path), busy_timeout)
             # SQLite's own checkpoint in the committing thread becomes the backstop, for
             # a WAL the background one never catches up with.
             connection.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
@@ -365,13 +366,13 @@ class SQLiteStore:
             try:
                 yield connection
                 connection.execute("COMMIT")
-                if self._checkpointer is not None:
-                    self._checkpointer.committed()
             except BaseException:
                 if connection.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         connection.execute("ROLLBACK")
                 raise
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
 
     def _open_connection(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -387,6 +388,8 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _subscription_row(subscription),
             )
+            # An id used before may have open deliveries (retried after its removal).
+            _follow_ordered(db, subscription)
             _bump_subscriptions_version(db)
 
     def save_subscription(self, subscription: Subscription) -> None:
@@ -402,13 +405,7 @@ class SQLiteStore:
             ).rowcount
             if not changed:
                 raise NotFound(f"no subscription with id {subscription.id!r}")
-            # Open deliveries follow a changed setting (the ordered index holds only
-            # ordered subscriptions' deliveries).
-            db.execute(
-                "UPDATE deliveries SET ordered = ? WHERE subscription_id = ? "
-                "AND next_attempt_at IS NOT NULL AND ordered != ?",
-                (int(subscription.ordered), subscription.id, int(subscription.ordered)),
-            )
+            _follow_ordered(db, subscription)
             _bump_subscriptions_version(db)
 
     def remove_subscription(self, subscription_id: str, now: datetime) -> None:
@@ -624,10 +621,9 @@ class SQLiteStore:
             "ORDER BY lease_expires_at LIMIT ?",
             (now_us, limit),
         ).fetchall()
-        subscriptions: dict[str, Any] = {}
         if len(rows) < limit:
             rows += self._plan_claim(
-                db, now_us, limit, rows, default_max_in_flight, allowance, proven, subscriptions
+                db, now_us, limit, rows, default_max_in_flight, allowance, proven
             )
         if not rows:
             return [], {}, {}
@@ -639,9 +635,7 @@ class SQLiteStore:
                 (worker_id, _to_us(lease_until), now_us, *chunk),
             )
         messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
-        missing = {row[2] for row in rows} - subscriptions.keys()  # reclaimed leases
-        if missing:
-            subscriptions.update(_fetch_by_id(db, "subscriptions", _SUBSCRIPTION_COLUMNS, missing))
+        subscriptions = _subscription_rows(db, {row[2] for row in rows})
         return rows, messages, subscriptions
 
     def _claims(
@@ -685,13 +679,9 @@ class SQLiteStore:
         default_max_in_flight: int | None,
         allowance: Mapping[str, int] | None,
         proven: Collection[str] | None = None,
-        subscription_rows: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Due pending deliveries this claim may take, walked oldest due first in pages;
-        subscriptions that can give no more are left out of the next page's query. The
-        rows of their subscriptions go into ``subscription_rows``."""
-        if subscription_rows is None:
-            subscription_rows = {}
+        subscriptions that can give no more are left out of the next page's query."""
         (counts,) = db.execute(
             # INDEXED BY: left to itself the planner walks the subscription index to
             # group, scanning every delivery ever made instead of the few in flight.
@@ -714,9 +704,8 @@ class SQLiteStore:
         heads: dict[str, tuple[int, bool]] = {}  # ordered subscription -> (seq, due)
         taken: list[Any] = []
         after: tuple[int, int] | None = None
-        page_size = limit
+        page_size = 64
         width = len(_DELIVERY_COLUMNS.split(","))
-        extra = width + 4  # the subscription's own columns follow
         while not plan.is_full():
             closed = sorted(plan.closed)
             # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
@@ -728,8 +717,7 @@ class SQLiteStore:
                 "SELECT json_group_array(json(r)) FROM (SELECT json_array("
                 f"{_prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
                 "json_extract(s.options, '$.max_in_flight'), "
-                "json_extract(s.options, '$.ordered'), s.consecutive_failures, "
-                f"{_prefixed('s', _SUBSCRIPTION_COLUMNS)}) AS r "
+                "json_extract(s.options, '$.ordered'), s.consecutive_failures) AS r "
                 "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
                 "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
             )
@@ -753,6 +741,14 @@ class SQLiteStore:
                     f"AND status IN {_UNFINISHED} ORDER BY seq LIMIT 1",
                     (now_us, subscription_id),
                 ).fetchone()
+                if head is None:  # its flag disagrees with the index: ask without it
+                    head = db.execute(
+                        "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
+                        "FROM deliveries WHERE subscription_id = ? "
+                        f"AND next_attempt_at IS NOT NULL AND status IN {_UNFINISHED} "
+                        "ORDER BY seq LIMIT 1",
+                        (now_us, subscription_id),
+                    ).fetchone()
                 heads[subscription_id] = (head[0], bool(head[1]))
             for row in page:
                 after = (row[5], row[width])
@@ -771,7 +767,6 @@ class SQLiteStore:
                     failing=row[width + 3] > 0,
                 ):
                     taken.append(row[:width])
-                    subscription_rows[subscription_id] = row[extra:]
                 if plan.is_full():
                     break
             if len(page) < page_size or plan.is_full():
@@ -998,16 +993,23 @@ class _Checkpointer:
             if self._stopping:
                 return
             if self._thread is None:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._run, name="webhook-dispatch-checkpoint", daemon=True
                 )
-                self._thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # no threads now (shutting down): SQLite's own
+                    self._stopping = True
+                    return
+                self._thread = thread
         self._wanted.set()
 
     def _run(self) -> None:
         try:
+            # mode=rw: never create a file (the store's is there, by an absolute path).
             connection = sqlite3.connect(
-                self._path,
+                f"file:{urllib.parse.quote(self._path)}?mode=rw",
+                uri=True,
                 timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
@@ -1110,6 +1112,23 @@ def _fetch_by_id(
     for chunk, marks in _chunks(sorted(ids)):
         for row in db.execute(f"SELECT {columns} FROM {table} WHERE id IN ({marks})", chunk):
             found[row[0]] = row
+    return found
+
+
+def _subscription_rows(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+    """The subscriptions' rows by id, each chunk read as one JSON value. ``timeout``
+    travels as 17 significant digits (JSON's REAL text keeps 15) and comes back exact."""
+    columns = _SUBSCRIPTION_COLUMNS.replace("timeout", "printf('%!.17g', timeout)")
+    found: dict[str, tuple[Any, ...]] = {}
+    for chunk, marks in _chunks(sorted(ids)):
+        (rows,) = db.execute(
+            f"SELECT json_group_array(json_array({columns})) FROM subscriptions "
+            f"WHERE id IN ({marks})",
+            chunk,
+        ).fetchone()
+        for row in json.loads(rows):
+            row[9] = float(row[9])
+            found[row[0]] = tuple(row)
     return found
 
 
@@ -1295,6 +1314,17 @@ def _update_deliveries(
             "AND deliveries.lease_owner = ?",
             [*parameters, worker_id],
         )
+
+
+def _follow_ordered(db: sqlite3.Connection, subscription: Subscription) -> None:
+    """Give the subscription's open deliveries its ``ordered`` setting (the ordered
+    index holds only ordered subscriptions' deliveries)."""
+    flag = int(subscription.ordered)
+    db.execute(
+        "UPDATE deliveries SET ordered = ? WHERE subscription_id = ? "
+        "AND next_attempt_at IS NOT NULL AND ordered != ?",
+        (flag, subscription.id, flag),
+    )
 
 
 def _bump_subscriptions_version(db: sqlite3.Connection) -> None:

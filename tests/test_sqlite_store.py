@@ -277,6 +277,24 @@ def test_the_checkpoint_thread_finds_a_relative_path_after_a_change_of_directory
     assert list((tmp_path / "second").iterdir()) == []
 
 
+def test_the_checkpoint_thread_opens_a_path_with_uri_characters(tmp_path: Path) -> None:
+    directory = tmp_path / "a b#c?d%20e"
+    directory.mkdir()
+    store = SQLiteStore(directory / "hooks.db")
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    for _ in range(16):
+        store.publish(make_message(), [subscription.id], T0)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()
+    assert checkpointer.runs >= 1
+    assert sorted(p.name for p in directory.iterdir()) == ["hooks.db"]
+
+
 def test_an_in_memory_store_has_no_checkpoint_thread() -> None:
     store = SQLiteStore(":memory:")
     try:

@@ -279,9 +279,42 @@ def test_a_rate_limited_claim_never_waits_for_a_slot_holding_its_token() -> None
         async def sort() -> bool:
             return await worker._sort_ready(ready, claims, lambda claim: 1e18, 0.0, 1)
 
-        assert asyncio.run(sort()) is True
+        # Nothing stale went back, so no claim is asked for at once: a rate-limited
+        # delivery is claimed again only with a slot free to start it.
+        assert asyncio.run(sort()) is False
         assert [claim.delivery.id for claim, _ in ready] == [claims[0].delivery.id]
         assert spent.available(clock.now()) == 4  # the two given back were refunded
         statuses = {d.message_id: d.status for d in dispatcher.deliveries()}
     assert statuses[messages[0].id] is wd.DeliveryStatus.DELIVERING
     assert statuses[messages[1].id] is statuses[messages[2].id] is wd.DeliveryStatus.PENDING
+
+
+def test_rate_limited_work_waiting_for_slots_is_not_claimed_over_and_over() -> None:
+    """With every slot busy, a rate-limited delivery is left in the store (not claimed,
+    put back and claimed again in a hot loop) until a slot is free to start it."""
+    calls: dict[str, int] = {"claim": 0, "release": 0}
+
+    class Counting(MemoryStore):
+        def claim_due(self, *args: Any, **kwargs: Any) -> list[Claim]:
+            calls["claim"] += 1
+            return super().claim_due(*args, **kwargs)
+
+        def release(self, *args: Any, **kwargs: Any) -> None:
+            calls["release"] += 1
+            super().release(*args, **kwargs)
+
+    sent: list[tuple[str, str]] = []
+
+    class Slow(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append((str(request.url), request.headers["webhook-id"]))
+            await asyncio.sleep(0.2)
+            return httpx.Response(200)
+
+    with wd.Dispatcher(Counting(), transport=Slow(), concurrency=2) as dispatcher:
+        for n in range(3):
+            dispatcher.subscribe(f"https://example.com/{n}", rate_limit=50)
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(4))
+        assert dispatcher.run_until_idle() == 12
+    assert len(sent) == len(set(sent)) == 12
+    assert calls["claim"] < 40, calls  # a hot loop made thousands in the same time

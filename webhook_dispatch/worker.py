@@ -279,12 +279,15 @@ class Worker:
                         # Created before the attempts below, so its store call is handed
                         # to the store thread before their first steps run.
                         round_started = loop.time()
-                        store_round = loop.create_task(self._store_round(finished, limit, held))
+                        startable = max(0, self.concurrency - len(in_flight) - len(ready))
+                        store_round = loop.create_task(
+                            self._store_round(finished, limit, held, startable)
+                        )
                         store_round.add_done_callback(round_done)
                         finished = []
                 # Start what waits in ready, as slots allow (_sort_ready kept only
                 # claims that may still start).
-                while ready and len(in_flight) < self.concurrency:
+                while ready and len(in_flight) < self.concurrency and not self._stopping:
                     claim, _ = ready.popleft()
                     task = loop.create_task(self._attempt(claim))
                     task.add_done_callback(attempt_done)
@@ -317,14 +320,11 @@ class Worker:
         call, those that must not wait: one waiting past its start-by time (its lease
         could run out mid-attempt), and a rate-limited one that cannot start at once
         (its token was spent for now, not for whenever a slot frees; the token is
-        refunded). Returns whether anything went back (it is due again)."""
-        kept: list[tuple[Claim, float]] = []
-        back: list[str] = []
-        for claim, deadline in ready:
-            if now > deadline:
-                back.append(claim.delivery.id)
-            else:
-                kept.append((claim, deadline))
+        refunded). Returns whether a stale claim went back (it is due again; a
+        rate-limited one is claimed again only with a slot free to start it)."""
+        stale = [claim.delivery.id for claim, deadline in ready if now > deadline]
+        back = list(stale)
+        kept = [(claim, deadline) for claim, deadline in ready if now <= deadline]
         free = free_slots - len(kept)  # slots left for the new claims
         for claim in arrived:
             if free > 0:
@@ -340,7 +340,7 @@ class Worker:
         ready.extend(kept)
         if back:
             await self._release_unrun(back)
-        return bool(back)
+        return bool(stale)
 
     def _signal_loop(self) -> None:
         signal = self._signal
@@ -363,7 +363,7 @@ class Worker:
             self._signal = None
 
     async def _store_round(
-        self, records: list[AttemptRecord], limit: int, held: set[str]
+        self, records: list[AttemptRecord], limit: int, held: set[str], startable: int = 0
     ) -> tuple[list[Claim], bool | None]:
         """Record finished attempts, then lease up to ``limit`` due deliveries (none when
         0): one store call when the store has ``record_and_claim``. Returns the claims
@@ -379,7 +379,7 @@ class Worker:
                     self.worker_id,
                     now,
                     auto_disable=self.auto_disable,
-                    **self._claim_keywords(now, limit),
+                    **self._claim_keywords(now, limit, startable),
                 )
             except StoreError as exc:
                 await self._store_backoff("record", exc)  # then one call at a time
@@ -395,7 +395,7 @@ class Worker:
             await self._flush(records)
         if not limit:
             return [], None
-        claimed = await self._claim(limit, held)
+        claimed = await self._claim(limit, held, startable)
         if claimed is None:
             return [], True  # the store failed and was waited on: claim again
         return claimed
@@ -468,7 +468,9 @@ class Worker:
         if purged:
             logger.info("retention: purged %d finished messages", purged)
 
-    async def _claim(self, limit: int, held: set[str]) -> tuple[list[Claim], bool] | None:
+    async def _claim(
+        self, limit: int, held: set[str], startable: int
+    ) -> tuple[list[Claim], bool] | None:
         """Lease up to ``limit`` due deliveries: the claims to attempt now, and whether the
         store returned a full batch. None after a store failure (backed off)."""
         now = self.clock.now()
@@ -477,7 +479,7 @@ class Worker:
                 self.store.claim_due,
                 now,
                 worker_id=self.worker_id,
-                **self._claim_keywords(now, limit),
+                **self._claim_keywords(now, limit, startable),
             )
             accepted = await self._accept(claims, limit, held, now)
         except StoreError as exc:
@@ -486,8 +488,12 @@ class Worker:
         self._store_failures = 0
         return accepted
 
-    def _claim_keywords(self, now: datetime, limit: int) -> dict[str, Any]:
-        allowance = {key: bucket.available(now) for key, bucket in self._buckets.items()}
+    def _claim_keywords(self, now: datetime, limit: int, startable: int) -> dict[str, Any]:
+        # A rate-limited delivery is claimed only to start at once (``startable``: the
+        # slots the claims already waiting will leave free), never to wait for a slot.
+        allowance = {
+            key: min(bucket.available(now), startable) for key, bucket in self._buckets.items()
+        }
         return {
             "limit": limit,
             "lease_until": now + self.lease,

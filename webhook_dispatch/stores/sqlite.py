@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -998,8 +998,7 @@ class _Checkpointer:
                 )
                 try:
                     thread.start()
-                except RuntimeError:  # no threads now (shutting down): SQLite's own
-                    self._stopping = True
+                except RuntimeError:  # no thread now: SQLite's own checkpoints carry on
                     return
                 self._thread = thread
         self._wanted.set()
@@ -1008,7 +1007,7 @@ class _Checkpointer:
         try:
             # mode=rw: never create a file (the store's is there, by an absolute path).
             connection = sqlite3.connect(
-                f"file:{urllib.parse.quote(self._path)}?mode=rw",
+                pathlib.Path(self._path).as_uri() + "?mode=rw",
                 uri=True,
                 timeout=self._busy_timeout,
                 isolation_level=None,

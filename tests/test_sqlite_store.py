@@ -253,6 +253,22 @@ def test_checkpoints_run_off_the_committing_thread_and_stop_with_the_store(
         reopened.close()
 
 
+def _commit_until_checkpointed_then_close(store: SQLiteStore) -> int:
+    """Commit enough to ask for a background checkpoint, wait for one (10 s at most),
+    close the store; return how many checkpoints ran."""
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    for _ in range(16):
+        store.publish(make_message(), [subscription.id], T0)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()
+    return checkpointer.runs
+
+
 def test_the_checkpoint_thread_finds_a_relative_path_after_a_change_of_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,17 +279,7 @@ def test_the_checkpoint_thread_finds_a_relative_path_after_a_change_of_directory
     monkeypatch.chdir(tmp_path / "first")
     store = SQLiteStore("webhooks.db")
     monkeypatch.chdir(tmp_path / "second")
-    subscription = make_subscription()
-    store.add_subscription(subscription)
-    for _ in range(16):
-        store.publish(make_message(), [subscription.id], T0)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    deadline = time.monotonic() + 10
-    while checkpointer.runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    store.close()
-    assert checkpointer.runs >= 1
+    assert _commit_until_checkpointed_then_close(store) >= 1
     assert list((tmp_path / "second").iterdir()) == []
 
 
@@ -281,17 +287,7 @@ def test_the_checkpoint_thread_opens_a_path_with_uri_characters(tmp_path: Path) 
     directory = tmp_path / "a b#c?d%20e"
     directory.mkdir()
     store = SQLiteStore(directory / "hooks.db")
-    subscription = make_subscription()
-    store.add_subscription(subscription)
-    for _ in range(16):
-        store.publish(make_message(), [subscription.id], T0)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    deadline = time.monotonic() + 10
-    while checkpointer.runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    store.close()
-    assert checkpointer.runs >= 1
+    assert _commit_until_checkpointed_then_close(store) >= 1
     assert sorted(p.name for p in directory.iterdir()) == ["hooks.db"]
 
 

@@ -363,12 +363,13 @@ class Worker:
             self._signal = None
 
     async def _store_round(
-        self, records: list[AttemptRecord], limit: int, held: set[str], startable: int = 0
+        self, records: list[AttemptRecord], limit: int, held: set[str], startable: int
     ) -> tuple[list[Claim], bool | None]:
         """Record finished attempts, then lease up to ``limit`` due deliveries (none when
         0): one store call when the store has ``record_and_claim``. Returns the claims
         and whether the store returned a full batch (None: no claim was asked for; True
-        after a failed claim, so it is tried again)."""
+        after a failed claim, so it is tried again). ``startable``: how many claims could
+        start at once (a rate-limited subscription gets no more than that)."""
         combined = getattr(self.store, "record_and_claim", None)
         if records and limit and combined is not None:
             now = self.clock.now()

@@ -127,7 +127,7 @@ def main() -> None:
                 dispatcher.subscribe(f"{base}/hooks/{n}", event_types=["order.*"])
             dispatcher.publish_many(("order.created", {"n": n}) for n in range(args.load_messages))
             loaded = probe(dispatcher, probes, args.loaded_probes, wait=300)
-            backlog = len(dispatcher.deliveries(status="pending"))
+            backlog = dispatcher.stats().pending
             dispatcher.stop()
 
     print(machine())

@@ -30,6 +30,7 @@ import tenacity
 from common import dispatcher_options, machine, receiver
 
 import webhook_dispatch as wd
+from webhook_dispatch.paging import every
 
 BODY = b'{"type":"order.created","timestamp":"2030-01-01T00:00:00Z","data":{"id":"ord_1"}}'
 
@@ -87,7 +88,7 @@ def webhook_dispatch_run(
         dispatcher.publish_many(("order.created", {"n": n}) for n in range(messages))
         dispatcher.run_until_idle()
         elapsed = time.perf_counter() - started
-        done = len(dispatcher.deliveries(status="succeeded"))
+        done = sum(1 for _ in every(dispatcher.deliveries, status="succeeded"))
     path.unlink(missing_ok=True)
     if done != total:
         raise RuntimeError(f"only {done} of {total} deliveries succeeded")

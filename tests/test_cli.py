@@ -164,6 +164,29 @@ def test_messages_list(cli: Runner) -> None:
     assert max(len(line) for line in out.splitlines()) <= 100
 
 
+def test_list_commands_page_with_limit_and_cursor(cli: Runner) -> None:
+    for n in range(3):
+        cli("subscriptions", "add", f"https://hooks{n}.example.com/in")
+    _deliver(cli.store, *["order.created"] * 5, script=[200])
+    pages: dict[str, list[str]] = {}
+    for listing in ("subscriptions", "messages", "deliveries"):
+        ids: list[str] = []
+        cursor: list[str] = []
+        while True:
+            code, out, err = cli(listing, "list", "--limit", "2", *cursor, "--json")
+            assert code == 0, err
+            ids += [str(row["id"]) for row in json.loads(out)]
+            if "--cursor" not in err:
+                break
+            cursor = ["--cursor", err.split("--cursor", 1)[1].split()[0]]
+        pages[listing] = ids
+    assert len(pages["subscriptions"]) == len(set(pages["subscriptions"])) == 3
+    assert len(pages["messages"]) == len(set(pages["messages"])) == 5
+    assert len(pages["deliveries"]) == len(set(pages["deliveries"])) == 15
+    code, _, err = cli("deliveries", "list", "--cursor", "bogus")
+    assert code == 2 and "cursor" in err
+
+
 def test_deliveries_list_filters(cli: Runner) -> None:
     cli("subscriptions", "add", "https://ok.example.com/in")
     cli("subscriptions", "add", "https://bad.example.com/in")

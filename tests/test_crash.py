@@ -20,6 +20,7 @@ import pytest
 
 import webhook_dispatch as wd
 from webhook_dispatch._receiver import LoopbackReceiver
+from webhook_dispatch.paging import every
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,7 @@ def test_kill_9_mid_delivery_loses_nothing(tmp_path: Path, receiver: LoopbackRec
     assert duplicates <= in_flight, "only deliveries in flight at the kill were sent twice"
     assert all(r.verified for r in receiver.received)
     with wd.Dispatcher(store, allow_private_networks=True) as dispatcher:
-        statuses = collections.Counter(d.status for d in dispatcher.deliveries())
+        statuses = collections.Counter(d.status for d in every(dispatcher.deliveries))
     assert statuses == {wd.DeliveryStatus.SUCCEEDED: 2000}
 
 

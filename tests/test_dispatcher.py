@@ -402,3 +402,34 @@ async def test_async_run_until_idle_after_start_and_stop_still_delivers() -> Non
         await dispatcher.publish("order.created", {})
         assert await dispatcher.run_until_idle() == 1
     assert len(receiver.requests) == 1
+
+
+def test_listings_are_pages_of_at_most_the_limit() -> None:
+    receiver = MockReceiver([200])
+    with wd.Dispatcher(transport=receiver) as dispatcher:
+        sub = dispatcher.subscribe("https://example.com/hooks")
+        published = dispatcher.publish_many(("order.created", {"n": n}) for n in range(150))
+        first = dispatcher.deliveries()
+        assert isinstance(first, wd.Page) and len(first) == 100
+        second = dispatcher.deliveries(cursor=first.next_cursor)
+        assert len(second) == 50 and second.next_cursor is None
+        assert [d.message_id for d in [*first, *second]] == [m.id for m in published]
+        assert [m.id for m in dispatcher.messages(limit=2)] == [m.id for m in published[:-3:-1]]
+        assert dispatcher.subscriptions() == [sub]
+        with pytest.raises(wd.ConfigurationError, match="status"):
+            dispatcher.deliveries(status="bogus")
+        with pytest.raises(wd.ConfigurationError, match="limit"):
+            dispatcher.subscriptions(limit=0)
+        with pytest.raises(wd.ConfigurationError, match="cursor"):
+            dispatcher.messages(cursor=first.next_cursor)
+
+
+async def test_async_listings_are_pages() -> None:
+    async with wd.AsyncDispatcher(transport=MockReceiver([200])) as dispatcher:
+        await dispatcher.subscribe("https://example.com/hooks")
+        await dispatcher.publish_many(("order.created", {"n": n}) for n in range(3))
+        page = await dispatcher.deliveries(limit=2)
+        rest = await dispatcher.deliveries(limit=2, cursor=page.next_cursor)
+        assert (len(page), len(rest), rest.next_cursor) == (2, 1, None)
+        assert len(await dispatcher.messages(limit=5)) == 3
+        assert len(await dispatcher.subscriptions(limit=1)) == 1

@@ -27,6 +27,7 @@ from webhook_dispatch.models import (
     Subscription,
     new_id,
 )
+from webhook_dispatch.paging import MAX_PAGE_SIZE
 from webhook_dispatch.stores import AttemptRecord, Claim, Store, open_store
 from webhook_dispatch.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
@@ -558,7 +559,7 @@ def test_two_processes_never_claim_the_same_delivery(db_path: Path) -> None:
         store.add_subscription(subscription)
     items = [(make_message(), [s.id for s in subscriptions]) for _ in range(100)]
     store.publish_many(items, T0)
-    every = {d.id for d in store.list_deliveries()}
+    every = {d.id for d in store.list_deliveries(limit=MAX_PAGE_SIZE)}
     assert len(every) == 500
 
     first, second = _run_processes(
@@ -567,7 +568,7 @@ def test_two_processes_never_claim_the_same_delivery(db_path: Path) -> None:
     assert not set(first) & set(second)
     assert len(first) + len(second) == 500
     assert set(first) | set(second) == every
-    assert len(store.list_deliveries(status=DeliveryStatus.DELIVERING)) == 500
+    assert len(store.list_deliveries(status=DeliveryStatus.DELIVERING, limit=1000)) == 500
     store.close()
 
 

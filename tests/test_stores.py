@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from webhook_dispatch.errors import NotFound
+from webhook_dispatch.errors import ConfigurationError, NotFound
 from webhook_dispatch.models import (
     Attempt,
     AttemptTrigger,
@@ -910,3 +910,76 @@ def test_stats(store: Store) -> None:
     assert stats.oldest_pending_age(T0 + timedelta(minutes=1)) == 60
     assert (stats.subscriptions, stats.disabled_subscriptions) == (2, 1)
     assert stats.failing_subscriptions == 1
+
+
+def test_next_due_at_waits_for_an_ordered_subscriptions_head(store: Store) -> None:
+    """Later deliveries of an ordered subscription are due but cannot be claimed while
+    their head waits for a retry: the next due time is the head's."""
+    ordered = make_subscription(ordered=True)
+    store.add_subscription(ordered)
+    for _ in range(3):
+        published(store, ordered)
+    [head] = claim(store, limit=50)
+    retry_at = T0 + timedelta(minutes=5)
+    store.record([retry_record(head, started=T0, retry_at=retry_at)], "w1")
+    assert claim(store, T0 + timedelta(seconds=1), limit=50) == []
+    assert store.next_due_at() == retry_at
+    # An unordered subscription's due delivery still counts at once.
+    plain = make_subscription()
+    store.add_subscription(plain)
+    published(store, plain)
+    assert store.next_due_at() == T0
+    # A disabled ordered subscription holds its head: nothing of it is due.
+    [plain_claim] = claim(store, T0 + timedelta(seconds=1), limit=50)
+    store.record([final_record(plain_claim, started=T0, status=DeliveryStatus.SUCCEEDED)], "w1")
+    store.save_subscription(attrs.evolve(ordered, enabled=False))
+    assert store.next_due_at() is None
+
+
+# -- bounded listings ---------------------------------------------------------------
+def test_listings_page_with_cursors(store: Store) -> None:
+    subscriptions = [make_subscription() for _ in range(5)]
+    for subscription in subscriptions:
+        store.add_subscription(subscription)
+    messages = [published(store, *subscriptions[:2]) for _ in range(5)]
+    deliveries: list[str] = []
+    cursor = None
+    sizes = []
+    while True:
+        page = store.list_deliveries(limit=3, cursor=cursor)
+        sizes.append(len(page))
+        deliveries += [d.id for d in page]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sizes == [3, 3, 3, 1]
+    assert deliveries == [d.id for d in store.list_deliveries(limit=100)]
+    assert len(set(deliveries)) == 10
+    by_subscription = store.list_deliveries(subscription_id=subscriptions[1].id, limit=2)
+    rest = store.list_deliveries(
+        subscription_id=subscriptions[1].id, limit=2, cursor=by_subscription.next_cursor
+    )
+    assert [d.message_id for d in [*by_subscription, *rest]] == [m.id for m in messages[:4]]
+    newest = store.list_messages(limit=2)
+    older = store.list_messages(limit=2, cursor=newest.next_cursor)
+    assert [m.id for m in [*newest, *older]] == [m.id for m in reversed(messages)][:4]
+    assert store.list_messages(limit=5).next_cursor is None  # exactly the last page
+    first = store.list_subscriptions(limit=4)
+    assert first == subscriptions[:4]
+    assert store.list_subscriptions(limit=4, cursor=first.next_cursor) == subscriptions[4:]
+    assert store.list_subscriptions() == subscriptions  # every one, for the matching index
+
+
+def test_listing_cursor_and_limit_are_checked(store: Store) -> None:
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    published(store, subscription)
+    message_cursor = store.list_messages(limit=1).next_cursor
+    assert message_cursor is not None
+    for bad in ("", "not a cursor", message_cursor, "x" * 500, "ZGVsaXZlcmllczotMQ"):
+        with pytest.raises(ConfigurationError, match="cursor"):
+            store.list_deliveries(cursor=bad)
+    for limit in (0, -1, 10_001, True, 2.5):
+        with pytest.raises(ConfigurationError, match="limit"):
+            store.list_deliveries(limit=limit)  # type: ignore[arg-type]

@@ -114,3 +114,18 @@ def test_httpx_mock_transport() -> None:
         dispatcher.publish("order.created", {})
         dispatcher.run_until_idle()
     assert len(seen) == 1
+
+
+def test_drain_plays_out_an_ordered_subscriptions_retries() -> None:
+    """With an ordered subscription whose head waits for a retry, drain jumps to the
+    head's due time instead of spinning on the deliveries queued behind it."""
+    clock = FakeClock()
+    receiver = MockReceiver([503, 200, 200, 200])
+    with wd.Dispatcher(
+        transport=receiver, clock=clock, retry=wd.RetryPolicy.fixed([0, 30], jitter=0.0)
+    ) as dispatcher:
+        dispatcher.subscribe("https://example.com/hooks", ordered=True)
+        messages = [dispatcher.publish("order.created", {"n": n}) for n in range(3)]
+        assert drain(dispatcher, clock, max_steps=10) == 4
+    sent = [request.headers["webhook-id"] for request in receiver.requests]
+    assert sent == [messages[0].id, messages[0].id, messages[1].id, messages[2].id]

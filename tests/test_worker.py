@@ -16,7 +16,7 @@ import pytest
 
 import webhook_dispatch as wd
 from webhook_dispatch.flow import TokenBucket
-from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore
+from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore, RecordResult
 from webhook_dispatch.stores.sqlite import SQLiteStore
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
@@ -30,21 +30,21 @@ class FlakyStore(MemoryStore):
         self.record_failures = record_failures
         self.claim_sizes: list[int] = []
 
-    def claim_due(
-        self, now: datetime, *, limit: int, lease_until: datetime, worker_id: str
-    ) -> list[Claim]:
+    def claim_due(self, now: datetime, **options: Any) -> list[Claim]:
         if self.claim_failures:
             self.claim_failures -= 1
             raise wd.StoreUnavailable("database is locked")
-        claims = super().claim_due(now, limit=limit, lease_until=lease_until, worker_id=worker_id)
+        claims = super().claim_due(now, **options)
         self.claim_sizes.append(len(claims))
         return claims
 
-    def record(self, records: Sequence[AttemptRecord], worker_id: str) -> None:
+    def record(
+        self, records: Sequence[AttemptRecord], worker_id: str, **options: Any
+    ) -> RecordResult:
         if self.record_failures:
             self.record_failures -= 1
             raise wd.StoreUnavailable("disk I/O error")
-        super().record(records, worker_id)
+        return super().record(records, worker_id, **options)
 
 
 def test_store_errors_are_retried_not_fatal() -> None:
@@ -134,7 +134,10 @@ def test_concurrency_bounds_attempts_in_flight() -> None:
             return httpx.Response(200)
 
     store = FlakyStore(0, 0)
-    with wd.Dispatcher(store, transport=Counting(), concurrency=8) as dispatcher:
+    # No per-subscription cap: this is about the worker's own bound.
+    with wd.Dispatcher(
+        store, transport=Counting(), concurrency=8, default_max_in_flight=None
+    ) as dispatcher:
         dispatcher.subscribe("https://example.com/h")
         dispatcher.publish_many(("order.created", {"n": n}) for n in range(100))
         assert dispatcher.run_until_idle() == 100

@@ -54,6 +54,7 @@ from .models import (
     Subscription,
 )
 from .netguard import BlockedAddress, NetworkPolicy
+from .paging import Page
 from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait
 from .signing import (
     Signer,
@@ -99,6 +100,7 @@ __all__ = [
     "NotFound",
     "OAuth2ClientCredentials",
     "OperationalEvent",
+    "Page",
     "PayloadTooLarge",
     "PrometheusMetrics",
     "RetryPolicy",

@@ -32,6 +32,7 @@ from .auth import auth_to_document
 from .dispatcher import PURGE_BATCH, Dispatcher
 from .errors import ConfigurationError, WebhookDispatchError
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription
+from .paging import DEFAULT_PAGE_SIZE, Page
 from .retry import RetryPolicy
 from .signing import generate_secret, public_key, signer_names
 
@@ -293,7 +294,8 @@ def _open(args: argparse.Namespace) -> Dispatcher:
 
 def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
-        subscriptions = dispatcher.subscriptions()
+        subscriptions = dispatcher.subscriptions(limit=args.limit, cursor=args.cursor)
+    _more(subscriptions)
     if args.json:
         _print_json([_subscription_json(s) for s in subscriptions])
         return 0
@@ -315,6 +317,19 @@ def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
         if not s.enabled:
             print(f"{s.id} disabled: {s.disabled_reason or 'no reason given'}")
     return 0
+
+
+def _more(page: Page[Any]) -> None:
+    """Say on stderr how to get the next page (stdout stays the listing itself)."""
+    if page.next_cursor is not None:
+        print(f"more: repeat with --cursor {page.next_cursor}", file=sys.stderr)
+
+
+def _page_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit", type=_positive, default=DEFAULT_PAGE_SIZE, metavar="N", help="page size"
+    )
+    parser.add_argument("--cursor", metavar="C", help="the next page, as printed by the last")
 
 
 def _read_secret(value: str | None) -> str | None:
@@ -400,7 +415,10 @@ def _cmd_subscriptions_remove(args: argparse.Namespace) -> int:
 
 def _cmd_messages_list(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
-        messages = dispatcher.messages(event_type=args.event_type, limit=args.limit)
+        messages = dispatcher.messages(
+            event_type=args.event_type, limit=args.limit, cursor=args.cursor
+        )
+    _more(messages)
     if args.json:
         _print_json([_message_json(m) for m in messages])
         return 0
@@ -418,9 +436,14 @@ def _cmd_messages_list(args: argparse.Namespace) -> int:
 def _cmd_deliveries_list(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         deliveries = dispatcher.deliveries(
-            message_id=args.message, subscription_id=args.subscription, status=args.status
+            message_id=args.message,
+            subscription_id=args.subscription,
+            status=args.status,
+            limit=args.limit,
+            cursor=args.cursor,
         )
         now = dispatcher.clock.now()
+    _more(deliveries)
     if args.json:
         _print_json([_delivery_json(d) for d in deliveries])
         return 0
@@ -675,11 +698,11 @@ def _run_demo(store: str, receiver: LoopbackReceiver, *, keep_hint: bool) -> int
     retry = RetryPolicy.fixed(_DEMO_RETRY, jitter=0.0)
     # The demo's receiver is on 127.0.0.1, which the network guard refuses by default.
     with Dispatcher(store, retry=retry, allow_private_networks=True) as dispatcher:
-        existing = dispatcher.subscriptions()
+        existing = dispatcher.stats().subscriptions
         if existing:
             raise ConfigurationError(
                 f"the demo needs a store without subscriptions (it would send its events to "
-                f"them); {_redact_url(store)} has {len(existing)}"
+                f"them); {_redact_url(store)} has {existing}"
             )
         names: dict[str, str] = {}
         subscriptions: dict[str, Subscription] = {}
@@ -829,7 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
         "subscriptions", help="list, add, disable, enable or remove endpoints"
     )
     actions = subscriptions.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _json_option(_command(actions, "list", _cmd_subscriptions_list, "list subscriptions"))
+    list_subscriptions = _command(actions, "list", _cmd_subscriptions_list, "list subscriptions")
+    _page_options(list_subscriptions)
+    _json_option(list_subscriptions)
     add = _command(actions, "add", _cmd_subscriptions_add, "subscribe an endpoint")
     add.add_argument("url", help="the endpoint URL (http or https)")
     add.add_argument(
@@ -893,7 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
     message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)
     list_messages = _command(message_actions, "list", _cmd_messages_list, "newest messages first")
     list_messages.add_argument("--event-type", metavar="TYPE", help="only this event type")
-    list_messages.add_argument("--limit", type=_positive, default=50, metavar="N")
+    _page_options(list_messages)
     _json_option(list_messages)
 
     deliveries = commands.add_parser("deliveries", help="list deliveries")
@@ -906,6 +931,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     list_deliveries.add_argument("--subscription", metavar="ID", help="only this subscription")
     list_deliveries.add_argument("--message", metavar="ID", help="only this message")
+    _page_options(list_deliveries)
     _json_option(list_deliveries)
 
     attempts = _command(commands, "attempts", _cmd_attempts, "every attempt made for a message")

@@ -46,6 +46,7 @@ from .models import (
     new_id,
 )
 from .netguard import NetworkPolicy, parse_host_literal, parse_networks
+from .paging import DEFAULT_PAGE_SIZE, Page, check_limit
 from .registry import Registry, normalize_patterns, validate_event_type, validate_pattern
 from .retry import RetryPolicy, ScheduleWait
 from .signing import DEFAULT_SIGNATURE, get_signer
@@ -432,7 +433,7 @@ class _Core:
         the caller's transaction (they say so with ``transactional_outbox = True``)."""
         if connection is None:
             return {}
-        if not getattr(self.store, "transactional_outbox", False):
+        if not self.store.transactional_outbox:
             raise ConfigurationError(
                 f"connection= (publishing inside your transaction) needs the PostgreSQL "
                 f"store; {self.store!r} cannot join a database transaction"
@@ -444,13 +445,12 @@ class _Core:
     ) -> list[Message]:
         """`publish_many` inside an async psycopg connection's open transaction."""
         self._outbox(connection)
-        publish_async = getattr(self.store, "publish_many_async", None)
-        if publish_async is None:
-            raise ConfigurationError(f"{self.store!r} cannot publish on an async connection")
         items = await asyncio.to_thread(
             lambda: [(message, self.match(message.event_type)) for message in messages]
         )
-        results = await publish_async(items, self.clock.now(), connection=connection)
+        results = await self.store.publish_many_async(
+            items, self.clock.now(), connection=connection
+        )
         return [result.message for result in results]
 
     def publish_operational(self, events: list[OperationalEvent]) -> None:
@@ -612,6 +612,17 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     if len(metadata) > 50 or any(len(k) > 255 or len(v) > 4096 for k, v in metadata.items()):
         raise ConfigurationError("metadata takes at most 50 keys of 255 characters, values of 4096")
     return dict(metadata)
+
+
+def _status(status: DeliveryStatus | str | None) -> DeliveryStatus | None:
+    """A listing's ``status=`` filter; an unknown name is a `ConfigurationError`."""
+    if status is None:
+        return None
+    try:
+        return DeliveryStatus(status)
+    except ValueError:
+        known = ", ".join(s.value for s in DeliveryStatus)
+        raise ConfigurationError(f"status must be one of {known}, not {status!r}") from None
 
 
 def _is_async_connection(connection: Any) -> bool:
@@ -851,9 +862,12 @@ class Dispatcher:
         only, at once."""
         return self._core.rotate_secret(subscription_id, grace, secret)[1]
 
-    def subscriptions(self) -> list[Subscription]:
-        """Every subscription, oldest first."""
-        return self._core.store.list_subscriptions()
+    def subscriptions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Subscription]:
+        """Subscriptions, oldest first, a `Page` of at most ``limit``; pass its
+        ``next_cursor`` as ``cursor=`` for the next page."""
+        return self._core.store.list_subscriptions(limit=check_limit(limit), cursor=cursor)
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """One subscription by id (`NotFound` otherwise)."""
@@ -954,21 +968,34 @@ class Dispatcher:
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | str | None = None,
-    ) -> list[Delivery]:
-        """Deliveries matching every given filter, oldest first."""
+        *,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """Deliveries matching every given filter, oldest first, a `Page` of at most
+        ``limit``; pass its ``next_cursor`` as ``cursor=`` for the next page."""
         return self._core.store.list_deliveries(
             message_id=message_id,
             subscription_id=subscription_id,
-            status=DeliveryStatus(status) if status is not None else None,
+            status=_status(status),
+            limit=limit,
+            cursor=cursor,
         )
 
     def get_message(self, message_id: str) -> Message:
         """One message by id (`NotFound` otherwise)."""
         return self._core.store.get_message(message_id)
 
-    def messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
-        """The newest messages first."""
-        return self._core.store.list_messages(event_type=event_type, limit=limit)
+    def messages(
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Message]:
+        """The newest messages first, a `Page` of at most ``limit``; pass its
+        ``next_cursor`` as ``cursor=`` for the next page."""
+        return self._core.store.list_messages(event_type=event_type, limit=limit, cursor=cursor)
 
     def retry(self, delivery_id: str) -> Delivery:
         """Make one manual attempt of a delivery as soon as the worker runs (whatever its
@@ -1190,9 +1217,13 @@ class AsyncDispatcher:
         )
         return result[1]
 
-    async def subscriptions(self) -> list[Subscription]:
+    async def subscriptions(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Subscription]:
         """See `Dispatcher.subscriptions`."""
-        result: list[Subscription] = await self._io(self._core.store.list_subscriptions)
+        result: Page[Subscription] = await self._io(
+            self._core.store.list_subscriptions, limit=check_limit(limit), cursor=cursor
+        )
         return result
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
@@ -1275,13 +1306,18 @@ class AsyncDispatcher:
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | str | None = None,
-    ) -> list[Delivery]:
+        *,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
         """See `Dispatcher.deliveries`."""
-        result: list[Delivery] = await self._io(
+        result: Page[Delivery] = await self._io(
             self._core.store.list_deliveries,
             message_id=message_id,
             subscription_id=subscription_id,
-            status=DeliveryStatus(status) if status is not None else None,
+            status=_status(status),
+            limit=limit,
+            cursor=cursor,
         )
         return result
 
@@ -1290,10 +1326,16 @@ class AsyncDispatcher:
         result: Message = await self._io(self._core.store.get_message, message_id)
         return result
 
-    async def messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
+    async def messages(
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Message]:
         """See `Dispatcher.messages`."""
-        result: list[Message] = await self._io(
-            self._core.store.list_messages, event_type=event_type, limit=limit
+        result: Page[Message] = await self._io(
+            self._core.store.list_messages, event_type=event_type, limit=limit, cursor=cursor
         )
         return result
 

@@ -40,6 +40,7 @@ from chaos_receiver import (
 )
 
 import webhook_dispatch as wd
+from webhook_dispatch.paging import every
 from webhook_dispatch.stores.sqlite import SQLiteStore
 from webhook_dispatch.testing import FakeClock
 
@@ -243,7 +244,7 @@ def audit(
         requests[(request.path, request.webhook_id)].append(request)
     problems: list[str] = []
     with wd.Dispatcher(store, allow_private_networks=True, retention=None) as dispatcher:
-        deliveries = dispatcher.store.list_deliveries()
+        deliveries = list(every(dispatcher.store.list_deliveries))
         attempts: dict[str, list[wd.Attempt]] = collections.defaultdict(list)
         for attempt in dispatcher.store.list_attempts():
             attempts[attempt.delivery_id].append(attempt)
@@ -915,8 +916,8 @@ def clock_jumps(workdir: Path, *, messages: int = 600, seed: int = 6) -> Result:
         # Then let time run forward until every retry has been played out.
         settle_deadline = time.monotonic() + 60
         while time.monotonic() < settle_deadline:
-            pending = dispatcher.deliveries(status="pending") + dispatcher.deliveries(
-                status="delivering"
+            pending = dispatcher.deliveries(status="pending", limit=1) + dispatcher.deliveries(
+                status="delivering", limit=1
             )
             if not pending:
                 break

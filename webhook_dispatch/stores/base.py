@@ -1,41 +1,40 @@
-"""The store protocol: what the dispatcher and worker need from memory, SQLite or PostgreSQL.
+"""The store contract: what the dispatcher and worker need from memory, SQLite or PostgreSQL.
 
 Every method is synchronous and does one unit of work in one transaction. Decisions
-(matching, signing, retry timing) are made before a store is called; the store only
-keeps and fetches. Claiming uses leases so a crashed worker's deliveries come back
-once its lease expires.
+(matching, signing, retry timing, health) are made before or outside a store call; the
+store only keeps and fetches. Claiming uses leases so a crashed worker's deliveries come
+back once its lease expires.
 
-Three optional capabilities, looked up with ``getattr`` (stores without them work as
-before):
+`Store` is an abstract base class: a backend implements the abstract methods, and the
+capabilities some backends have are explicit members with a working default, so callers
+never probe with ``getattr``:
 
-- The transactional outbox. A store whose ``transactional_outbox`` attribute is true
-  accepts a keyword-only ``connection=`` on `Store.publish` and `Store.publish_many`:
-  a database connection with an open transaction, in which the rows are written and
-  not committed (PostgreSQL: a ``psycopg.Connection``; ``publish_many_async`` takes a
-  ``psycopg.AsyncConnection``). The dispatcher passes ``connection=`` only when its
-  caller gave one, and refuses it with `ConfigurationError` for other stores
-  (memory, SQLite).
-- Hearing other processes' work. ``listen_for_work(callback) -> stop`` makes the
-  store call ``callback()`` from its own thread whenever work may have become due
-  elsewhere (PostgreSQL ``LISTEN/NOTIFY``); the worker passes its thread-safe
-  ``wake`` and keeps its poll as the fallback.
-- Recording and claiming in one call. ``record_and_claim(records, worker_id, now, *,
-  auto_disable, limit, lease_until, default_max_in_flight, allowance) -> (RecordResult,
-  claims)`` is `Store.record` then `Store.claim_due` in one transaction (all or
-  nothing): the worker's store round trip after each batch of attempts, one commit
-  instead of two (SQLite). Without it the worker makes the two calls.
+- `Store.transactional_outbox`: True when `Store.publish` and `Store.publish_many`
+  accept a keyword-only ``connection=`` (a database connection with an open
+  transaction, in which the rows are written and not committed; PostgreSQL: a
+  ``psycopg.Connection``) and `Store.publish_many_async` takes a
+  ``psycopg.AsyncConnection``. The dispatcher refuses ``connection=`` with
+  `ConfigurationError` for other stores.
+- `Store.listen_for_work`: call back whenever another process may have made work due
+  (PostgreSQL ``LISTEN/NOTIFY``); the default never calls, and the worker's poll
+  remains the fallback.
+- `Store.record_and_claim`: `Store.record` then `Store.claim_due`; a backend that can
+  overrides it to do both in one transaction (one commit per worker round).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import abc
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import attrs
 
+from ..errors import ConfigurationError
 from ..health import AutoDisable
 from ..models import Attempt, Delivery, DeliveryStatus, Message, Subscription
+from ..paging import Page
 
 __all__ = [
     "FAILING_MAX_IN_FLIGHT",
@@ -225,46 +224,51 @@ class PublishResult:
     deliveries: int
 
 
-@runtime_checkable
-class Store(Protocol):
+class Store(abc.ABC):
     """Where subscriptions, messages, deliveries and attempts live.
 
     Implementations must be safe to call from several threads. ``blocking`` tells the
     async engine whether calls do I/O (and should run off the event loop).
     """
 
-    blocking: bool
+    blocking: ClassVar[bool] = True
+    transactional_outbox: ClassVar[bool] = False
+    """Whether `publish` and `publish_many` accept ``connection=`` (module docstring)."""
 
     # -- subscriptions -----------------------------------------------------------
+    @abc.abstractmethod
     def add_subscription(self, subscription: Subscription) -> None:
         """Store a new subscription."""
-        ...
 
+    @abc.abstractmethod
     def save_subscription(self, subscription: Subscription) -> None:
         """Replace a stored subscription by id; `NotFound` if it does not exist."""
-        ...
 
+    @abc.abstractmethod
     def remove_subscription(self, subscription_id: str, now: datetime) -> None:
         """Delete a subscription; its unfinished deliveries become ``cancelled``."""
-        ...
 
+    @abc.abstractmethod
     def get_subscription(self, subscription_id: str) -> Subscription:
         """The subscription with this id; `NotFound` otherwise."""
-        ...
 
-    def list_subscriptions(self) -> list[Subscription]:
-        """Every subscription, oldest first."""
-        ...
+    @abc.abstractmethod
+    def list_subscriptions(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Subscription]:
+        """Subscriptions, oldest first: a page of ``limit`` after ``cursor``, or every
+        one (``limit=None``, for building the matching index)."""
 
+    @abc.abstractmethod
     def subscriptions_version(self) -> int:
         """A number that changes whenever any subscription is added, changed or removed.
 
         Publishers cache their matching index and rebuild it when this changes, so a
         subscription added by another process is seen on the next publish.
         """
-        ...
 
     # -- messages ----------------------------------------------------------------
+    @abc.abstractmethod
     def publish(
         self, message: Message, subscription_ids: Sequence[str], now: datetime
     ) -> PublishResult:
@@ -274,23 +278,26 @@ class Store(Protocol):
         nothing is written and that message is returned with ``created=False`` (also
         under concurrent publishes with one key).
         """
-        ...
 
+    @abc.abstractmethod
     def publish_many(
         self, items: Sequence[tuple[Message, Sequence[str]]], now: datetime
     ) -> list[PublishResult]:
         """`publish` for a batch, in one transaction, results in input order."""
-        ...
 
+    @abc.abstractmethod
     def get_message(self, message_id: str) -> Message:
         """The message with this id; `NotFound` otherwise."""
-        ...
 
-    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
-        """The newest messages first, optionally of one event type."""
-        ...
+    @abc.abstractmethod
+    def list_messages(
+        self, *, event_type: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Message]:
+        """The newest messages first, optionally of one event type: a page of ``limit``
+        after ``cursor`` (a `Page.next_cursor` of the same listing)."""
 
     # -- deliveries --------------------------------------------------------------
+    @abc.abstractmethod
     def claim_due(
         self,
         now: datetime,
@@ -318,8 +325,8 @@ class Store(Protocol):
         ``proven`` is slow start (subscriptions not in it get two slots, see
         `ClaimPlan`). Expired leases are taken back regardless.
         """
-        ...
 
+    @abc.abstractmethod
     def record(
         self,
         records: Sequence[AttemptRecord],
@@ -334,67 +341,118 @@ class Store(Protocol):
         `webhook_dispatch.health.fold_attempts`) and disables a subscription whose run
         passes ``auto_disable``, or whose record asks for it (410).
         """
-        ...
 
+    @abc.abstractmethod
     def release(
         self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
     ) -> None:
         """Give back leased deliveries unattempted (graceful shutdown): pending again,
         due as before, or at ``due_at`` (a delivery over its rate limit). The attempt
         count does not change."""
-        ...
 
+    @abc.abstractmethod
     def next_due_at(self) -> datetime | None:
         """The earliest ``next_attempt_at`` of a pending delivery on an enabled
         subscription, or the earliest lease expiry of a ``delivering`` one; None if none."""
-        ...
 
+    @abc.abstractmethod
     def get_delivery(self, delivery_id: str) -> Delivery:
         """The delivery with this id; `NotFound` otherwise."""
-        ...
 
+    @abc.abstractmethod
     def list_deliveries(
         self,
         *,
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | None = None,
-        limit: int | None = None,
-    ) -> list[Delivery]:
-        """Deliveries matching every given filter, oldest first."""
-        ...
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """Deliveries matching every given filter, oldest first: a page of ``limit``
+        after ``cursor`` (a `Page.next_cursor` of the same listing)."""
 
+    @abc.abstractmethod
     def list_attempts(
         self, *, message_id: str | None = None, delivery_id: str | None = None
     ) -> list[Attempt]:
         """Attempts of a message or of a delivery, oldest first."""
-        ...
 
+    @abc.abstractmethod
     def schedule_manual(self, delivery_ids: Sequence[str], now: datetime) -> list[Delivery]:
         """Make deliveries due at ``now`` for one manual attempt (``next_trigger=manual``).
 
         Deliveries currently ``delivering`` are left alone. Returns the updated ones.
         """
-        ...
 
+    @abc.abstractmethod
     def recover(
         self, subscription_id: str, *, since: datetime, until: datetime, now: datetime
     ) -> list[Delivery]:
         """`schedule_manual` every ``failed`` or ``exhausted`` delivery of a subscription
         whose message was created in ``[since, until)``. Returns the updated ones."""
-        ...
 
+    @abc.abstractmethod
     def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
         """Delete up to ``limit`` (None: all) messages created before ``older_than`` whose
         deliveries are all final, with their deliveries and attempts, oldest first, in one
         transaction. Returns how many messages went; callers loop in batches so a long
         purge never holds the store's write lock for long."""
-        ...
 
+    @abc.abstractmethod
     def stats(self, now: datetime) -> Stats:
         """Counts of unfinished deliveries and of subscriptions by state (`Stats`)."""
-        ...
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections and files. Idempotent."""
-        ...
+
+    # -- capabilities with a default (module docstring) ----------------------------
+    def record_and_claim(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        now: datetime,
+        *,
+        auto_disable: AutoDisable | None = None,
+        limit: int,
+        lease_until: datetime,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
+    ) -> tuple[RecordResult, list[Claim]]:
+        """`record`, then `claim_due`: the worker's store round after a batch of attempts.
+        Backends that can do both in one transaction override this."""
+        result = self.record(records, worker_id, auto_disable=auto_disable) if records else None
+        claims = self.claim_due(
+            now,
+            limit=limit,
+            lease_until=lease_until,
+            worker_id=worker_id,
+            default_max_in_flight=default_max_in_flight,
+            allowance=allowance,
+            proven=proven,
+        )
+        return result or RecordResult(), claims
+
+    def listen_for_work(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` from another thread whenever other processes may have made
+        work due; return a function that stops the calls. By default it never calls:
+        the worker's poll interval finds other processes' work."""
+        del callback
+        return _never
+
+    async def publish_many_async(
+        self,
+        items: Sequence[tuple[Message, Sequence[str]]],
+        now: datetime,
+        *,
+        connection: Any,
+    ) -> list[PublishResult]:
+        """`publish_many` inside an async database connection's open transaction, for
+        stores with `transactional_outbox`."""
+        raise ConfigurationError(f"{self!r} cannot publish on an async database connection")
+
+
+def _never() -> None:
+    """The stop function of a store that never calls back."""

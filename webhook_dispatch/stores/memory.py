@@ -26,12 +26,13 @@ from ..models import (
     Subscription,
     new_id,
 )
-from .base import AttemptRecord, Claim, ClaimPlan, PublishResult, RecordResult, Stats
+from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
+from .base import AttemptRecord, Claim, ClaimPlan, PublishResult, RecordResult, Stats, Store
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """A `Store` that keeps everything in process memory (``store="memory://"``)."""
 
     blocking = False
@@ -53,6 +54,10 @@ class MemoryStore:
         self._publish_order = itertools.count()
         self._order: dict[str, int] = {}
         self._unfinished: dict[str, dict[str, int]] = {}
+        # Insertion order of subscriptions, messages and deliveries: what listings'
+        # cursors point into.
+        self._positions: dict[str, int] = {}
+        self._next_position = itertools.count(1)
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -64,6 +69,7 @@ class MemoryStore:
             if subscription.id in self._subscriptions:
                 raise StoreError(f"a subscription with id {subscription.id!r} already exists")
             self._subscriptions[subscription.id] = subscription
+            self._positions[subscription.id] = next(self._next_position)
             self._subscriptions_version += 1
             # An id used before may have open deliveries (retried after its removal).
             for delivery in self._deliveries.values():
@@ -85,6 +91,7 @@ class MemoryStore:
         with self._lock:
             self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
+            self._positions.pop(subscription_id, None)
             self._subscriptions_version += 1
             for delivery in list(self._deliveries.values()):
                 if delivery.subscription_id == subscription_id and not delivery.status.is_final:
@@ -102,10 +109,18 @@ class MemoryStore:
         with self._lock:
             return self._subscription(subscription_id)
 
-    def list_subscriptions(self) -> list[Subscription]:
-        """Every subscription, oldest first."""
+    def list_subscriptions(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Subscription]:
+        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
+        after = decode_cursor(cursor, "subscriptions") or 0
         with self._lock:
-            return list(self._subscriptions.values())
+            found = [
+                (position, subscription)
+                for subscription in self._subscriptions.values()
+                if (position := self._positions[subscription.id]) > after
+            ]
+        return page_of(found, len(found) if limit is None else check_limit(limit), "subscriptions")
 
     def subscriptions_version(self) -> int:
         """A counter bumped by every subscription change."""
@@ -139,6 +154,7 @@ class MemoryStore:
         for subscription_id in subscription_ids:
             self._subscription(subscription_id)
         self._messages[message.id] = message
+        self._positions[message.id] = next(self._next_position)
         if key is not None:
             self._by_idempotency_key[key] = message.id
         ids = self._deliveries_by_message.setdefault(message.id, [])
@@ -152,6 +168,7 @@ class MemoryStore:
                 updated_at=now,
             )
             self._deliveries[delivery.id] = delivery
+            self._positions[delivery.id] = next(self._next_position)
             ids.append(delivery.id)
             order = self._order[delivery.id] = next(self._publish_order)
             self._unfinished.setdefault(subscription_id, {})[delivery.id] = order
@@ -166,15 +183,27 @@ class MemoryStore:
             except KeyError:
                 raise NotFound(f"no message with id {message_id!r}") from None
 
-    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
-        """The newest messages first, optionally of one event type."""
+    def list_messages(
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Message]:
+        """The newest messages first, optionally of one event type, a page at a time."""
+        before = decode_cursor(cursor, "messages")
+        wanted = check_limit(limit) + 1
+        found: list[tuple[int, Message]] = []
         with self._lock:
-            found = [
-                message
-                for message in reversed(self._messages.values())
-                if event_type is None or message.event_type == event_type
-            ]
-            return found[:limit]
+            for message in reversed(self._messages.values()):
+                position = self._positions[message.id]
+                if before is not None and position >= before:
+                    continue
+                if event_type is None or message.event_type == event_type:
+                    found.append((position, message))
+                    if len(found) == wanted:
+                        break
+        return page_of(found, limit, "messages")
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
@@ -349,14 +378,24 @@ class MemoryStore:
     def _first_deliverable_due(self) -> list[datetime]:
         while self._due and self._is_stale(self._due[0]):
             heapq.heappop(self._due)
-        # Usually the head; a disabled subscription's held entries force an ordered scan.
+        # Usually the head; a disabled subscription's held entries, or an ordered one's
+        # deliveries queued behind its head, force an ordered scan.
         for entry in [self._due[0]] if self._due else []:
-            if self._deliverable(entry[2]):
+            if self._claimable(entry[2]):
                 return [entry[0]]
         for entry in sorted(self._due):
-            if not self._is_stale(entry) and self._deliverable(entry[2]):
+            if not self._is_stale(entry) and self._claimable(entry[2]):
                 return [entry[0]]
         return []
+
+    def _claimable(self, delivery_id: str) -> bool:
+        """On an enabled subscription and, for an ordered one, its oldest unfinished."""
+        if not self._deliverable(delivery_id):
+            return False
+        subscription_id = self._deliveries[delivery_id].subscription_id
+        return not self._subscriptions[subscription_id].ordered or (
+            self._head(subscription_id) == delivery_id
+        )
 
     def _is_stale(self, entry: tuple[datetime, int, str]) -> bool:
         delivery = self._deliveries.get(entry[2])
@@ -384,9 +423,13 @@ class MemoryStore:
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | None = None,
-        limit: int | None = None,
-    ) -> list[Delivery]:
-        """Deliveries matching every given filter, oldest first."""
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """Deliveries matching every given filter, oldest first, a page at a time."""
+        after = decode_cursor(cursor, "deliveries") or 0
+        wanted = check_limit(limit) + 1
+        found: list[tuple[int, Delivery]] = []
         with self._lock:
             if message_id is not None:
                 pool = [
@@ -394,13 +437,17 @@ class MemoryStore:
                 ]
             else:
                 pool = list(self._deliveries.values())
-            found = [
-                d
-                for d in pool
-                if (subscription_id is None or d.subscription_id == subscription_id)
-                and (status is None or d.status is status)
-            ]
-            return found if limit is None else found[:limit]
+            for delivery in pool:
+                position = self._positions[delivery.id]
+                if (
+                    position > after
+                    and (subscription_id is None or delivery.subscription_id == subscription_id)
+                    and (status is None or delivery.status is status)
+                ):
+                    found.append((position, delivery))
+                    if len(found) == wanted:
+                        break
+        return page_of(found, limit, "deliveries")
 
     def list_attempts(
         self, *, message_id: str | None = None, delivery_id: str | None = None
@@ -470,11 +517,13 @@ class MemoryStore:
                 doomed = doomed[:limit]
             for message_id in doomed:
                 message = self._messages.pop(message_id)
+                self._positions.pop(message_id, None)
                 if message.idempotency_key is not None:
                     self._by_idempotency_key.pop(message.idempotency_key, None)
                 for delivery_id in self._deliveries_by_message.pop(message_id, []):
                     del self._deliveries[delivery_id]
                     self._order.pop(delivery_id, None)
+                    self._positions.pop(delivery_id, None)
                 self._attempts.pop(message_id, None)
             return len(doomed)
 

@@ -13,7 +13,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 try:
@@ -51,6 +51,8 @@ from webhook_dispatch.models import (
     options_document,
     options_fields,
 )
+from webhook_dispatch.paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
+from webhook_dispatch.stores._sql import from_us, prefixed, to_us, where_clause
 from webhook_dispatch.stores.base import (
     AttemptRecord,
     Claim,
@@ -58,6 +60,7 @@ from webhook_dispatch.stores.base import (
     PublishResult,
     RecordResult,
     Stats,
+    Store,
 )
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStore"]
@@ -186,8 +189,6 @@ _ATTEMPT_TYPES = (
     "text[], int[], bytea[], jsonb[], text[], text[], int8[]"
 )
 _UNFINISHED = "('pending', 'delivering')"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
 
 # SQLSTATE classes meaning "try again later": connection exception, insufficient
 # resources, operator intervention (shutdown, restart), transaction rollback
@@ -195,10 +196,6 @@ _MICROSECOND = timedelta(microseconds=1)
 _UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
 _INSUFFICIENT_PRIVILEGE = "42501"
 _MISSING_OBJECT = ("3F000", "42P01")  # invalid_schema_name, undefined_table
-
-
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 
 
 # Claiming runs in one transaction: expired leases first, then due pending deliveries
@@ -257,10 +254,10 @@ WITH claimed AS (
         updated_at = %(now)s
     FROM unnest(%(seqs)s::bigint[], %(order)s::int[]) AS due (seq, position)
     WHERE d.seq = due.seq
-    RETURNING {_prefixed("d", _DELIVERY_COLUMNS)}, due.position
+    RETURNING {prefixed("d", _DELIVERY_COLUMNS)}, due.position
 )
-SELECT {_prefixed("c", _DELIVERY_COLUMNS)}, {_prefixed("m", _MESSAGE_COLUMNS)},
-    {_prefixed("s", _SUBSCRIPTION_COLUMNS)}
+SELECT {prefixed("c", _DELIVERY_COLUMNS)}, {prefixed("m", _MESSAGE_COLUMNS)},
+    {prefixed("s", _SUBSCRIPTION_COLUMNS)}
 FROM claimed AS c
 JOIN {{schema}}.messages AS m ON m.id = c.message_id
 JOIN {{schema}}.subscriptions AS s ON s.id = c.subscription_id
@@ -327,7 +324,7 @@ class _Query:
 _Steps = Generator[_Query, list[tuple[Any, ...]], list[PublishResult]]
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """A `Store` in a PostgreSQL database, shared by any number of worker processes.
 
     ``dsn`` is a libpq URL or ``key=value`` string; ``schema`` the PostgreSQL schema
@@ -584,12 +581,18 @@ class PostgresStore:
             raise NotFound(f"no subscription with id {subscription_id!r}")
         return _subscription(rows[0])
 
-    def list_subscriptions(self) -> list[Subscription]:
-        """Every subscription, oldest first."""
-        rows = self._rows(
-            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions ORDER BY seq"
+    def list_subscriptions(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Subscription]:
+        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
+        after = decode_cursor(cursor, "subscriptions") or 0
+        text = (
+            f"SELECT seq, {_SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions "
+            "WHERE seq > %s ORDER BY seq LIMIT %s"
         )
-        return [_subscription(row) for row in rows]
+        wanted = None if limit is None else check_limit(limit) + 1
+        found = [(row[0], _subscription(row[1:])) for row in self._rows(text, (after, wanted))]
+        return page_of(found, len(found) if limit is None else limit, "subscriptions")
 
     def subscriptions_version(self) -> int:
         """A counter bumped, in the same transaction, by every subscription change."""
@@ -773,20 +776,24 @@ class PostgresStore:
             raise NotFound(f"no message with id {message_id!r}")
         return _message(rows[0])
 
-    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
-        """The newest messages first, optionally of one event type."""
-        if event_type is None:
-            rows = self._rows(
-                f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages ORDER BY seq DESC LIMIT %s",
-                (limit,),
-            )
-        else:
-            rows = self._rows(
-                f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages WHERE event_type = %s "
-                "ORDER BY seq DESC LIMIT %s",
-                (event_type, limit),
-            )
-        return [_message(row) for row in rows]
+    def list_messages(
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Message]:
+        """The newest messages first, optionally of one event type, a page at a time."""
+        conditions, parameters = where_clause(
+            "%s", ("event_type", event_type), ("seq <", decode_cursor(cursor, "messages"))
+        )
+        parameters.append(check_limit(limit) + 1)
+        rows = self._rows(
+            f"SELECT seq, {_MESSAGE_COLUMNS} FROM {{schema}}.messages {conditions}"
+            "ORDER BY seq DESC LIMIT %s",
+            parameters,
+        )
+        return page_of([(row[0], _message(row[1:])) for row in rows], limit, "messages")
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
@@ -1043,17 +1050,26 @@ class PostgresStore:
                 self._notify(db)
 
     def next_due_at(self) -> datetime | None:
-        """The earliest due time of a pending delivery on an enabled subscription, or the
-        earliest lease expiry of a delivering one; None if there is neither."""
-        [(lease, due)] = self._rows(
+        """The earliest time a claim could take something: the due time of a pending
+        delivery on an enabled subscription (for an ordered one, only its oldest
+        unfinished delivery counts), or the earliest lease expiry; None if neither."""
+        [(lease, due, head)] = self._rows(
             "SELECT (SELECT min(lease_expires_at) FROM {schema}.deliveries "
             "WHERE status = 'delivering'), "
             "(SELECT d.next_attempt_at FROM {schema}.deliveries AS d "
             "JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id "
             "WHERE d.status = 'pending' AND d.next_attempt_at IS NOT NULL AND s.enabled "
-            "ORDER BY d.next_attempt_at LIMIT 1)"
+            "AND NOT coalesce((s.options->>'ordered')::boolean, false) "
+            "ORDER BY d.next_attempt_at LIMIT 1), "
+            # An ordered subscription's later deliveries wait for its head.
+            "(SELECT min(CASE WHEN h.status = 'pending' THEN h.next_attempt_at END) FROM ("
+            "SELECT DISTINCT ON (d.subscription_id) d.status, d.next_attempt_at "
+            "FROM {schema}.deliveries AS d JOIN {schema}.subscriptions AS s "
+            "ON s.id = d.subscription_id WHERE d.status IN ('pending', 'delivering') "
+            "AND s.enabled AND coalesce((s.options->>'ordered')::boolean, false) "
+            "ORDER BY d.subscription_id, d.seq) AS h)"
         )
-        found = [_utc(value) for value in (lease, due) if value is not None]
+        found = [_utc(value) for value in (lease, due, head) if value is not None]
         return min(found) if found else None
 
     def get_delivery(self, delivery_id: str) -> Delivery:
@@ -1072,25 +1088,24 @@ class PostgresStore:
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | None = None,
-        limit: int | None = None,
-    ) -> list[Delivery]:
-        """Deliveries matching every given filter, oldest first."""
-        conditions: list[str] = []
-        parameters: list[Any] = []
-        for column, value in (
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """Deliveries matching every given filter, oldest first, a page at a time."""
+        conditions, parameters = where_clause(
+            "%s",
             ("message_id", message_id),
             ("subscription_id", subscription_id),
             ("status", None if status is None else DeliveryStatus(status).value),
-        ):
-            if value is not None:
-                conditions.append(f"{column} = %s")
-                parameters.append(value)
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        text = f"SELECT {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries {where}ORDER BY seq"
-        if limit is not None:
-            text += " LIMIT %s"
-            parameters.append(limit)
-        return [_delivery(row) for row in self._rows(text, parameters)]
+            ("seq >", decode_cursor(cursor, "deliveries")),
+        )
+        parameters.append(check_limit(limit) + 1)
+        rows = self._rows(
+            f"SELECT seq, {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries {conditions}"
+            "ORDER BY seq LIMIT %s",
+            parameters,
+        )
+        return page_of([(row[0], _delivery(row[1:])) for row in rows], limit, "deliveries")
 
     def list_attempts(
         self, *, message_id: str | None = None, delivery_id: str | None = None
@@ -1405,21 +1420,13 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
-def _to_us(moment: datetime) -> int:
-    return (_utc(moment) - _EPOCH) // _MICROSECOND
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
 def _subscription_row(s: Subscription) -> tuple[Any, ...]:
     return (
         s.id,
         s.url,
         list(s.event_types),
         s.secret,
-        Jsonb([[r.secret, _to_us(r.expires_at)] for r in s.previous_secrets]),
+        Jsonb([[r.secret, to_us(r.expires_at)] for r in s.previous_secrets]),
         Jsonb([[name, value] for name, value in s.headers.items()]),
         Jsonb(dict(s.metadata)),
         s.enabled,
@@ -1440,7 +1447,7 @@ def _subscription(row: Sequence[Any]) -> Subscription:
         event_types=tuple(row[2]),
         secret=row[3],
         previous_secrets=tuple(
-            RetiredSecret(secret, _from_us(expires)) for secret, expires in row[4]
+            RetiredSecret(secret, from_us(expires)) for secret, expires in row[4]
         ),
         headers=dict(row[5]),
         metadata=row[6],

@@ -13,7 +13,7 @@ import pathlib
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -39,6 +39,8 @@ from webhook_dispatch.models import (
     options_document,
     options_fields,
 )
+from webhook_dispatch.paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
+from webhook_dispatch.stores._sql import from_us, prefixed, to_us, where_clause
 from webhook_dispatch.stores.base import (
     AttemptRecord,
     Claim,
@@ -46,6 +48,7 @@ from webhook_dispatch.stores.base import (
     PublishResult,
     RecordResult,
     Stats,
+    Store,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -175,8 +178,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 """The schema version this code writes; files with a newer one are refused."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
 _CHUNK = 500
 """Ids per ``IN (...)`` list: far below SQLite's oldest variable limit (999)."""
 
@@ -204,7 +205,7 @@ _SUBSCRIPTION_CACHE_SIZE = 4096
 """Decoded subscriptions a store keeps for claims (cleared whole when full)."""
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     """A `Store` in one SQLite file: durable, shareable by threads and processes.
 
     ``path`` is a file path (created, readable by its owner only, when missing) or
@@ -420,7 +421,7 @@ class SQLiteStore:
                 "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
                 "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL "
                 f"AND status IN {_UNFINISHED}",
-                (_to_us(now), subscription_id),
+                (to_us(now), subscription_id),
             )
             _bump_subscriptions_version(db)
 
@@ -435,13 +436,20 @@ class SQLiteStore:
             raise NotFound(f"no subscription with id {subscription_id!r}")
         return _subscription(row)
 
-    def list_subscriptions(self) -> list[Subscription]:
-        """Every subscription, oldest first."""
+    def list_subscriptions(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Subscription]:
+        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
+        after = decode_cursor(cursor, "subscriptions") or 0
+        sql = f"SELECT seq, {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE seq > ? ORDER BY seq"
+        parameters: list[Any] = [after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            parameters.append(check_limit(limit) + 1)
         with self._reading() as db:
-            rows = db.execute(
-                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY seq"
-            ).fetchall()
-        return [_subscription(row) for row in rows]
+            rows = db.execute(sql, parameters).fetchall()
+        found = [(row[0], _subscription(row[1:])) for row in rows]
+        return page_of(found, len(found) if limit is None else limit, "subscriptions")
 
     def subscriptions_version(self) -> int:
         """A counter bumped, in the same transaction, by every subscription change."""
@@ -469,7 +477,7 @@ class SQLiteStore:
         """
         if not items:
             return []
-        now_us = _to_us(now)
+        now_us = to_us(now)
         with self._writing() as db:
             keys = {m.idempotency_key for m, _ in items if m.idempotency_key is not None}
             stored_by_key: dict[str, Message] = {}
@@ -510,7 +518,7 @@ class SQLiteStore:
                         m.event_type,
                         m.payload,
                         m.content_type,
-                        _to_us(m.created_at),
+                        to_us(m.created_at),
                         m.idempotency_key,
                     )
                     for m in new_messages
@@ -534,21 +542,24 @@ class SQLiteStore:
             raise NotFound(f"no message with id {message_id!r}")
         return _message(row)
 
-    def list_messages(self, *, event_type: str | None = None, limit: int = 100) -> list[Message]:
-        """The newest messages first, optionally of one event type."""
+    def list_messages(
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Message]:
+        """The newest messages first, optionally of one event type, a page at a time."""
+        before = decode_cursor(cursor, "messages")
+        conditions, parameters = where_clause("?", ("event_type", event_type), ("seq <", before))
+        parameters.append(check_limit(limit) + 1)
         with self._reading() as db:
-            if event_type is None:
-                rows = db.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY seq DESC LIMIT ?",
-                    (limit,),
-                ).fetchall()
-            else:
-                rows = db.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE event_type = ? "
-                    "ORDER BY seq DESC LIMIT ?",
-                    (event_type, limit),
-                ).fetchall()
-        return [_message(row) for row in rows]
+            rows = db.execute(
+                f"SELECT seq, {_MESSAGE_COLUMNS} FROM messages {conditions}"
+                "ORDER BY seq DESC LIMIT ?",
+                parameters,
+            ).fetchall()
+        return page_of([(row[0], _message(row[1:])) for row in rows], limit, "messages")
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
@@ -614,7 +625,7 @@ class SQLiteStore:
     ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         """Select and lease, inside the caller's write transaction: the delivery rows, and
         the rows of their messages and subscriptions by id."""
-        now_us = _to_us(now)
+        now_us = to_us(now)
         rows = db.execute(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
             "WHERE status = 'delivering' AND lease_expires_at <= ? "
@@ -632,7 +643,7 @@ class SQLiteStore:
             db.execute(
                 "UPDATE deliveries SET status = 'delivering', lease_owner = ?, "
                 f"lease_expires_at = ?, updated_at = ? WHERE id IN ({marks})",
-                (worker_id, _to_us(lease_until), now_us, *chunk),
+                (worker_id, to_us(lease_until), now_us, *chunk),
             )
         messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
         subscriptions = _subscription_rows(db, {row[2] for row in rows})
@@ -715,7 +726,7 @@ class SQLiteStore:
             # input is not promised.
             sql = (
                 "SELECT json_group_array(json(r)) FROM (SELECT json_array("
-                f"{_prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
+                f"{prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
                 "json_extract(s.options, '$.max_in_flight'), "
                 "json_extract(s.options, '$.ordered'), s.consecutive_failures) AS r "
                 "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
@@ -803,23 +814,30 @@ class SQLiteStore:
                     "UPDATE deliveries SET status = 'pending', lease_owner = NULL, "
                     "lease_expires_at = NULL, next_attempt_at = COALESCE(?, next_attempt_at) "
                     f"WHERE id IN ({marks}) AND status = 'delivering' AND lease_owner = ?",
-                    (None if due_at is None else _to_us(due_at), *chunk, worker_id),
+                    (None if due_at is None else to_us(due_at), *chunk, worker_id),
                 )
 
     def next_due_at(self) -> datetime | None:
-        """The earliest due time of a pending delivery on an enabled subscription, or the
-        earliest lease expiry of a delivering one; None if there is neither."""
+        """The earliest time a claim could take something: the due time of a pending
+        delivery on an enabled subscription (for an ordered one, only its oldest
+        unfinished delivery counts), or the earliest lease expiry; None if neither."""
         with self._reading() as db:
-            lease, due = db.execute(
+            lease, due, head = db.execute(
                 "SELECT (SELECT MIN(lease_expires_at) FROM deliveries "
                 "WHERE status = 'delivering'), "
                 "(SELECT d.next_attempt_at FROM deliveries AS d "
                 "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
                 "WHERE d.status = 'pending' AND d.next_attempt_at IS NOT NULL AND s.enabled "
-                "ORDER BY d.next_attempt_at LIMIT 1)"
+                "AND NOT d.ordered ORDER BY d.next_attempt_at LIMIT 1), "
+                # An ordered subscription's later deliveries wait for its head.
+                "(SELECT MIN((SELECT CASE WHEN d.status = 'pending' THEN d.next_attempt_at END "
+                "FROM deliveries AS d INDEXED BY deliveries_ordered "
+                "WHERE d.subscription_id = s.id AND d.next_attempt_at IS NOT NULL AND d.ordered "
+                f"AND d.status IN {_UNFINISHED} ORDER BY d.seq LIMIT 1)) "
+                "FROM subscriptions AS s WHERE s.enabled AND json_extract(s.options, '$.ordered'))"
             ).fetchone()
-        found = [value for value in (lease, due) if value is not None]
-        return _from_us(min(found)) if found else None
+        found = [value for value in (lease, due, head) if value is not None]
+        return from_us(min(found)) if found else None
 
     def get_delivery(self, delivery_id: str) -> Delivery:
         """The delivery with this id; `NotFound` otherwise."""
@@ -837,27 +855,24 @@ class SQLiteStore:
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | None = None,
-        limit: int | None = None,
-    ) -> list[Delivery]:
-        """Deliveries matching every given filter, oldest first."""
-        conditions: list[str] = []
-        parameters: list[Any] = []
-        for column, value in (
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """Deliveries matching every given filter, oldest first, a page at a time."""
+        conditions, parameters = where_clause(
+            "?",
             ("message_id", message_id),
             ("subscription_id", subscription_id),
             ("status", None if status is None else DeliveryStatus(status).value),
-        ):
-            if value is not None:
-                conditions.append(f"{column} = ?")
-                parameters.append(value)
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {where}ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            parameters.append(limit)
+            ("seq >", decode_cursor(cursor, "deliveries")),
+        )
+        parameters.append(check_limit(limit) + 1)
         with self._reading() as db:
-            rows = db.execute(sql, parameters).fetchall()
-        return [_delivery(row) for row in rows]
+            rows = db.execute(
+                f"SELECT seq, {_DELIVERY_COLUMNS} FROM deliveries {conditions}ORDER BY seq LIMIT ?",
+                parameters,
+            ).fetchall()
+        return page_of([(row[0], _delivery(row[1:])) for row in rows], limit, "deliveries")
 
     def list_attempts(
         self, *, message_id: str | None = None, delivery_id: str | None = None
@@ -902,7 +917,7 @@ class SQLiteStore:
                     "SELECT d.id FROM deliveries AS d JOIN messages AS m ON m.id = d.message_id "
                     "WHERE d.subscription_id = ? AND d.status IN ('failed', 'exhausted') "
                     "AND m.created_at >= ? AND m.created_at < ? ORDER BY d.seq",
-                    (subscription_id, _to_us(since), _to_us(until)),
+                    (subscription_id, to_us(since), to_us(until)),
                 )
             ]
             return _schedule_manual(db, ids, now)
@@ -916,7 +931,7 @@ class SQLiteStore:
                 "WHERE created_at < ? AND NOT EXISTS ("
                 "SELECT 1 FROM deliveries WHERE deliveries.message_id = messages.id "
                 f"AND deliveries.status IN {_UNFINISHED}) ORDER BY created_at LIMIT ?)",
-                (_to_us(older_than), -1 if limit is None else limit),
+                (to_us(older_than), -1 if limit is None else limit),
             ).rowcount
 
     def stats(self, now: datetime) -> Stats:
@@ -935,7 +950,7 @@ class SQLiteStore:
         return Stats(
             pending=pending,
             delivering=delivering,
-            oldest_pending_at=None if oldest is None else _from_us(oldest),
+            oldest_pending_at=None if oldest is None else from_us(oldest),
             subscriptions=total,
             disabled_subscriptions=disabled,
             failing_subscriptions=failing,
@@ -1100,10 +1115,6 @@ def _chunks(values: Sequence[Any]) -> Iterator[tuple[Sequence[Any], str]]:
         yield chunk, ", ".join("?" * len(chunk))
 
 
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
 def _fetch_by_id(
     db: sqlite3.Connection, table: str, columns: str, ids: Iterable[str]
 ) -> dict[str, Any]:
@@ -1181,11 +1192,11 @@ def _record(
                 d.attempt_count,
                 # NULL once final, set while unfinished: the ordered-deliveries index
                 # relies on it (a pending record without a time is due at once).
-                None if d.status.is_final else _to_us(d.next_attempt_at or d.updated_at),
+                None if d.status.is_final else to_us(d.next_attempt_at or d.updated_at),
                 d.next_trigger.value,
                 d.last_status_code,
                 d.last_error,
-                _to_us(d.updated_at),
+                to_us(d.updated_at),
             )
             for d in (record.delivery for record in records)
         ],
@@ -1198,7 +1209,7 @@ def _record(
             chunk,
         ).fetchone()
         for key, enabled, since, count in json.loads(found):
-            health[key] = (bool(enabled), None if since is None else _from_us(since), count)
+            health[key] = (bool(enabled), None if since is None else from_us(since), count)
     disabled: dict[str, str] = {}
     for record in asking:
         if record.attempt.delivery_id not in held:
@@ -1212,7 +1223,7 @@ def _record(
         "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
         [
             (
-                None if u.failing_since is None else _to_us(u.failing_since),
+                None if u.failing_since is None else to_us(u.failing_since),
                 u.consecutive_failures,
                 u.subscription_id,
             )
@@ -1227,7 +1238,7 @@ def _record(
             "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
             "WHERE id = ? AND enabled",
             [
-                (reason, _to_us(last_at[subscription_id]), subscription_id)
+                (reason, to_us(last_at[subscription_id]), subscription_id)
                 for subscription_id, reason in disabled.items()
             ],
         )
@@ -1349,7 +1360,7 @@ def _schedule_manual(db: sqlite3.Connection, ids: list[str], now: datetime) -> l
                 updated_at=now,
             )
         )
-    now_us = _to_us(now)
+    now_us = to_us(now)
     db.executemany(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
         "next_trigger = 'manual', updated_at = ?, ordered = COALESCE(("
@@ -1359,17 +1370,6 @@ def _schedule_manual(db: sqlite3.Connection, ids: list[str], now: datetime) -> l
         [(now_us, now_us, delivery.id) for delivery in updated],
     )
     return updated
-
-
-def _to_us(moment: datetime) -> int:
-    """Integer microseconds since the epoch; naive datetimes are taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
 def _dumps(value: Any) -> str:
@@ -1382,16 +1382,16 @@ def _subscription_row(s: Subscription) -> tuple[Any, ...]:
         s.url,
         _dumps(list(s.event_types)),
         s.secret,
-        _dumps([[r.secret, _to_us(r.expires_at)] for r in s.previous_secrets]),
+        _dumps([[r.secret, to_us(r.expires_at)] for r in s.previous_secrets]),
         _dumps(dict(s.headers)),
         _dumps(dict(s.metadata)),
         int(s.enabled),
         s.disabled_reason,
         s.timeout,
-        _to_us(s.created_at),
-        _to_us(s.updated_at),
+        to_us(s.created_at),
+        to_us(s.updated_at),
         _dumps(options_document(s)),
-        None if s.failing_since is None else _to_us(s.failing_since),
+        None if s.failing_since is None else to_us(s.failing_since),
         s.consecutive_failures,
     )
 
@@ -1403,16 +1403,16 @@ def _subscription(row: Any) -> Subscription:
         event_types=tuple(json.loads(row[2])),
         secret=row[3],
         previous_secrets=tuple(
-            RetiredSecret(secret, _from_us(expires)) for secret, expires in json.loads(row[4])
+            RetiredSecret(secret, from_us(expires)) for secret, expires in json.loads(row[4])
         ),
         headers=json.loads(row[5]),
         metadata=json.loads(row[6]),
         enabled=bool(row[7]),
         disabled_reason=row[8],
         timeout=row[9],
-        created_at=_from_us(row[10]),
-        updated_at=_from_us(row[11]),
-        failing_since=None if row[13] is None else _from_us(row[13]),
+        created_at=from_us(row[10]),
+        updated_at=from_us(row[11]),
+        failing_since=None if row[13] is None else from_us(row[13]),
         consecutive_failures=row[14],
         **options_fields(json.loads(row[12])),
     )
@@ -1424,7 +1424,7 @@ def _message(row: Any) -> Message:
         event_type=row[1],
         payload=bytes(row[2]),
         content_type=row[3],
-        created_at=_from_us(row[4]),
+        created_at=from_us(row[4]),
         idempotency_key=row[5],
     )
 
@@ -1439,10 +1439,10 @@ def _delivery(
         subscription_id=row[2],
         status=DeliveryStatus(row[3]) if status is None else status,
         attempt_count=row[4],
-        next_attempt_at=None if row[5] is None else _from_us(row[5]),
+        next_attempt_at=None if row[5] is None else from_us(row[5]),
         next_trigger=AttemptTrigger(row[6]),
-        created_at=_from_us(row[7]),
-        updated_at=_from_us(row[8]) if updated_at is None else updated_at,
+        created_at=from_us(row[7]),
+        updated_at=from_us(row[8]) if updated_at is None else updated_at,
         last_status_code=row[9],
         last_error=row[10],
     )
@@ -1456,7 +1456,7 @@ def _attempt_row(a: Attempt) -> tuple[Any, ...]:
         a.subscription_id,
         a.number,
         a.trigger.value,
-        _to_us(a.started_at),
+        to_us(a.started_at),
         a.duration,
         a.url,
         a.status_code,
@@ -1476,7 +1476,7 @@ def _attempt(row: Any) -> Attempt:
         subscription_id=row[3],
         number=row[4],
         trigger=AttemptTrigger(row[5]),
-        started_at=_from_us(row[6]),
+        started_at=from_us(row[6]),
         duration=row[7],
         url=row[8],
         status_code=row[9],

@@ -15,7 +15,7 @@ import attrs
 from .errors import ConfigurationError
 from .models import Attempt
 
-__all__ = ["AutoDisable", "HealthUpdate", "fold_attempts", "fold_health"]
+__all__ = ["AutoDisable", "HealthChanges", "HealthUpdate", "fold_attempts", "settle_health"]
 
 
 def _check_window(instance: object, attribute: attrs.Attribute[timedelta], value: object) -> None:
@@ -121,24 +121,54 @@ def fold_attempts(
     return updates
 
 
-def fold_health(
+@attrs.frozen
+class HealthChanges:
+    """What a batch of recorded attempts changes in its subscriptions: new failure
+    runs, and the subscriptions to disable, each with its reason and the time of its
+    last attempt in the batch (its ``updated_at``)."""
+
+    updates: list[HealthUpdate]
+    disabled: list[tuple[str, str, datetime]]
+
+    @property
+    def recovered(self) -> tuple[str, ...]:
+        """Subscriptions whose run ended with a success after failures."""
+        return tuple(u.subscription_id for u in self.updates if u.recovered)
+
+
+def settle_health(
     attempts: Iterable[Attempt],
     health: Mapping[str, tuple[bool, datetime | None, int]],
     auto_disable: AutoDisable | None,
-    disabled: dict[str, str],
-) -> list[HealthUpdate]:
-    """`fold_attempts` over the stores' ``health`` rows ``(enabled, failing_since,
-    consecutive_failures)``; an enabled subscription whose new run ``auto_disable``
-    refuses is added to ``disabled`` with the reason (an earlier reason stays)."""
+    gone: Iterable[tuple[str, str]] = (),
+) -> HealthChanges:
+    """The subscription changes of a batch of attempts, decided once for every store.
+
+    ``health`` holds each subscription's stored ``(enabled, failing_since,
+    consecutive_failures)`` (removed ones are missing); ``gone`` the ``(subscription_id,
+    reason)`` of attempts that ask to disable theirs (a 410), only those whose delivery
+    this worker still held. An enabled subscription is disabled by ``gone`` first, else
+    when its new failure run passes ``auto_disable``.
+    """
+    attempts = list(attempts)
     updates = fold_attempts(
         attempts, {key: (since, count) for key, (_, since, count) in health.items()}
     )
+    reasons: dict[str, str] = {}
+    for subscription_id, reason in gone:
+        if health.get(subscription_id, (False, None, 0))[0]:
+            reasons.setdefault(subscription_id, reason)
     for update in updates:
         if auto_disable is None or not health[update.subscription_id][0]:
             continue
-        reason = auto_disable.reason(
+        refused = auto_disable.reason(
             update.failing_since, update.consecutive_failures, update.last_attempt_at
         )
-        if reason is not None:
-            disabled.setdefault(update.subscription_id, reason)
-    return updates
+        if refused is not None:
+            reasons.setdefault(update.subscription_id, refused)
+    last_at = {u.subscription_id: u.last_attempt_at for u in updates}
+    for attempt in attempts:
+        at = last_at.get(attempt.subscription_id)
+        if at is None or attempt.started_at > at:
+            last_at[attempt.subscription_id] = attempt.started_at
+    return HealthChanges(updates, [(key, reason, last_at[key]) for key, reason in reasons.items()])

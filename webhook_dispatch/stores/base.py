@@ -336,10 +336,11 @@ class Store(abc.ABC):
     ) -> RecordResult:
         """Write finished attempts and their deliveries' next states in one transaction.
 
-        Also folds every attempt into its subscription's failure run
-        (``failing_since``, ``consecutive_failures``; a success resets them, see
-        `webhook_dispatch.health.fold_attempts`) and disables a subscription whose run
-        passes ``auto_disable``, or whose record asks for it (410).
+        A delivery's next state is written only while ``worker_id`` still holds its
+        lease. The subscription changes (failure runs, a 410's disabling for a held
+        delivery, ``auto_disable``) are decided by
+        `webhook_dispatch.health.settle_health`, once for every store; the store only
+        reads the rows it needs and writes what that returns.
         """
 
     @abc.abstractmethod

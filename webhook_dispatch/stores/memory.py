@@ -16,7 +16,7 @@ from datetime import datetime
 import attrs
 
 from ..errors import NotFound, StoreError
-from ..health import AutoDisable, fold_attempts
+from ..health import AutoDisable, settle_health
 from ..models import (
     Attempt,
     AttemptTrigger,
@@ -293,9 +293,8 @@ class MemoryStore(Store):
         auto_disable: AutoDisable | None = None,
     ) -> RecordResult:
         """Write finished attempts, the deliveries' next states and subscription health."""
-        disabled: list[tuple[str, str]] = []
-        recovered: list[str] = []
         with self._lock:
+            gone: list[tuple[str, str]] = []
             for record in records:
                 attempt = record.attempt
                 self._attempts.setdefault(attempt.message_id, []).append(attempt)
@@ -310,45 +309,30 @@ class MemoryStore(Store):
                     )
                 self._push_due(record.delivery)
                 if record.disable_subscription is not None:
-                    subscription = self._subscriptions.get(attempt.subscription_id)
-                    if subscription is not None and subscription.enabled:
-                        self._subscriptions[subscription.id] = attrs.evolve(
-                            subscription,
-                            enabled=False,
-                            disabled_reason=record.disable_subscription,
-                            updated_at=attempt.started_at,
-                        )
-                        self._subscriptions_version += 1
-                        disabled.append((subscription.id, record.disable_subscription))
-            current = {
-                s.id: (s.failing_since, s.consecutive_failures)
+                    gone.append((attempt.subscription_id, record.disable_subscription))
+            health = {
+                s.id: (s.enabled, s.failing_since, s.consecutive_failures)
                 for s in (self._subscriptions.get(r.attempt.subscription_id) for r in records)
                 if s is not None
             }
-            for update in fold_attempts((r.attempt for r in records), current):
-                subscription = attrs.evolve(
+            changes = settle_health((r.attempt for r in records), health, auto_disable, gone)
+            for update in changes.updates:
+                self._subscriptions[update.subscription_id] = attrs.evolve(
                     self._subscriptions[update.subscription_id],
                     failing_since=update.failing_since,
                     consecutive_failures=update.consecutive_failures,
                 )
-                if update.recovered:
-                    recovered.append(subscription.id)
-                reason = None
-                if auto_disable is not None and subscription.enabled:
-                    reason = auto_disable.reason(
-                        update.failing_since, update.consecutive_failures, update.last_attempt_at
-                    )
-                if reason is not None:
-                    subscription = attrs.evolve(
-                        subscription,
-                        enabled=False,
-                        disabled_reason=reason,
-                        updated_at=update.last_attempt_at,
-                    )
-                    self._subscriptions_version += 1
-                    disabled.append((subscription.id, reason))
-                self._subscriptions[subscription.id] = subscription
-        return RecordResult(tuple(disabled), tuple(recovered))
+            for subscription_id, reason, at in changes.disabled:
+                self._subscriptions[subscription_id] = attrs.evolve(
+                    self._subscriptions[subscription_id],
+                    enabled=False,
+                    disabled_reason=reason,
+                    updated_at=at,
+                )
+                self._subscriptions_version += 1
+        return RecordResult(
+            tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
+        )
 
     def release(
         self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None

@@ -37,7 +37,7 @@ from webhook_dispatch.errors import (
     StoreError,
     StoreUnavailable,
 )
-from webhook_dispatch.health import AutoDisable, fold_health
+from webhook_dispatch.health import AutoDisable, settle_health
 from webhook_dispatch.models import (
     Attempt,
     AttemptTrigger,
@@ -983,14 +983,10 @@ class PostgresStore(Store):
                     (sorted({r.attempt.subscription_id for r in records}),),
                 )
             }
-            disabled: dict[str, str] = {}
-            for subscription_id, reason in gone:
-                if subscription_id in health and health[subscription_id][0]:
-                    disabled.setdefault(subscription_id, reason)
-            updates = fold_health(
-                (record.attempt for record in records), health, auto_disable, disabled
+            changes = settle_health(
+                (record.attempt for record in records), health, auto_disable, gone
             )
-            if updates:
+            if changes.updates:
                 db.execute(
                     self._sql(
                         "UPDATE {schema}.subscriptions AS s SET failing_since = u.since, "
@@ -999,18 +995,15 @@ class PostgresStore(Store):
                         "AS u (id, since, failures) WHERE s.id = u.id"
                     ),
                     (
-                        [u.subscription_id for u in updates],
+                        [u.subscription_id for u in changes.updates],
                         [
                             None if u.failing_since is None else _utc(u.failing_since)
-                            for u in updates
+                            for u in changes.updates
                         ],
-                        [u.consecutive_failures for u in updates],
+                        [u.consecutive_failures for u in changes.updates],
                     ),
                 )
-            if disabled:
-                last_at = {u.subscription_id: u.last_attempt_at for u in updates}
-                for record in records:
-                    last_at.setdefault(record.attempt.subscription_id, record.attempt.started_at)
+            if changes.disabled:
                 db.execute(
                     self._sql(
                         "UPDATE {schema}.subscriptions AS s SET enabled = false, "
@@ -1018,15 +1011,11 @@ class PostgresStore(Store):
                         "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) "
                         "AS u (id, reason, at) WHERE s.id = u.id AND s.enabled"
                     ),
-                    (
-                        list(disabled),
-                        list(disabled.values()),
-                        [_utc(last_at[key]) for key in disabled],
-                    ),
+                    tuple(list(column) for column in zip(*changes.disabled, strict=True)),
                 )
                 self._bump_subscriptions_version(db)
         return RecordResult(
-            tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
+            tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
         )
 
     def release(

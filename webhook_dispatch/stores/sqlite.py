@@ -25,7 +25,7 @@ from webhook_dispatch.errors import (
     StoreError,
     StoreUnavailable,
 )
-from webhook_dispatch.health import AutoDisable, fold_health
+from webhook_dispatch.health import AutoDisable, settle_health
 from webhook_dispatch.models import (
     Attempt,
     AttemptTrigger,
@@ -1210,15 +1210,16 @@ def _record(
         ).fetchone()
         for key, enabled, since, count in json.loads(found):
             health[key] = (bool(enabled), None if since is None else from_us(since), count)
-    disabled: dict[str, str] = {}
-    for record in asking:
-        if record.attempt.delivery_id not in held:
-            continue
-        subscription_id = record.attempt.subscription_id
-        reason = record.disable_subscription
-        if reason is not None and health.get(subscription_id, (False,))[0]:
-            disabled.setdefault(subscription_id, reason)
-    updates = fold_health((record.attempt for record in records), health, auto_disable, disabled)
+    changes = settle_health(
+        (record.attempt for record in records),
+        health,
+        auto_disable,
+        gone=(
+            (record.attempt.subscription_id, record.disable_subscription)
+            for record in asking
+            if record.attempt.delivery_id in held and record.disable_subscription is not None
+        ),
+    )
     db.executemany(
         "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
         [
@@ -1227,24 +1228,18 @@ def _record(
                 u.consecutive_failures,
                 u.subscription_id,
             )
-            for u in updates
+            for u in changes.updates
         ],
     )
-    last_at = {u.subscription_id: u.last_attempt_at for u in updates}
-    for record in records:
-        last_at.setdefault(record.attempt.subscription_id, record.attempt.started_at)
-    if disabled:
+    if changes.disabled:
         db.executemany(
             "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
             "WHERE id = ? AND enabled",
-            [
-                (reason, to_us(last_at[subscription_id]), subscription_id)
-                for subscription_id, reason in disabled.items()
-            ],
+            [(reason, to_us(at), key) for key, reason, at in changes.disabled],
         )
         _bump_subscriptions_version(db)
     return RecordResult(
-        tuple(disabled.items()), tuple(u.subscription_id for u in updates if u.recovered)
+        tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
     )
 
 

@@ -572,28 +572,6 @@ def test_two_processes_never_claim_the_same_delivery(db_path: Path) -> None:
     store.close()
 
 
-def test_record_and_claim_records_first_in_one_transaction(db_path: Path) -> None:
-    store = SQLiteStore(db_path)
-    try:
-        subscription = make_subscription()
-        store.add_subscription(subscription)
-        store.publish(make_message(), [subscription.id], T0)
-        [held] = claim(store)
-        later = T0 + timedelta(seconds=1)
-        record = retry_record(held, started=later, retry_at=later)
-        result, claims = store.record_and_claim(
-            [record], "w1", later, limit=10, lease_until=later + timedelta(minutes=5)
-        )
-        assert result.disabled == () and result.recovered == ()
-        # The retry, due at once, was written before the claim, which takes it again.
-        assert [c.delivery.id for c in claims] == [held.delivery.id]
-        assert claims[0].delivery.attempt_count == 1
-        assert claims[0].subscription.consecutive_failures == 1
-        assert store.list_attempts(delivery_id=held.delivery.id) == [record.attempt]
-    finally:
-        store.close()
-
-
 def test_claims_see_subscription_changes_at_once(db_path: Path) -> None:
     store = SQLiteStore(db_path)
     try:

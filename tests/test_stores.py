@@ -26,7 +26,7 @@ from webhook_dispatch.models import (
     Subscription,
     new_id,
 )
-from webhook_dispatch.stores import AttemptRecord, Claim, Store, open_store
+from webhook_dispatch.stores import AttemptRecord, Claim, RecordResult, Store, open_store
 from webhook_dispatch.stores.base import FAILING_MAX_IN_FLIGHT
 
 STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -983,3 +983,27 @@ def test_listing_cursor_and_limit_are_checked(store: Store) -> None:
     for limit in (0, -1, 10_001, True, 2.5):
         with pytest.raises(ConfigurationError, match="limit"):
             store.list_deliveries(limit=limit)  # type: ignore[arg-type]
+
+
+def test_record_and_claim_records_first(store: Store) -> None:
+    """The worker's round: the records are written before the claim, in one call (one
+    transaction on SQLite and PostgreSQL)."""
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published(store, subscription)
+    [held] = claim(store)
+    later = T0 + timedelta(seconds=1)
+    record = retry_record(held, started=later, retry_at=later)
+    result, claims = store.record_and_claim(
+        [record], "w1", later, limit=10, lease_until=later + timedelta(minutes=5)
+    )
+    assert result.disabled == () and result.recovered == ()
+    # The retry, due at once, was written before the claim, which takes it again.
+    assert [c.delivery.id for c in claims] == [held.delivery.id]
+    assert claims[0].delivery.attempt_count == 1
+    assert claims[0].subscription.consecutive_failures == 1
+    assert store.list_attempts(delivery_id=held.delivery.id) == [record.attempt]
+    nothing, none = store.record_and_claim(
+        [], "w1", later, limit=0, lease_until=later + timedelta(minutes=5)
+    )
+    assert (nothing, none) == (RecordResult(), [])

@@ -818,37 +818,71 @@ class PostgresStore(Store):
         """
         if limit <= 0:
             return []
-        moment = _utc(now)
         with self._transaction() as db:
-            expired = db.execute(
-                self._sql(_CLAIM_EXPIRED), {"now": moment, "limit": limit}
-            ).fetchall()
-            chosen = [row[0] for row in expired]
-            if len(chosen) < limit:
-                chosen += self._plan_claim(
-                    db, moment, limit, expired, default_max_in_flight, allowance, proven
-                )
-            if not chosen:
-                return []
-            rows = db.execute(
-                self._sql(_CLAIM_LEASE),
-                {
-                    "now": moment,
-                    "until": _utc(lease_until),
-                    "worker": worker_id,
-                    "seqs": chosen,
-                    "order": list(range(len(chosen))),
-                },
-            ).fetchall()
-        width_d, width_m = 11, 6
-        return [
-            Claim(
-                _delivery(row[:width_d]),
-                _message(row[width_d : width_d + width_m]),
-                _subscription(row[width_d + width_m :]),
+            rows = self._claim_rows(
+                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance, proven
             )
-            for row in rows
-        ]
+        return _claims(rows)
+
+    def record_and_claim(
+        self,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        now: datetime,
+        *,
+        auto_disable: AutoDisable | None = None,
+        limit: int,
+        lease_until: datetime,
+        default_max_in_flight: int | None = None,
+        allowance: Mapping[str, int] | None = None,
+        proven: Collection[str] | None = None,
+    ) -> tuple[RecordResult, list[Claim]]:
+        """`record`, then `claim_due`, in one transaction (one commit per worker round).
+
+        Recording locks its subscriptions' rows until the commit; the claim that follows
+        never waits on a row lock (``SKIP LOCKED``), so a fused round cannot deadlock
+        with another worker's."""
+        with self._transaction() as db:
+            result = self._record(db, records, worker_id, auto_disable)
+            if limit <= 0:
+                return result, []
+            rows = self._claim_rows(
+                db, now, limit, lease_until, worker_id, default_max_in_flight, allowance, proven
+            )
+        return result, _claims(rows)
+
+    def _claim_rows(
+        self,
+        db: psycopg.Connection[tuple[Any, ...]],
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        worker_id: str,
+        default_max_in_flight: int | None,
+        allowance: Mapping[str, int] | None,
+        proven: Collection[str] | None,
+    ) -> list[tuple[Any, ...]]:
+        """Select and lease inside the caller's transaction: the leased delivery rows,
+        each joined to its message and subscription."""
+        moment = _utc(now)
+        expired = db.execute(self._sql(_CLAIM_EXPIRED), {"now": moment, "limit": limit}).fetchall()
+        chosen = [row[0] for row in expired]
+        if len(chosen) < limit:
+            chosen += self._plan_claim(
+                db, moment, limit, expired, default_max_in_flight, allowance, proven
+            )
+        if not chosen:
+            return []
+        return db.execute(
+            self._sql(_CLAIM_LEASE),
+            {
+                "now": moment,
+                "until": _utc(lease_until),
+                "worker": worker_id,
+                "seqs": chosen,
+                "order": list(range(len(chosen))),
+            },
+        ).fetchall()
 
     def _plan_claim(
         self,
@@ -954,6 +988,19 @@ class PostgresStore(Store):
         one transaction."""
         if not records:
             return RecordResult()
+        with self._transaction() as db:
+            return self._record(db, records, worker_id, auto_disable)
+
+    def _record(
+        self,
+        db: psycopg.Connection[tuple[Any, ...]],
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        auto_disable: AutoDisable | None,
+    ) -> RecordResult:
+        """`record` inside the caller's transaction."""
+        if not records:
+            return RecordResult()
         attempts = [_attempt_row(record.attempt) for record in records]
         states = [record.delivery for record in records]
         params: list[Any] = [[row[i] for row in attempts] for i in range(15)]
@@ -969,51 +1016,48 @@ class PostgresStore(Store):
             [r.disable_subscription for r in records],
             worker_id,
         ]
-        with self._transaction() as db:
-            gone = db.execute(self._sql(_RECORD), params).fetchall()
-            # Sorted and locked: concurrent recorders of one subscription take turns.
-            health = {
-                row[0]: (row[1], None if row[2] is None else _utc(row[2]), row[3])
-                for row in db.execute(
-                    self._sql(
-                        "SELECT id, enabled, failing_since, consecutive_failures "
-                        "FROM {schema}.subscriptions WHERE id = ANY(%s) ORDER BY id "
-                        "FOR NO KEY UPDATE"
-                    ),
-                    (sorted({r.attempt.subscription_id for r in records}),),
-                )
-            }
-            changes = settle_health(
-                (record.attempt for record in records), health, auto_disable, gone
+        gone = db.execute(self._sql(_RECORD), params).fetchall()
+        # Sorted and locked: concurrent recorders of one subscription take turns.
+        health = {
+            row[0]: (row[1], None if row[2] is None else _utc(row[2]), row[3])
+            for row in db.execute(
+                self._sql(
+                    "SELECT id, enabled, failing_since, consecutive_failures "
+                    "FROM {schema}.subscriptions WHERE id = ANY(%s) ORDER BY id "
+                    "FOR NO KEY UPDATE"
+                ),
+                (sorted({r.attempt.subscription_id for r in records}),),
             )
-            if changes.updates:
-                db.execute(
-                    self._sql(
-                        "UPDATE {schema}.subscriptions AS s SET failing_since = u.since, "
-                        "consecutive_failures = u.failures "
-                        "FROM unnest(%s::text[], %s::timestamptz[], %s::int[]) "
-                        "AS u (id, since, failures) WHERE s.id = u.id"
-                    ),
-                    (
-                        [u.subscription_id for u in changes.updates],
-                        [
-                            None if u.failing_since is None else _utc(u.failing_since)
-                            for u in changes.updates
-                        ],
-                        [u.consecutive_failures for u in changes.updates],
-                    ),
-                )
-            if changes.disabled:
-                db.execute(
-                    self._sql(
-                        "UPDATE {schema}.subscriptions AS s SET enabled = false, "
-                        "disabled_reason = u.reason, updated_at = u.at "
-                        "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) "
-                        "AS u (id, reason, at) WHERE s.id = u.id AND s.enabled"
-                    ),
-                    tuple(list(column) for column in zip(*changes.disabled, strict=True)),
-                )
-                self._bump_subscriptions_version(db)
+        }
+        changes = settle_health((record.attempt for record in records), health, auto_disable, gone)
+        if changes.updates:
+            db.execute(
+                self._sql(
+                    "UPDATE {schema}.subscriptions AS s SET failing_since = u.since, "
+                    "consecutive_failures = u.failures "
+                    "FROM unnest(%s::text[], %s::timestamptz[], %s::int[]) "
+                    "AS u (id, since, failures) WHERE s.id = u.id"
+                ),
+                (
+                    [u.subscription_id for u in changes.updates],
+                    [
+                        None if u.failing_since is None else _utc(u.failing_since)
+                        for u in changes.updates
+                    ],
+                    [u.consecutive_failures for u in changes.updates],
+                ),
+            )
+        if changes.disabled:
+            db.execute(
+                self._sql(
+                    "UPDATE {schema}.subscriptions AS s SET enabled = false, "
+                    "disabled_reason = u.reason, updated_at = u.at "
+                    "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) "
+                    "AS u (id, reason, at) WHERE s.id = u.id AND s.enabled"
+                ),
+                tuple(list(column) for column in zip(*changes.disabled, strict=True)),
+            )
+            self._bump_subscriptions_version(db)
         return RecordResult(
             tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
         )
@@ -1340,6 +1384,19 @@ def _password_in(dsn: str) -> str | None:
 def _configure(connection: psycopg.Connection[Any]) -> None:
     """Run on each new pooled connection: times come back in UTC."""
     connection.execute("SET TIME ZONE 'UTC'")
+
+
+def _claims(rows: list[tuple[Any, ...]]) -> list[Claim]:
+    """Claims from leased rows joined to their messages and subscriptions."""
+    width_d, width_m = 11, 6
+    return [
+        Claim(
+            _delivery(row[:width_d]),
+            _message(row[width_d : width_d + width_m]),
+            _subscription(row[width_d + width_m :]),
+        )
+        for row in rows
+    ]
 
 
 def _check_outbox_connection(connection: Any, where: str, *, asynchronous: bool) -> None:

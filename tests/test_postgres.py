@@ -28,6 +28,7 @@ import webhook_dispatch as wd
 from webhook_dispatch._receiver import LoopbackReceiver
 from webhook_dispatch.models import new_id
 from webhook_dispatch.stores import open_store
+from webhook_dispatch.testing import MockReceiver
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -146,6 +147,61 @@ def test_schema_tables_indexes_and_repr(postgres_dsn: str, postgres_schema: str)
         f"SELECT value FROM {postgres_schema}.webhook_dispatch_meta WHERE key = 'schema_version'",
     )
     assert version == SCHEMA_VERSION
+
+
+@pytest.mark.postgres
+def test_version_2_schema_is_migrated_and_ordered_claims_still_work(
+    postgres_dsn: str, postgres_url: str, postgres_schema: str
+) -> None:
+    """Version 3 gives PostgreSQL SQLite's ``ordered`` column and index: a version-2
+    schema with an ordered subscription's open deliveries is migrated in place, and
+    only the head of that subscription is claimed."""
+    with wd.Dispatcher(postgres_url, transport=MockReceiver([200])) as dispatcher:
+        ordered = dispatcher.subscribe("https://example.com/ordered", ordered=True)
+        first = dispatcher.publish("order.created", {"n": 1})
+        second = dispatcher.publish("order.created", {"n": 2})
+    schema = postgres_schema
+    _sql(postgres_dsn, f"DROP INDEX {schema}.deliveries_ordered")
+    _sql(postgres_dsn, f"ALTER TABLE {schema}.deliveries DROP COLUMN ordered")
+    _sql(
+        postgres_dsn,
+        f"CREATE INDEX deliveries_unfinished ON {schema}.deliveries (subscription_id, seq) "
+        "WHERE status IN ('pending', 'delivering')",
+    )
+    _sql(
+        postgres_dsn,
+        f"CREATE INDEX attempts_message ON {schema}.attempts (message_id, started_at, number)",
+    )
+    _sql(
+        postgres_dsn,
+        f"UPDATE {schema}.webhook_dispatch_meta SET value = 2 WHERE key = 'schema_version'",
+    )
+    store = open_store(postgres_url)
+    try:
+        claims = store.claim_due(
+            datetime.now(timezone.utc) + timedelta(seconds=1),
+            limit=10,
+            lease_until=datetime.now(timezone.utc) + timedelta(minutes=1),
+            worker_id="w1",
+        )
+        assert [c.delivery.message_id for c in claims] == [first.id]
+        assert claims[0].subscription.id == ordered.id
+        assert second.id not in {c.delivery.message_id for c in claims}
+    finally:
+        store.close()
+    [(version,)] = _sql(
+        postgres_dsn,
+        f"SELECT value FROM {schema}.webhook_dispatch_meta WHERE key = 'schema_version'",
+    )
+    indexes = {
+        row[0]
+        for row in _sql(
+            postgres_dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+        )
+    }
+    assert version == SCHEMA_VERSION == 4
+    assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
+    assert "attempts_message" not in indexes
 
 
 def test_default_schema_name() -> None:

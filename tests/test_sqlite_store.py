@@ -3,6 +3,7 @@ several threads and processes sharing one file."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
@@ -159,6 +160,37 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
     store.close()
 
 
+def test_version_3_headers_become_name_value_pairs(db_path: Path) -> None:
+    """Version 4 keeps headers as ``[[name, value], ...]``, PostgreSQL's form: a
+    version-3 file's JSON-object headers are rewritten in order, and read back alike."""
+    store = SQLiteStore(db_path)
+    subscription = make_subscription(headers={"X-Zeta": "1", "X-Alpha": "2"})
+    store.add_subscription(subscription)
+    store.close()
+    connection = sqlite3.connect(db_path)
+    with connection:
+        connection.execute(
+            "UPDATE subscriptions SET headers = ? WHERE id = ?",
+            ('{"X-Zeta":"1","X-Alpha":"2"}', subscription.id),
+        )
+        connection.execute(
+            "UPDATE webhook_dispatch_meta SET value = 3 WHERE key = 'schema_version'"
+        )
+    connection.close()
+    reopened = SQLiteStore(db_path)
+    try:
+        assert list(reopened.get_subscription(subscription.id).headers.items()) == [
+            ("X-Zeta", "1"),
+            ("X-Alpha", "2"),
+        ]
+    finally:
+        reopened.close()
+    connection = sqlite3.connect(db_path)
+    (stored,) = connection.execute("SELECT headers FROM subscriptions").fetchone()
+    connection.close()
+    assert json.loads(stored) == [["X-Zeta", "1"], ["X-Alpha", "2"]]
+
+
 def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path) -> None:
     """Version 3 indexes only ordered subscriptions' open deliveries, on columns a lease
     does not rewrite; a version-2 file, with a finished row that still carries a due
@@ -211,7 +243,7 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
         "SELECT next_attempt_at FROM deliveries WHERE status = 'succeeded'"
     ).fetchall()
     connection.close()
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
     assert finished == [(None,)]

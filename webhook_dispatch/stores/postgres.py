@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import threading
 import urllib.parse
@@ -38,29 +37,30 @@ from webhook_dispatch.errors import (
     StoreUnavailable,
 )
 from webhook_dispatch.health import AutoDisable, settle_health
-from webhook_dispatch.models import (
-    Attempt,
-    AttemptTrigger,
-    Delivery,
-    DeliveryStatus,
-    ErrorKind,
-    Message,
-    RetiredSecret,
-    Subscription,
-    new_id,
-    options_document,
-    options_fields,
+from webhook_dispatch.models import Message, new_id
+from webhook_dispatch.stores._core import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    MESSAGE_COLUMNS,
+    SCHEMA_VERSION,
+    SUBSCRIPTION_COLUMNS,
+    UNFINISHED,
+    Connection,
+    SQLStore,
+    attempt_row,
+    delivery,
+    message,
+    open_due,
+    plan_publish,
+    prefixed,
+    subscription,
 )
-from webhook_dispatch.paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
-from webhook_dispatch.stores._sql import from_us, prefixed, to_us, where_clause
 from webhook_dispatch.stores.base import (
     AttemptRecord,
     Claim,
     ClaimPlan,
     PublishResult,
     RecordResult,
-    Stats,
-    Store,
 )
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStore"]
@@ -165,30 +165,34 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX deliveries_unfinished ON {schema}.deliveries (subscription_id, seq)
             WHERE status IN ('pending', 'delivering')""",
     ),
+    (
+        # As SQLite's version 3: only ordered subscriptions need their oldest unfinished
+        # delivery, so only their open deliveries are indexed for it, on columns a lease
+        # leaves alone. ``next_attempt_at`` is set exactly while a delivery is unfinished;
+        # ``ordered`` copies the subscription's setting while the delivery is open.
+        "DROP INDEX {schema}.deliveries_unfinished",
+        "ALTER TABLE {schema}.deliveries ADD COLUMN ordered boolean NOT NULL DEFAULT false",
+        "UPDATE {schema}.deliveries SET next_attempt_at = NULL "
+        "WHERE status NOT IN ('pending', 'delivering') AND next_attempt_at IS NOT NULL",
+        "UPDATE {schema}.deliveries SET next_attempt_at = updated_at "
+        "WHERE status IN ('pending', 'delivering') AND next_attempt_at IS NULL",
+        "UPDATE {schema}.deliveries AS d SET ordered = true FROM {schema}.subscriptions AS s "
+        "WHERE s.id = d.subscription_id AND d.next_attempt_at IS NOT NULL "
+        "AND coalesce((s.options->>'ordered')::boolean, false)",
+        """CREATE INDEX deliveries_ordered ON {schema}.deliveries (subscription_id, seq)
+            WHERE next_attempt_at IS NOT NULL AND ordered""",
+        # A message's attempts are found through its deliveries.
+        "DROP INDEX {schema}.attempts_message",
+    ),
+    # Version 4 stored SQLite's headers as [name, value] pairs, as here already.
+    (),
 )
+assert len(_MIGRATIONS) == SCHEMA_VERSION
 
-SCHEMA_VERSION = len(_MIGRATIONS)
-"""The schema version this code writes; schemas with a newer one are refused."""
-
-_DELIVERY_COLUMNS = (
-    "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
-    "next_trigger, created_at, updated_at, last_status_code, last_error"
-)
-_MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
-_SUBSCRIPTION_COLUMNS = (
-    "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
-    "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
-    "consecutive_failures"
-)
-_ATTEMPT_COLUMNS = (
-    "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
-    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
-)
 _ATTEMPT_TYPES = (
     "text[], text[], text[], text[], int[], text[], timestamptz[], float8[], "
     "text[], int[], bytea[], jsonb[], text[], text[], int8[]"
 )
-_UNFINISHED = "('pending', 'delivering')"
 
 # SQLSTATE classes meaning "try again later": connection exception, insufficient
 # resources, operator intervention (shutdown, restart), transaction rollback
@@ -244,7 +248,8 @@ _CLAIM_HEADS = """
 SELECT DISTINCT ON (subscription_id) subscription_id, seq,
     status = 'pending' AND next_attempt_at <= %s
 FROM {schema}.deliveries
-WHERE status IN ('pending', 'delivering') AND subscription_id = ANY(%s)
+WHERE next_attempt_at IS NOT NULL AND ordered AND status IN ('pending', 'delivering')
+    AND subscription_id = ANY(%s)
 ORDER BY subscription_id, seq
 """
 _CLAIM_LEASE = f"""
@@ -254,10 +259,10 @@ WITH claimed AS (
         updated_at = %(now)s
     FROM unnest(%(seqs)s::bigint[], %(order)s::int[]) AS due (seq, position)
     WHERE d.seq = due.seq
-    RETURNING {prefixed("d", _DELIVERY_COLUMNS)}, due.position
+    RETURNING {prefixed("d", DELIVERY_COLUMNS)}, due.position
 )
-SELECT {prefixed("c", _DELIVERY_COLUMNS)}, {prefixed("m", _MESSAGE_COLUMNS)},
-    {prefixed("s", _SUBSCRIPTION_COLUMNS)}
+SELECT {prefixed("c", DELIVERY_COLUMNS)}, {prefixed("m", MESSAGE_COLUMNS)},
+    {prefixed("s", SUBSCRIPTION_COLUMNS)}
 FROM claimed AS c
 JOIN {{schema}}.messages AS m ON m.id = c.message_id
 JOIN {{schema}}.subscriptions AS s ON s.id = c.subscription_id
@@ -270,7 +275,7 @@ ORDER BY c.position
 # disabling follow in the same transaction.
 _RECORD = f"""
 WITH inserted AS (
-    INSERT INTO {{schema}}.attempts ({_ATTEMPT_COLUMNS})
+    INSERT INTO {{schema}}.attempts ({ATTEMPT_COLUMNS})
     SELECT * FROM unnest({", ".join(f"%s::{kind}" for kind in _ATTEMPT_TYPES.split(", "))})
     ON CONFLICT (id) DO NOTHING
 ), next_state (id, status, attempt_count, next_attempt_at, next_trigger, last_status_code,
@@ -294,20 +299,59 @@ SELECT subscription_id, disable_reason FROM applied WHERE disable_reason IS NOT 
 # of the messages actually inserted, in one statement; returns the inserted ids.
 _INSERT_MESSAGES = f"""
 WITH inserted AS (
-    INSERT INTO {{schema}}.messages ({_MESSAGE_COLUMNS})
+    INSERT INTO {{schema}}.messages ({MESSAGE_COLUMNS})
     SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[],
                          %s::timestamptz[], %s::text[])
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
 ), deliveries AS (
     INSERT INTO {{schema}}.deliveries (id, message_id, subscription_id, status,
-        attempt_count, next_attempt_at, next_trigger, created_at, updated_at)
-    SELECT n.id, n.message_id, n.subscription_id, 'pending', 0, %s, 'scheduled', %s, %s
-    FROM unnest(%s::text[], %s::text[], %s::text[]) AS n (id, message_id, subscription_id)
+        attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered)
+    SELECT n.id, n.message_id, n.subscription_id, 'pending', 0, %s, 'scheduled', %s, %s,
+        n.ordered
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::boolean[])
+        AS n (id, message_id, subscription_id, ordered)
     JOIN inserted ON inserted.id = n.message_id
 )
 SELECT id FROM inserted
 """
+
+
+class _PostgresCodec:
+    """PostgreSQL: ``timestamptz``, ``jsonb`` and ``text[]`` columns, decoded by psycopg."""
+
+    @staticmethod
+    def time(moment: datetime) -> datetime:
+        """The moment in UTC."""
+        return _utc(moment)
+
+    @staticmethod
+    def from_time(value: Any) -> datetime:
+        """The moment in UTC."""
+        return _utc(value)
+
+    @staticmethod
+    def document(value: Any) -> Jsonb:
+        """A ``jsonb`` parameter."""
+        return Jsonb(value)
+
+    @staticmethod
+    def from_document(value: Any) -> Any:
+        """psycopg has decoded it."""
+        return value
+
+    @staticmethod
+    def texts(values: Sequence[str]) -> list[str]:
+        """A ``text[]`` parameter."""
+        return list(values)
+
+    @staticmethod
+    def from_texts(value: Any) -> tuple[str, ...]:
+        """From a ``text[]``."""
+        return tuple(value)
+
+
+_CODEC = _PostgresCodec()
 
 
 class _Query:
@@ -324,7 +368,7 @@ class _Query:
 _Steps = Generator[_Query, list[tuple[Any, ...]], list[PublishResult]]
 
 
-class PostgresStore(Store):
+class PostgresStore(SQLStore):
     """A `Store` in a PostgreSQL database, shared by any number of worker processes.
 
     ``dsn`` is a libpq URL or ``key=value`` string; ``schema`` the PostgreSQL schema
@@ -335,6 +379,7 @@ class PostgresStore(Store):
     """
 
     blocking = True
+    codec = _CODEC
     transactional_outbox = True
     """`publish` and `publish_many` accept ``connection=`` (see `publish`)."""
 
@@ -435,8 +480,15 @@ class PostgresStore(Store):
         """``text`` with ``{schema}`` replaced by the quoted schema name (cached)."""
         statement = self._statements.get(text)
         if statement is None:
-            statement = self._statements[text] = text.replace("{schema}", self._quoted_schema)
+            statement = text.replace("{schema}", self._quoted_schema).replace("?", "%s")
+            self._statements[text] = statement
         return statement
+
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        return f"{column} = ANY(?)", list(values)
+
+    def _ordered_of(self, alias: str) -> str:
+        return f"coalesce(({alias}.options->>'ordered')::boolean, false)"
 
     def _migrate(self, connection: psycopg.Connection[tuple[Any, ...]]) -> None:
         with connection.transaction():
@@ -501,7 +553,7 @@ class PostgresStore(Store):
             raise _translate_error(exc, self._where, self._password, self._timeout) from None
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    def _reading(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
         """A pooled autocommit connection: each statement is its own transaction."""
         if self._closed:
             raise StoreError(f"{self._where}: the store is closed")
@@ -509,105 +561,14 @@ class PostgresStore(Store):
             yield connection
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    def _writing(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
         """A pooled connection inside BEGIN ... COMMIT (ROLLBACK on any exception)."""
-        with self._connection() as connection, connection.transaction():
+        with self._reading() as connection, connection.transaction():
             yield connection
 
-    def _rows(self, text: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        with self._connection() as db:
-            return db.execute(self._sql(text), params).fetchall()
-
-    def _notify(self, db: psycopg.Connection[tuple[Any, ...]]) -> None:
+    def _notify(self, db: Connection) -> None:
         """Wake listening workers when this transaction commits (never before)."""
         db.execute("SELECT pg_notify(%s, '')", (self._channel,))
-
-    # -- subscriptions -----------------------------------------------------------
-    def add_subscription(self, subscription: Subscription) -> None:
-        """Store a new subscription."""
-        with self._transaction() as db:
-            db.execute(
-                self._sql(
-                    f"INSERT INTO {{schema}}.subscriptions ({_SUBSCRIPTION_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                ),
-                _subscription_row(subscription),
-            )
-            self._bump_subscriptions_version(db)
-
-    def save_subscription(self, subscription: Subscription) -> None:
-        """Replace a stored subscription by id; `NotFound` if it does not exist."""
-        row = _subscription_row(subscription)
-        with self._transaction() as db:
-            changed = db.execute(
-                self._sql(
-                    "UPDATE {schema}.subscriptions SET url = %s, event_types = %s, secret = %s, "
-                    "previous_secrets = %s, headers = %s, metadata = %s, enabled = %s, "
-                    "disabled_reason = %s, timeout = %s, created_at = %s, updated_at = %s, "
-                    "options = %s, failing_since = %s, consecutive_failures = %s WHERE id = %s"
-                ),
-                (*row[1:], row[0]),
-            ).rowcount
-            if not changed:
-                raise NotFound(f"no subscription with id {subscription.id!r}")
-            self._bump_subscriptions_version(db)
-            if subscription.enabled:
-                self._notify(db)  # its held deliveries may be due
-
-    def remove_subscription(self, subscription_id: str, now: datetime) -> None:
-        """Delete a subscription; its unfinished deliveries become ``cancelled``."""
-        with self._transaction() as db:
-            if not db.execute(
-                self._sql("DELETE FROM {schema}.subscriptions WHERE id = %s"), (subscription_id,)
-            ).rowcount:
-                raise NotFound(f"no subscription with id {subscription_id!r}")
-            db.execute(
-                self._sql(
-                    "UPDATE {schema}.deliveries SET status = 'cancelled', "
-                    "next_attempt_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
-                    f"updated_at = %s WHERE subscription_id = %s AND status IN {_UNFINISHED}"
-                ),
-                (_utc(now), subscription_id),
-            )
-            self._bump_subscriptions_version(db)
-
-    def get_subscription(self, subscription_id: str) -> Subscription:
-        """The subscription with this id; `NotFound` otherwise."""
-        rows = self._rows(
-            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions WHERE id = %s",
-            (subscription_id,),
-        )
-        if not rows:
-            raise NotFound(f"no subscription with id {subscription_id!r}")
-        return _subscription(rows[0])
-
-    def list_subscriptions(
-        self, *, limit: int | None = None, cursor: str | None = None
-    ) -> Page[Subscription]:
-        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
-        after = decode_cursor(cursor, "subscriptions") or 0
-        text = (
-            f"SELECT seq, {_SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions "
-            "WHERE seq > %s ORDER BY seq LIMIT %s"
-        )
-        wanted = None if limit is None else check_limit(limit) + 1
-        found = [(row[0], _subscription(row[1:])) for row in self._rows(text, (after, wanted))]
-        return page_of(found, len(found) if limit is None else limit, "subscriptions")
-
-    def subscriptions_version(self) -> int:
-        """A counter bumped, in the same transaction, by every subscription change."""
-        rows = self._rows(
-            f"SELECT value FROM {{schema}}.{_META} WHERE key = 'subscriptions_version'"
-        )
-        return int(rows[0][0])
-
-    def _bump_subscriptions_version(self, db: psycopg.Connection[tuple[Any, ...]]) -> None:
-        db.execute(
-            self._sql(
-                f"UPDATE {{schema}}.{_META} SET value = value + 1 "
-                "WHERE key = 'subscriptions_version'"
-            )
-        )
 
     # -- messages ----------------------------------------------------------------
     def publish(
@@ -644,7 +605,7 @@ class PostgresStore(Store):
             _check_outbox_connection(connection, self._where, asynchronous=False)
             with self._translate():
                 return _drive(connection, self._publish_steps(items, now))
-        with self._transaction() as db:
+        with self._writing() as db:
             return _drive(db, self._publish_steps(items, now))
 
     async def publish_many_async(
@@ -681,46 +642,41 @@ class PostgresStore(Store):
         """The publish transaction as a sans-I/O generator: it yields the statements to
         run and receives their rows, so sync and async connections share one logic."""
         keys = sorted({m.idempotency_key for m, _ in items if m.idempotency_key is not None})
-        stored_by_key: dict[str, Message] = {}
+        stored: dict[str, Message] = {}
         if keys:
             rows = yield _Query(
                 self._sql(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages "
+                    f"SELECT {MESSAGE_COLUMNS} FROM {{schema}}.messages "
                     "WHERE idempotency_key = ANY(%s)"
                 ),
                 (keys,),
                 True,
             )
-            stored_by_key.update((row[5], _message(row)) for row in rows)
-        results: list[PublishResult] = []
-        new_messages: list[Message] = []
-        for message, subscription_ids in items:
-            key = message.idempotency_key
-            if key is not None:
-                if key in stored_by_key:
-                    results.append(PublishResult(stored_by_key[key], False, 0))
-                    continue
-                stored_by_key[key] = message  # a later duplicate in this batch
-            new_messages.append(message)
-            results.append(PublishResult(message, True, len(subscription_ids)))
+            stored.update((row[5], message(self.codec, row)) for row in rows)
+        results, new_messages = plan_publish(items, stored)
         if not new_messages:
             return results
-        wanted = sorted({s for m, ids in items if m in new_messages for s in ids})
+        by_id = {m.id: ids for m, ids in items}
+        wanted = sorted({s for m in new_messages for s in by_id[m.id]})
+        ordered: set[str] = set()
         if wanted:
             # FOR SHARE: a concurrent removal waits for this commit, then cancels these.
             rows = yield _Query(
-                self._sql("SELECT id FROM {schema}.subscriptions WHERE id = ANY(%s) FOR SHARE"),
+                self._sql(
+                    f"SELECT id, {self._ordered_of('s')} FROM {{schema}}.subscriptions AS s "
+                    "WHERE id = ANY(%s) FOR SHARE"
+                ),
                 (wanted,),
                 True,
             )
             missing = sorted(set(wanted) - {row[0] for row in rows})
             if missing:
                 raise NotFound(f"no subscription with id {missing[0]!r}")
-        by_id = {m.id: ids for m, ids in items}
+            ordered = {row[0] for row in rows if row[1]}
         deliveries = [
-            (new_id("dlv"), message.id, subscription_id)
-            for message in new_messages
-            for subscription_id in by_id[message.id]
+            (new_id("dlv"), m.id, subscription_id)
+            for m in new_messages
+            for subscription_id in by_id[m.id]
         ]
         moment = _utc(now)
         rows = yield _Query(
@@ -738,6 +694,7 @@ class PostgresStore(Store):
                 [d[0] for d in deliveries],
                 [d[1] for d in deliveries],
                 [d[2] for d in deliveries],
+                [d[2] in ordered for d in deliveries],
             ),
             True,
         )
@@ -750,13 +707,13 @@ class PostgresStore(Store):
             # Another transaction committed these keys after our first look.
             rows = yield _Query(
                 self._sql(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages "
+                    f"SELECT {MESSAGE_COLUMNS} FROM {{schema}}.messages "
                     "WHERE idempotency_key = ANY(%s)"
                 ),
                 (lost,),
                 True,
             )
-            winners = {row[5]: _message(row) for row in rows}
+            winners = {row[5]: message(self.codec, row) for row in rows}
             results = [
                 PublishResult(winners[r.message.idempotency_key], False, 0)
                 if r.created and r.message.id not in inserted and r.message.idempotency_key
@@ -766,34 +723,6 @@ class PostgresStore(Store):
         if any(r.created and r.deliveries for r in results):
             yield _Query("SELECT pg_notify(%s, '')", (self._channel,), True)
         return results
-
-    def get_message(self, message_id: str) -> Message:
-        """The message with this id; `NotFound` otherwise."""
-        rows = self._rows(
-            f"SELECT {_MESSAGE_COLUMNS} FROM {{schema}}.messages WHERE id = %s", (message_id,)
-        )
-        if not rows:
-            raise NotFound(f"no message with id {message_id!r}")
-        return _message(rows[0])
-
-    def list_messages(
-        self,
-        *,
-        event_type: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
-    ) -> Page[Message]:
-        """The newest messages first, optionally of one event type, a page at a time."""
-        conditions, parameters = where_clause(
-            "%s", ("event_type", event_type), ("seq <", decode_cursor(cursor, "messages"))
-        )
-        parameters.append(check_limit(limit) + 1)
-        rows = self._rows(
-            f"SELECT seq, {_MESSAGE_COLUMNS} FROM {{schema}}.messages {conditions}"
-            "ORDER BY seq DESC LIMIT %s",
-            parameters,
-        )
-        return page_of([(row[0], _message(row[1:])) for row in rows], limit, "messages")
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
@@ -818,7 +747,7 @@ class PostgresStore(Store):
         """
         if limit <= 0:
             return []
-        with self._transaction() as db:
+        with self._writing() as db:
             rows = self._claim_rows(
                 db, now, limit, lease_until, worker_id, default_max_in_flight, allowance, proven
             )
@@ -842,7 +771,7 @@ class PostgresStore(Store):
         Recording locks its subscriptions' rows until the commit; the claim that follows
         never waits on a row lock (``SKIP LOCKED``), so a fused round cannot deadlock
         with another worker's."""
-        with self._transaction() as db:
+        with self._writing() as db:
             result = self._record(db, records, worker_id, auto_disable)
             if limit <= 0:
                 return result, []
@@ -988,7 +917,7 @@ class PostgresStore(Store):
         one transaction."""
         if not records:
             return RecordResult()
-        with self._transaction() as db:
+        with self._writing() as db:
             return self._record(db, records, worker_id, auto_disable)
 
     def _record(
@@ -1001,14 +930,14 @@ class PostgresStore(Store):
         """`record` inside the caller's transaction."""
         if not records:
             return RecordResult()
-        attempts = [_attempt_row(record.attempt) for record in records]
+        attempts = [attempt_row(self.codec, record.attempt) for record in records]
         states = [record.delivery for record in records]
         params: list[Any] = [[row[i] for row in attempts] for i in range(15)]
         params += [
             [d.id for d in states],
             [d.status.value for d in states],
             [d.attempt_count for d in states],
-            [None if d.next_attempt_at is None else _utc(d.next_attempt_at) for d in states],
+            [None if (due := open_due(d)) is None else _utc(due) for d in states],
             [d.next_trigger.value for d in states],
             [d.last_status_code for d in states],
             [d.last_error for d in states],
@@ -1062,26 +991,6 @@ class PostgresStore(Store):
             tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
         )
 
-    def release(
-        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
-    ) -> None:
-        """Give leased deliveries back unattempted: pending again, due as before (or at
-        ``due_at``)."""
-        if not delivery_ids:
-            return
-        with self._transaction() as db:
-            released = db.execute(
-                self._sql(
-                    "UPDATE {schema}.deliveries SET status = 'pending', lease_owner = NULL, "
-                    "lease_expires_at = NULL, "
-                    "next_attempt_at = coalesce(%s::timestamptz, next_attempt_at) "
-                    "WHERE id = ANY(%s) AND status = 'delivering' AND lease_owner = %s"
-                ),
-                (None if due_at is None else _utc(due_at), list(delivery_ids), worker_id),
-            ).rowcount
-            if released:
-                self._notify(db)
-
     def next_due_at(self) -> datetime | None:
         """The earliest time a claim could take something: the due time of a pending
         delivery on an enabled subscription (for an ordered one, only its oldest
@@ -1092,184 +1001,17 @@ class PostgresStore(Store):
             "(SELECT d.next_attempt_at FROM {schema}.deliveries AS d "
             "JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id "
             "WHERE d.status = 'pending' AND d.next_attempt_at IS NOT NULL AND s.enabled "
-            "AND NOT coalesce((s.options->>'ordered')::boolean, false) "
-            "ORDER BY d.next_attempt_at LIMIT 1), "
+            "AND NOT d.ordered ORDER BY d.next_attempt_at LIMIT 1), "
             # An ordered subscription's later deliveries wait for its head.
             "(SELECT min(CASE WHEN h.status = 'pending' THEN h.next_attempt_at END) FROM ("
             "SELECT DISTINCT ON (d.subscription_id) d.status, d.next_attempt_at "
             "FROM {schema}.deliveries AS d JOIN {schema}.subscriptions AS s "
-            "ON s.id = d.subscription_id WHERE d.status IN ('pending', 'delivering') "
-            "AND s.enabled AND coalesce((s.options->>'ordered')::boolean, false) "
+            "ON s.id = d.subscription_id WHERE d.next_attempt_at IS NOT NULL AND d.ordered "
+            f"AND d.status IN {UNFINISHED} AND s.enabled "
             "ORDER BY d.subscription_id, d.seq) AS h)"
         )
         found = [_utc(value) for value in (lease, due, head) if value is not None]
         return min(found) if found else None
-
-    def get_delivery(self, delivery_id: str) -> Delivery:
-        """The delivery with this id; `NotFound` otherwise."""
-        rows = self._rows(
-            f"SELECT {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries WHERE id = %s",
-            (delivery_id,),
-        )
-        if not rows:
-            raise NotFound(f"no delivery with id {delivery_id!r}")
-        return _delivery(rows[0])
-
-    def list_deliveries(
-        self,
-        *,
-        message_id: str | None = None,
-        subscription_id: str | None = None,
-        status: DeliveryStatus | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
-    ) -> Page[Delivery]:
-        """Deliveries matching every given filter, oldest first, a page at a time."""
-        conditions, parameters = where_clause(
-            "%s",
-            ("message_id", message_id),
-            ("subscription_id", subscription_id),
-            ("status", None if status is None else DeliveryStatus(status).value),
-            ("seq >", decode_cursor(cursor, "deliveries")),
-        )
-        parameters.append(check_limit(limit) + 1)
-        rows = self._rows(
-            f"SELECT seq, {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries {conditions}"
-            "ORDER BY seq LIMIT %s",
-            parameters,
-        )
-        return page_of([(row[0], _delivery(row[1:])) for row in rows], limit, "deliveries")
-
-    def list_attempts(
-        self, *, message_id: str | None = None, delivery_id: str | None = None
-    ) -> list[Attempt]:
-        """Attempts of a message or of a delivery, oldest first."""
-        conditions: list[str] = []
-        parameters: list[Any] = []
-        if message_id is not None:
-            conditions.append("message_id = %s")
-            parameters.append(message_id)
-        if delivery_id is not None:
-            conditions.append("delivery_id = %s")
-            parameters.append(delivery_id)
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        rows = self._rows(
-            f"SELECT {_ATTEMPT_COLUMNS} FROM {{schema}}.attempts {where}"
-            "ORDER BY started_at, number, seq",
-            parameters,
-        )
-        return [_attempt(row) for row in rows]
-
-    def schedule_manual(self, delivery_ids: Sequence[str], now: datetime) -> list[Delivery]:
-        """Make deliveries due at ``now`` for one manual attempt, all or nothing.
-
-        Deliveries being delivered are left alone; an unknown id raises `NotFound` and
-        changes nothing.
-        """
-        with self._transaction() as db:
-            return self._schedule_manual(db, list(delivery_ids), now)
-
-    def recover(
-        self, subscription_id: str, *, since: datetime, until: datetime, now: datetime
-    ) -> list[Delivery]:
-        """Schedule a manual attempt for the subscription's failed or exhausted deliveries
-        whose message was created in ``[since, until)``."""
-        with self._transaction() as db:
-            if not db.execute(
-                self._sql("SELECT 1 FROM {schema}.subscriptions WHERE id = %s"),
-                (subscription_id,),
-            ).fetchall():
-                raise NotFound(f"no subscription with id {subscription_id!r}")
-            ids = [
-                row[0]
-                for row in db.execute(
-                    self._sql(
-                        "SELECT d.id FROM {schema}.deliveries AS d "
-                        "JOIN {schema}.messages AS m ON m.id = d.message_id "
-                        "WHERE d.subscription_id = %s AND d.status IN ('failed', 'exhausted') "
-                        "AND m.created_at >= %s AND m.created_at < %s ORDER BY d.seq"
-                    ),
-                    (subscription_id, _utc(since), _utc(until)),
-                )
-            ]
-            return self._schedule_manual(db, ids, now)
-
-    def _schedule_manual(
-        self, db: psycopg.Connection[tuple[Any, ...]], ids: list[str], now: datetime
-    ) -> list[Delivery]:
-        rows = {
-            row[0]: row
-            for row in db.execute(
-                self._sql(
-                    f"SELECT {_DELIVERY_COLUMNS} FROM {{schema}}.deliveries "
-                    "WHERE id = ANY(%s) FOR UPDATE"
-                ),
-                (ids,),
-            )
-        }
-        for delivery_id in ids:
-            if delivery_id not in rows:
-                raise NotFound(f"no delivery with id {delivery_id!r}")
-        moment = _utc(now)
-        updated = [
-            Delivery(
-                **{
-                    **_delivery_fields(rows[delivery_id]),
-                    "status": DeliveryStatus.PENDING,
-                    "next_attempt_at": moment,
-                    "next_trigger": AttemptTrigger.MANUAL,
-                    "updated_at": moment,
-                }
-            )
-            for delivery_id in ids
-            if rows[delivery_id][3] != DeliveryStatus.DELIVERING.value
-        ]
-        if updated:
-            db.execute(
-                self._sql(
-                    "UPDATE {schema}.deliveries SET status = 'pending', next_attempt_at = %s, "
-                    "next_trigger = 'manual', updated_at = %s "
-                    "WHERE id = ANY(%s) AND status != 'delivering'"
-                ),
-                (moment, moment, [d.id for d in updated]),
-            )
-            self._notify(db)
-        return updated
-
-    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
-        """Delete up to ``limit`` (None: all) messages created before ``older_than`` whose
-        deliveries are all final, oldest first; their deliveries and attempts go with them
-        (foreign-key cascade)."""
-        with self._connection() as db:
-            return db.execute(
-                self._sql(
-                    "DELETE FROM {schema}.messages WHERE id IN ("
-                    "SELECT m.id FROM {schema}.messages AS m WHERE m.created_at < %s "
-                    "AND NOT EXISTS (SELECT 1 FROM {schema}.deliveries AS d "
-                    f"WHERE d.message_id = m.id AND d.status IN {_UNFINISHED}) "
-                    "ORDER BY m.created_at LIMIT %s)"
-                ),
-                (_utc(older_than), limit),
-            ).rowcount
-
-    def stats(self, now: datetime) -> Stats:
-        """Counts of unfinished deliveries (from the partial indexes) and subscriptions."""
-        [(pending, oldest, delivering, total, disabled, failing)] = self._rows(
-            "SELECT (SELECT count(*) FROM {schema}.deliveries WHERE status = 'pending'), "
-            "(SELECT min(created_at) FROM {schema}.deliveries WHERE status = 'pending'), "
-            "(SELECT count(*) FROM {schema}.deliveries WHERE status = 'delivering'), "
-            "count(*), count(*) FILTER (WHERE NOT enabled), "
-            "count(*) FILTER (WHERE enabled AND consecutive_failures > 0) "
-            "FROM {schema}.subscriptions"
-        )
-        return Stats(
-            pending=pending,
-            delivering=delivering,
-            oldest_pending_at=None if oldest is None else _utc(oldest),
-            subscriptions=total,
-            disabled_subscriptions=disabled,
-            failing_subscriptions=failing,
-        )
 
     # -- waking idle workers ---------------------------------------------------------
     def listen_for_work(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -1391,9 +1133,9 @@ def _claims(rows: list[tuple[Any, ...]]) -> list[Claim]:
     width_d, width_m = 11, 6
     return [
         Claim(
-            _delivery(row[:width_d]),
-            _message(row[width_d : width_d + width_m]),
-            _subscription(row[width_d + width_m :]),
+            delivery(_CODEC, row[:width_d]),
+            message(_CODEC, row[width_d : width_d + width_m]),
+            subscription(_CODEC, row[width_d + width_m :]),
         )
         for row in rows
     ]
@@ -1464,116 +1206,3 @@ def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
-
-
-def _subscription_row(s: Subscription) -> tuple[Any, ...]:
-    return (
-        s.id,
-        s.url,
-        list(s.event_types),
-        s.secret,
-        Jsonb([[r.secret, to_us(r.expires_at)] for r in s.previous_secrets]),
-        Jsonb([[name, value] for name, value in s.headers.items()]),
-        Jsonb(dict(s.metadata)),
-        s.enabled,
-        s.disabled_reason,
-        s.timeout,
-        _utc(s.created_at),
-        _utc(s.updated_at),
-        Jsonb(options_document(s)),
-        None if s.failing_since is None else _utc(s.failing_since),
-        s.consecutive_failures,
-    )
-
-
-def _subscription(row: Sequence[Any]) -> Subscription:
-    return Subscription(
-        id=row[0],
-        url=row[1],
-        event_types=tuple(row[2]),
-        secret=row[3],
-        previous_secrets=tuple(
-            RetiredSecret(secret, from_us(expires)) for secret, expires in row[4]
-        ),
-        headers=dict(row[5]),
-        metadata=row[6],
-        enabled=row[7],
-        disabled_reason=row[8],
-        timeout=row[9],
-        created_at=_utc(row[10]),
-        updated_at=_utc(row[11]),
-        failing_since=None if row[13] is None else _utc(row[13]),
-        consecutive_failures=row[14],
-        **options_fields(row[12]),
-    )
-
-
-def _message(row: Sequence[Any]) -> Message:
-    return Message(
-        id=row[0],
-        event_type=row[1],
-        payload=bytes(row[2]),
-        content_type=row[3],
-        created_at=_utc(row[4]),
-        idempotency_key=row[5],
-    )
-
-
-def _delivery_fields(row: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "message_id": row[1],
-        "subscription_id": row[2],
-        "status": DeliveryStatus(row[3]),
-        "attempt_count": row[4],
-        "next_attempt_at": None if row[5] is None else _utc(row[5]),
-        "next_trigger": AttemptTrigger(row[6]),
-        "created_at": _utc(row[7]),
-        "updated_at": _utc(row[8]),
-        "last_status_code": row[9],
-        "last_error": row[10],
-    }
-
-
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(**_delivery_fields(row))
-
-
-def _attempt_row(a: Attempt) -> tuple[Any, ...]:
-    return (
-        a.id,
-        a.delivery_id,
-        a.message_id,
-        a.subscription_id,
-        a.number,
-        a.trigger.value,
-        _utc(a.started_at),
-        a.duration,
-        a.url,
-        a.status_code,
-        a.response_body,
-        json.dumps(dict(a.response_headers), separators=(",", ":"), ensure_ascii=False),
-        None if a.error_kind is None else a.error_kind.value,
-        a.error,
-        a.webhook_timestamp,
-    )
-
-
-def _attempt(row: Sequence[Any]) -> Attempt:
-    return Attempt(
-        id=row[0],
-        delivery_id=row[1],
-        message_id=row[2],
-        subscription_id=row[3],
-        number=row[4],
-        trigger=AttemptTrigger(row[5]),
-        started_at=_utc(row[6]),
-        duration=row[7],
-        url=row[8],
-        status_code=row[9],
-        response_body=bytes(row[10]),
-        response_headers=row[11],
-        error_kind=None if row[12] is None else ErrorKind(row[12]),
-        error=row[13],
-        webhook_timestamp=row[14],
-    )

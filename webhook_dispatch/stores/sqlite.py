@@ -16,8 +16,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from datetime import datetime
 from typing import Any
 
-import attrs
-
 from webhook_dispatch.errors import (
     InvalidStoreURL,
     NotFound,
@@ -26,29 +24,33 @@ from webhook_dispatch.errors import (
     StoreUnavailable,
 )
 from webhook_dispatch.health import AutoDisable, settle_health
-from webhook_dispatch.models import (
-    Attempt,
-    AttemptTrigger,
-    Delivery,
-    DeliveryStatus,
-    ErrorKind,
-    Message,
-    RetiredSecret,
-    Subscription,
-    new_id,
-    options_document,
-    options_fields,
+from webhook_dispatch.models import DeliveryStatus, Message, Subscription, new_id
+from webhook_dispatch.stores._core import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    MESSAGE_COLUMNS,
+    SCHEMA_VERSION,
+    SUBSCRIPTION_COLUMNS,
+    UNFINISHED,
+    SQLStore,
+    TextCodec,
+    attempt_row,
+    delivery,
+    dumps,
+    from_us,
+    message,
+    message_row,
+    plan_publish,
+    prefixed,
+    subscription,
+    to_us,
 )
-from webhook_dispatch.paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
-from webhook_dispatch.stores._sql import from_us, prefixed, to_us, where_clause
 from webhook_dispatch.stores.base import (
     AttemptRecord,
     Claim,
     ClaimPlan,
     PublishResult,
     RecordResult,
-    Stats,
-    Store,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -56,7 +58,6 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 _META = "webhook_dispatch_meta"
 """Named after us so a foreign database's own ``meta`` table is never mistaken for ours."""
 
-_UNFINISHED = "('pending', 'delivering')"
 
 # Each step moves the schema one version forward and runs inside the migration
 # transaction. Never edit a released step: append a new one.
@@ -161,9 +162,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX deliveries_unfinished",
         "ALTER TABLE deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0",
         f"UPDATE deliveries SET next_attempt_at = NULL "
-        f"WHERE status NOT IN {_UNFINISHED} AND next_attempt_at IS NOT NULL",
+        f"WHERE status NOT IN {UNFINISHED} AND next_attempt_at IS NOT NULL",
         f"UPDATE deliveries SET next_attempt_at = updated_at "
-        f"WHERE status IN {_UNFINISHED} AND next_attempt_at IS NULL",
+        f"WHERE status IN {UNFINISHED} AND next_attempt_at IS NULL",
         "UPDATE deliveries SET ordered = 1 WHERE next_attempt_at IS NOT NULL AND "
         "subscription_id IN (SELECT id FROM subscriptions "
         "WHERE json_extract(options, '$.ordered'))",
@@ -173,10 +174,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # then attempts_delivery): one index fewer to write with every attempt.
         "DROP INDEX attempts_message",
     ),
+    (
+        # Headers as [[name, value], ...], as PostgreSQL has always kept them: one row
+        # codec for both stores (and JSON objects keep no order in every database).
+        "UPDATE subscriptions SET headers = COALESCE((SELECT json_group_array("
+        "json_array(key, value)) FROM json_each(subscriptions.headers)), '[]') "
+        "WHERE json_type(headers) = 'object'",
+    ),
 )
-
-SCHEMA_VERSION = len(_MIGRATIONS)
-"""The schema version this code writes; files with a newer one are refused."""
+assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _CHUNK = 500
 """Ids per ``IN (...)`` list: far below SQLite's oldest variable limit (999)."""
@@ -187,25 +193,11 @@ _UNAVAILABLE_TEXT = ("database is locked", "disk i/o error", "database or disk i
 _NOT_OURS_CODES = {11, 26}  # CORRUPT, NOTADB
 _CANTOPEN = 14
 
-_DELIVERY_COLUMNS = (
-    "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
-    "next_trigger, created_at, updated_at, last_status_code, last_error"
-)
-_MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
-_SUBSCRIPTION_COLUMNS = (
-    "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
-    "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
-    "consecutive_failures"
-)
-_ATTEMPT_COLUMNS = (
-    "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
-    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
-)
 _SUBSCRIPTION_CACHE_SIZE = 4096
 """Decoded subscriptions a store keeps for claims (cleared whole when full)."""
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLStore):
     """A `Store` in one SQLite file: durable, shareable by threads and processes.
 
     ``path`` is a file path (created, readable by its owner only, when missing) or
@@ -214,6 +206,7 @@ class SQLiteStore(Store):
     """
 
     blocking = True
+    codec = TextCodec()
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self._path = os.fspath(path)
@@ -380,84 +373,16 @@ class SQLiteStore(Store):
             raise StoreError(f"{self._path}: the store is closed", path=self._path)
         return self._connection
 
-    # -- subscriptions -----------------------------------------------------------
-    def add_subscription(self, subscription: Subscription) -> None:
-        """Store a new subscription."""
-        with self._writing() as db:
-            db.execute(
-                f"INSERT INTO subscriptions ({_SUBSCRIPTION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _subscription_row(subscription),
-            )
-            # An id used before may have open deliveries (retried after its removal).
-            _follow_ordered(db, subscription)
-            _bump_subscriptions_version(db)
+    # -- the dialect ---------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text.replace("{schema}.", "")
 
-    def save_subscription(self, subscription: Subscription) -> None:
-        """Replace a stored subscription by id; `NotFound` if it does not exist."""
-        row = _subscription_row(subscription)
-        with self._writing() as db:
-            changed = db.execute(
-                "UPDATE subscriptions SET url = ?, event_types = ?, secret = ?, "
-                "previous_secrets = ?, headers = ?, metadata = ?, enabled = ?, "
-                "disabled_reason = ?, timeout = ?, created_at = ?, updated_at = ?, options = ?, "
-                "failing_since = ?, consecutive_failures = ? WHERE id = ?",
-                (*row[1:], row[0]),
-            ).rowcount
-            if not changed:
-                raise NotFound(f"no subscription with id {subscription.id!r}")
-            _follow_ordered(db, subscription)
-            _bump_subscriptions_version(db)
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        # One JSON parameter: no statement-size limit, however many values.
+        return f"{column} IN (SELECT value FROM json_each(?))", dumps(list(values))
 
-    def remove_subscription(self, subscription_id: str, now: datetime) -> None:
-        """Delete a subscription; its unfinished deliveries become ``cancelled``."""
-        with self._writing() as db:
-            if not db.execute(
-                "DELETE FROM subscriptions WHERE id = ?", (subscription_id,)
-            ).rowcount:
-                raise NotFound(f"no subscription with id {subscription_id!r}")
-            db.execute(
-                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, "
-                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
-                "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL "
-                f"AND status IN {_UNFINISHED}",
-                (to_us(now), subscription_id),
-            )
-            _bump_subscriptions_version(db)
-
-    def get_subscription(self, subscription_id: str) -> Subscription:
-        """The subscription with this id; `NotFound` otherwise."""
-        with self._reading() as db:
-            row = db.execute(
-                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?",
-                (subscription_id,),
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no subscription with id {subscription_id!r}")
-        return _subscription(row)
-
-    def list_subscriptions(
-        self, *, limit: int | None = None, cursor: str | None = None
-    ) -> Page[Subscription]:
-        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
-        after = decode_cursor(cursor, "subscriptions") or 0
-        sql = f"SELECT seq, {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE seq > ? ORDER BY seq"
-        parameters: list[Any] = [after]
-        if limit is not None:
-            sql += " LIMIT ?"
-            parameters.append(check_limit(limit) + 1)
-        with self._reading() as db:
-            rows = db.execute(sql, parameters).fetchall()
-        found = [(row[0], _subscription(row[1:])) for row in rows]
-        return page_of(found, len(found) if limit is None else limit, "subscriptions")
-
-    def subscriptions_version(self) -> int:
-        """A counter bumped, in the same transaction, by every subscription change."""
-        with self._reading() as db:
-            row = db.execute(
-                f"SELECT value FROM {_META} WHERE key = 'subscriptions_version'"
-            ).fetchone()
-        return int(row[0])
+    def _ordered_of(self, alias: str) -> str:
+        return f"COALESCE(json_extract({alias}.options, '$.ordered'), 0)"
 
     # -- messages ----------------------------------------------------------------
     def publish(
@@ -479,50 +404,29 @@ class SQLiteStore(Store):
             return []
         now_us = to_us(now)
         with self._writing() as db:
-            keys = {m.idempotency_key for m, _ in items if m.idempotency_key is not None}
-            stored_by_key: dict[str, Message] = {}
+            keys = sorted({m.idempotency_key for m, _ in items if m.idempotency_key is not None})
+            stored: dict[str, Message] = {}
             if keys:
-                for chunk, marks in _chunks(sorted(keys)):
-                    rows = db.execute(
-                        f"SELECT {_MESSAGE_COLUMNS} FROM messages "
-                        f"WHERE idempotency_key IN ({marks})",
-                        chunk,
-                    )
-                    stored_by_key.update((row[5], _message(row)) for row in rows)
-            results: list[PublishResult] = []
-            new_messages: list[Message] = []
-            deliveries: list[tuple[Any, ...]] = []
-            for message, subscription_ids in items:
-                key = message.idempotency_key
-                if key is not None:
-                    if key in stored_by_key:
-                        results.append(PublishResult(stored_by_key[key], False, 0))
-                        continue
-                    stored_by_key[key] = message  # a later duplicate in this batch
-                new_messages.append(message)
-                deliveries.extend(
-                    (new_id("dlv"), message.id, subscription_id, now_us, now_us, now_us, 0)
-                    for subscription_id in subscription_ids
+                matching, values = self._in("idempotency_key", keys)
+                rows = db.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {matching}", (values,)
                 )
-                results.append(PublishResult(message, True, len(subscription_ids)))
+                stored.update((row[5], message(self.codec, row)) for row in rows)
+            results, new_messages = plan_publish(items, stored)
             if not new_messages:
                 return results
+            by_id = {m.id: ids for m, ids in items}
+            deliveries = [
+                (new_id("dlv"), m.id, subscription_id, now_us, now_us, now_us, 0)
+                for m in new_messages
+                for subscription_id in by_id[m.id]
+            ]
             ordered = _require_subscriptions(db, {row[2] for row in deliveries})
             if ordered:
                 deliveries = [(*row[:6], 1) if row[2] in ordered else row for row in deliveries]
             db.executemany(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        m.id,
-                        m.event_type,
-                        m.payload,
-                        m.content_type,
-                        to_us(m.created_at),
-                        m.idempotency_key,
-                    )
-                    for m in new_messages
-                ],
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [message_row(self.codec, m) for m in new_messages],
             )
             db.executemany(
                 "INSERT INTO deliveries (id, message_id, subscription_id, status, "
@@ -531,35 +435,6 @@ class SQLiteStore(Store):
                 deliveries,
             )
         return results
-
-    def get_message(self, message_id: str) -> Message:
-        """The message with this id; `NotFound` otherwise."""
-        with self._reading() as db:
-            row = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no message with id {message_id!r}")
-        return _message(row)
-
-    def list_messages(
-        self,
-        *,
-        event_type: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
-    ) -> Page[Message]:
-        """The newest messages first, optionally of one event type, a page at a time."""
-        before = decode_cursor(cursor, "messages")
-        conditions, parameters = where_clause("?", ("event_type", event_type), ("seq <", before))
-        parameters.append(check_limit(limit) + 1)
-        with self._reading() as db:
-            rows = db.execute(
-                f"SELECT seq, {_MESSAGE_COLUMNS} FROM messages {conditions}"
-                "ORDER BY seq DESC LIMIT ?",
-                parameters,
-            ).fetchall()
-        return page_of([(row[0], _message(row[1:])) for row in rows], limit, "messages")
 
     # -- deliveries --------------------------------------------------------------
     def claim_due(
@@ -604,7 +479,9 @@ class SQLiteStore(Store):
         """`record`, then `claim_due`, in one transaction: what the worker does after
         each batch of attempts, for one commit instead of two."""
         with self._writing() as db:
-            result = _record(db, records, worker_id, auto_disable) if records else RecordResult()
+            result = (
+                self._record(db, records, worker_id, auto_disable) if records else RecordResult()
+            )
             if limit <= 0:
                 return result, []
             rows, messages, subscriptions = self._claim_rows(
@@ -627,7 +504,7 @@ class SQLiteStore(Store):
         the rows of their messages and subscriptions by id."""
         now_us = to_us(now)
         rows = db.execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries "
             "WHERE status = 'delivering' AND lease_expires_at <= ? "
             "ORDER BY lease_expires_at LIMIT ?",
             (now_us, limit),
@@ -645,7 +522,13 @@ class SQLiteStore(Store):
                 f"lease_expires_at = ?, updated_at = ? WHERE id IN ({marks})",
                 (worker_id, to_us(lease_until), now_us, *chunk),
             )
-        messages = _fetch_by_id(db, "messages", _MESSAGE_COLUMNS, {row[1] for row in rows})
+        matching, values = self._in("id", sorted({row[1] for row in rows}))
+        messages = {
+            row[0]: row
+            for row in db.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {matching}", (values,)
+            )
+        }
         subscriptions = _subscription_rows(db, {row[2] for row in rows})
         return rows, messages, subscriptions
 
@@ -657,12 +540,12 @@ class SQLiteStore(Store):
         now: datetime,
     ) -> list[Claim]:
         """Claims from leased rows (outside the transaction: pure conversion)."""
-        message_objects = {key: _message(row) for key, row in messages.items()}
+        message_objects = {key: message(self.codec, row) for key, row in messages.items()}
         subscription_objects = {key: self._subscription(row) for key, row in subscriptions.items()}
         delivering = DeliveryStatus.DELIVERING
         return [
             Claim(
-                _delivery(row, status=delivering, updated_at=now),
+                delivery(self.codec, row, status=delivering, updated_at=now),
                 message_objects[row[1]],
                 subscription_objects[row[2]],
             )
@@ -675,11 +558,11 @@ class SQLiteStore(Store):
         cached = self._subscription_cache.get(row[0])
         if cached is not None and cached[0] == row:
             return cached[1]
-        subscription = _subscription(row)
+        decoded = subscription(self.codec, row)
         if len(self._subscription_cache) >= _SUBSCRIPTION_CACHE_SIZE:
             self._subscription_cache.clear()
-        self._subscription_cache[row[0]] = (tuple(row), subscription)
-        return subscription
+        self._subscription_cache[row[0]] = (tuple(row), decoded)
+        return decoded
 
     def _plan_claim(
         self,
@@ -716,7 +599,7 @@ class SQLiteStore(Store):
         taken: list[Any] = []
         after: tuple[int, int] | None = None
         page_size = 64
-        width = len(_DELIVERY_COLUMNS.split(","))
+        width = len(DELIVERY_COLUMNS.split(","))
         while not plan.is_full():
             closed = sorted(plan.closed)
             # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
@@ -726,7 +609,7 @@ class SQLiteStore(Store):
             # input is not promised.
             sql = (
                 "SELECT json_group_array(json(r)) FROM (SELECT json_array("
-                f"{prefixed('d', _DELIVERY_COLUMNS)}, d.seq, "
+                f"{prefixed('d', DELIVERY_COLUMNS)}, d.seq, "
                 "json_extract(s.options, '$.max_in_flight'), "
                 "json_extract(s.options, '$.ordered'), s.consecutive_failures) AS r "
                 "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
@@ -749,14 +632,14 @@ class SQLiteStore(Store):
                     "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
                     "FROM deliveries INDEXED BY deliveries_ordered "
                     "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL AND ordered "
-                    f"AND status IN {_UNFINISHED} ORDER BY seq LIMIT 1",
+                    f"AND status IN {UNFINISHED} ORDER BY seq LIMIT 1",
                     (now_us, subscription_id),
                 ).fetchone()
                 if head is None:  # its flag disagrees with the index: ask without it
                     head = db.execute(
                         "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
                         "FROM deliveries WHERE subscription_id = ? "
-                        f"AND next_attempt_at IS NOT NULL AND status IN {_UNFINISHED} "
+                        f"AND next_attempt_at IS NOT NULL AND status IN {UNFINISHED} "
                         "ORDER BY seq LIMIT 1",
                         (now_us, subscription_id),
                     ).fetchone()
@@ -799,23 +682,91 @@ class SQLiteStore(Store):
         if not records:
             return RecordResult()
         with self._writing() as db:
-            return _record(db, records, worker_id, auto_disable)
+            return self._record(db, records, worker_id, auto_disable)
 
-    def release(
-        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
-    ) -> None:
-        """Give leased deliveries back unattempted: pending again, due as before (or at
-        ``due_at``)."""
-        if not delivery_ids:
-            return
-        with self._writing() as db:
-            for chunk, marks in _chunks(list(delivery_ids)):
-                db.execute(
-                    "UPDATE deliveries SET status = 'pending', lease_owner = NULL, "
-                    "lease_expires_at = NULL, next_attempt_at = COALESCE(?, next_attempt_at) "
-                    f"WHERE id IN ({marks}) AND status = 'delivering' AND lease_owner = ?",
-                    (None if due_at is None else to_us(due_at), *chunk, worker_id),
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        records: Sequence[AttemptRecord],
+        worker_id: str,
+        auto_disable: AutoDisable | None,
+    ) -> RecordResult:
+        """`SQLiteStore.record` inside the caller's write transaction."""
+        _insert_rows(
+            db, "attempts", ATTEMPT_COLUMNS, [attempt_row(self.codec, r.attempt) for r in records]
+        )
+        # Only a record asking to disable its subscription needs to know, before the
+        # update, whether this worker still held the lease; the update checks it itself.
+        asking = [record for record in records if record.disable_subscription is not None]
+        held: set[str] = set()
+        for chunk, marks in _chunks([record.attempt.delivery_id for record in asking]):
+            held.update(
+                row[0]
+                for row in db.execute(
+                    f"SELECT id FROM deliveries WHERE id IN ({marks}) "
+                    "AND status = 'delivering' AND lease_owner = ?",
+                    (*chunk, worker_id),
                 )
+            )
+        _update_deliveries(
+            db,
+            worker_id,
+            [
+                (
+                    d.id,
+                    d.status.value,
+                    d.attempt_count,
+                    # NULL once final, set while unfinished: the ordered-deliveries index
+                    # relies on it (a pending record without a time is due at once).
+                    None if d.status.is_final else to_us(d.next_attempt_at or d.updated_at),
+                    d.next_trigger.value,
+                    d.last_status_code,
+                    d.last_error,
+                    to_us(d.updated_at),
+                )
+                for d in (record.delivery for record in records)
+            ],
+        )
+        health: dict[str, tuple[bool, datetime | None, int]] = {}
+        for chunk, marks in _chunks(sorted({record.attempt.subscription_id for record in records})):
+            (found,) = db.execute(
+                "SELECT json_group_array(json_array(id, enabled, failing_since, "
+                f"consecutive_failures)) FROM subscriptions WHERE id IN ({marks})",
+                chunk,
+            ).fetchone()
+            for key, enabled, since, count in json.loads(found):
+                health[key] = (bool(enabled), None if since is None else from_us(since), count)
+        changes = settle_health(
+            (record.attempt for record in records),
+            health,
+            auto_disable,
+            gone=(
+                (record.attempt.subscription_id, record.disable_subscription)
+                for record in asking
+                if record.attempt.delivery_id in held and record.disable_subscription is not None
+            ),
+        )
+        db.executemany(
+            "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
+            [
+                (
+                    None if u.failing_since is None else to_us(u.failing_since),
+                    u.consecutive_failures,
+                    u.subscription_id,
+                )
+                for u in changes.updates
+            ],
+        )
+        if changes.disabled:
+            db.executemany(
+                "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
+                "WHERE id = ? AND enabled",
+                [(reason, to_us(at), key) for key, reason, at in changes.disabled],
+            )
+            self._bump_subscriptions_version(db)
+        return RecordResult(
+            tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
+        )
 
     def next_due_at(self) -> datetime | None:
         """The earliest time a claim could take something: the due time of a pending
@@ -833,128 +784,11 @@ class SQLiteStore(Store):
                 "(SELECT MIN((SELECT CASE WHEN d.status = 'pending' THEN d.next_attempt_at END "
                 "FROM deliveries AS d INDEXED BY deliveries_ordered "
                 "WHERE d.subscription_id = s.id AND d.next_attempt_at IS NOT NULL AND d.ordered "
-                f"AND d.status IN {_UNFINISHED} ORDER BY d.seq LIMIT 1)) "
+                f"AND d.status IN {UNFINISHED} ORDER BY d.seq LIMIT 1)) "
                 "FROM subscriptions AS s WHERE s.enabled AND json_extract(s.options, '$.ordered'))"
             ).fetchone()
         found = [value for value in (lease, due, head) if value is not None]
         return from_us(min(found)) if found else None
-
-    def get_delivery(self, delivery_id: str) -> Delivery:
-        """The delivery with this id; `NotFound` otherwise."""
-        with self._reading() as db:
-            row = db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no delivery with id {delivery_id!r}")
-        return _delivery(row)
-
-    def list_deliveries(
-        self,
-        *,
-        message_id: str | None = None,
-        subscription_id: str | None = None,
-        status: DeliveryStatus | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
-    ) -> Page[Delivery]:
-        """Deliveries matching every given filter, oldest first, a page at a time."""
-        conditions, parameters = where_clause(
-            "?",
-            ("message_id", message_id),
-            ("subscription_id", subscription_id),
-            ("status", None if status is None else DeliveryStatus(status).value),
-            ("seq >", decode_cursor(cursor, "deliveries")),
-        )
-        parameters.append(check_limit(limit) + 1)
-        with self._reading() as db:
-            rows = db.execute(
-                f"SELECT seq, {_DELIVERY_COLUMNS} FROM deliveries {conditions}ORDER BY seq LIMIT ?",
-                parameters,
-            ).fetchall()
-        return page_of([(row[0], _delivery(row[1:])) for row in rows], limit, "deliveries")
-
-    def list_attempts(
-        self, *, message_id: str | None = None, delivery_id: str | None = None
-    ) -> list[Attempt]:
-        """Attempts of a message or of a delivery, oldest first."""
-        conditions: list[str] = []
-        parameters: list[Any] = []
-        if message_id is not None:
-            # Through the message's deliveries: attempts have no message index.
-            conditions.append("delivery_id IN (SELECT id FROM deliveries WHERE message_id = ?)")
-            parameters.append(message_id)
-        if delivery_id is not None:
-            conditions.append("delivery_id = ?")
-            parameters.append(delivery_id)
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        with self._reading() as db:
-            rows = db.execute(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts {where}ORDER BY started_at, number, seq",
-                parameters,
-            ).fetchall()
-        return [_attempt(row) for row in rows]
-
-    def schedule_manual(self, delivery_ids: Sequence[str], now: datetime) -> list[Delivery]:
-        """Make deliveries due at ``now`` for one manual attempt, all or nothing.
-
-        Deliveries being delivered are left alone; an unknown id raises `NotFound` and
-        changes nothing.
-        """
-        with self._writing() as db:
-            return _schedule_manual(db, list(delivery_ids), now)
-
-    def recover(
-        self, subscription_id: str, *, since: datetime, until: datetime, now: datetime
-    ) -> list[Delivery]:
-        """Schedule a manual attempt for the subscription's failed or exhausted deliveries
-        whose message was created in ``[since, until)``."""
-        with self._writing() as db:
-            _require_subscriptions(db, {subscription_id})
-            ids = [
-                row[0]
-                for row in db.execute(
-                    "SELECT d.id FROM deliveries AS d JOIN messages AS m ON m.id = d.message_id "
-                    "WHERE d.subscription_id = ? AND d.status IN ('failed', 'exhausted') "
-                    "AND m.created_at >= ? AND m.created_at < ? ORDER BY d.seq",
-                    (subscription_id, to_us(since), to_us(until)),
-                )
-            ]
-            return _schedule_manual(db, ids, now)
-
-    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
-        """Delete up to ``limit`` messages created before ``older_than`` whose deliveries
-        are all final; their deliveries and attempts go with them (foreign-key cascade)."""
-        with self._writing() as db:
-            return db.execute(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
-                "WHERE created_at < ? AND NOT EXISTS ("
-                "SELECT 1 FROM deliveries WHERE deliveries.message_id = messages.id "
-                f"AND deliveries.status IN {_UNFINISHED}) ORDER BY created_at LIMIT ?)",
-                (to_us(older_than), -1 if limit is None else limit),
-            ).rowcount
-
-    def stats(self, now: datetime) -> Stats:
-        """Counts of unfinished deliveries (from the partial indexes) and subscriptions."""
-        with self._reading() as db:
-            pending, oldest = db.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'"
-            ).fetchone()
-            (delivering,) = db.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE status = 'delivering'"
-            ).fetchone()
-            total, disabled, failing = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(NOT enabled), 0), "
-                "COALESCE(SUM(enabled AND consecutive_failures > 0), 0) FROM subscriptions"
-            ).fetchone()
-        return Stats(
-            pending=pending,
-            delivering=delivering,
-            oldest_pending_at=None if oldest is None else from_us(oldest),
-            subscriptions=total,
-            disabled_subscriptions=disabled,
-            failing_subscriptions=failing,
-        )
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL into the file). Idempotent."""
@@ -1115,20 +949,10 @@ def _chunks(values: Sequence[Any]) -> Iterator[tuple[Sequence[Any], str]]:
         yield chunk, ", ".join("?" * len(chunk))
 
 
-def _fetch_by_id(
-    db: sqlite3.Connection, table: str, columns: str, ids: Iterable[str]
-) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for chunk, marks in _chunks(sorted(ids)):
-        for row in db.execute(f"SELECT {columns} FROM {table} WHERE id IN ({marks})", chunk):
-            found[row[0]] = row
-    return found
-
-
 def _subscription_rows(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
     """The subscriptions' rows by id, each chunk read as one JSON value. ``timeout``
     travels as 17 significant digits (JSON's REAL text keeps 15) and comes back exact."""
-    columns = _SUBSCRIPTION_COLUMNS.replace("timeout", "printf('%!.17g', timeout)")
+    columns = SUBSCRIPTION_COLUMNS.replace("timeout", "printf('%!.17g', timeout)")
     found: dict[str, tuple[Any, ...]] = {}
     for chunk, marks in _chunks(sorted(ids)):
         (rows,) = db.execute(
@@ -1159,88 +983,6 @@ def _require_subscriptions(db: sqlite3.Connection, ids: set[str]) -> set[str]:
     if missing:
         raise NotFound(f"no subscription with id {missing[0]!r}")
     return ordered
-
-
-def _record(
-    db: sqlite3.Connection,
-    records: Sequence[AttemptRecord],
-    worker_id: str,
-    auto_disable: AutoDisable | None,
-) -> RecordResult:
-    """`SQLiteStore.record` inside the caller's write transaction."""
-    _insert_rows(db, "attempts", _ATTEMPT_COLUMNS, [_attempt_row(r.attempt) for r in records])
-    # Only a record asking to disable its subscription needs to know, before the
-    # update, whether this worker still held the lease; the update checks it itself.
-    asking = [record for record in records if record.disable_subscription is not None]
-    held: set[str] = set()
-    for chunk, marks in _chunks([record.attempt.delivery_id for record in asking]):
-        held.update(
-            row[0]
-            for row in db.execute(
-                f"SELECT id FROM deliveries WHERE id IN ({marks}) "
-                "AND status = 'delivering' AND lease_owner = ?",
-                (*chunk, worker_id),
-            )
-        )
-    _update_deliveries(
-        db,
-        worker_id,
-        [
-            (
-                d.id,
-                d.status.value,
-                d.attempt_count,
-                # NULL once final, set while unfinished: the ordered-deliveries index
-                # relies on it (a pending record without a time is due at once).
-                None if d.status.is_final else to_us(d.next_attempt_at or d.updated_at),
-                d.next_trigger.value,
-                d.last_status_code,
-                d.last_error,
-                to_us(d.updated_at),
-            )
-            for d in (record.delivery for record in records)
-        ],
-    )
-    health: dict[str, tuple[bool, datetime | None, int]] = {}
-    for chunk, marks in _chunks(sorted({record.attempt.subscription_id for record in records})):
-        (found,) = db.execute(
-            "SELECT json_group_array(json_array(id, enabled, failing_since, "
-            f"consecutive_failures)) FROM subscriptions WHERE id IN ({marks})",
-            chunk,
-        ).fetchone()
-        for key, enabled, since, count in json.loads(found):
-            health[key] = (bool(enabled), None if since is None else from_us(since), count)
-    changes = settle_health(
-        (record.attempt for record in records),
-        health,
-        auto_disable,
-        gone=(
-            (record.attempt.subscription_id, record.disable_subscription)
-            for record in asking
-            if record.attempt.delivery_id in held and record.disable_subscription is not None
-        ),
-    )
-    db.executemany(
-        "UPDATE subscriptions SET failing_since = ?, consecutive_failures = ? WHERE id = ?",
-        [
-            (
-                None if u.failing_since is None else to_us(u.failing_since),
-                u.consecutive_failures,
-                u.subscription_id,
-            )
-            for u in changes.updates
-        ],
-    )
-    if changes.disabled:
-        db.executemany(
-            "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? "
-            "WHERE id = ? AND enabled",
-            [(reason, to_us(at), key) for key, reason, at in changes.disabled],
-        )
-        _bump_subscriptions_version(db)
-    return RecordResult(
-        tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
-    )
 
 
 # Python's sqlite3 lets go of the GIL around every step of a statement, that is for
@@ -1319,165 +1061,3 @@ def _update_deliveries(
             "AND deliveries.lease_owner = ?",
             [*parameters, worker_id],
         )
-
-
-def _follow_ordered(db: sqlite3.Connection, subscription: Subscription) -> None:
-    """Give the subscription's open deliveries its ``ordered`` setting (the ordered
-    index holds only ordered subscriptions' deliveries)."""
-    flag = int(subscription.ordered)
-    db.execute(
-        "UPDATE deliveries SET ordered = ? WHERE subscription_id = ? "
-        "AND next_attempt_at IS NOT NULL AND ordered != ?",
-        (flag, subscription.id, flag),
-    )
-
-
-def _bump_subscriptions_version(db: sqlite3.Connection) -> None:
-    db.execute(f"UPDATE {_META} SET value = value + 1 WHERE key = 'subscriptions_version'")
-
-
-def _schedule_manual(db: sqlite3.Connection, ids: list[str], now: datetime) -> list[Delivery]:
-    rows = _fetch_by_id(db, "deliveries", _DELIVERY_COLUMNS, ids)
-    for delivery_id in ids:
-        if delivery_id not in rows:
-            raise NotFound(f"no delivery with id {delivery_id!r}")
-    updated: list[Delivery] = []
-    for delivery_id in ids:
-        delivery = _delivery(rows[delivery_id])
-        if delivery.status is DeliveryStatus.DELIVERING:
-            continue
-        updated.append(
-            attrs.evolve(
-                delivery,
-                status=DeliveryStatus.PENDING,
-                next_attempt_at=now,
-                next_trigger=AttemptTrigger.MANUAL,
-                updated_at=now,
-            )
-        )
-    now_us = to_us(now)
-    db.executemany(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
-        "next_trigger = 'manual', updated_at = ?, ordered = COALESCE(("
-        "SELECT json_extract(options, '$.ordered') = 1 FROM subscriptions "
-        "WHERE subscriptions.id = deliveries.subscription_id), 0) "
-        "WHERE id = ? AND status != 'delivering'",
-        [(now_us, now_us, delivery.id) for delivery in updated],
-    )
-    return updated
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _subscription_row(s: Subscription) -> tuple[Any, ...]:
-    return (
-        s.id,
-        s.url,
-        _dumps(list(s.event_types)),
-        s.secret,
-        _dumps([[r.secret, to_us(r.expires_at)] for r in s.previous_secrets]),
-        _dumps(dict(s.headers)),
-        _dumps(dict(s.metadata)),
-        int(s.enabled),
-        s.disabled_reason,
-        s.timeout,
-        to_us(s.created_at),
-        to_us(s.updated_at),
-        _dumps(options_document(s)),
-        None if s.failing_since is None else to_us(s.failing_since),
-        s.consecutive_failures,
-    )
-
-
-def _subscription(row: Any) -> Subscription:
-    return Subscription(
-        id=row[0],
-        url=row[1],
-        event_types=tuple(json.loads(row[2])),
-        secret=row[3],
-        previous_secrets=tuple(
-            RetiredSecret(secret, from_us(expires)) for secret, expires in json.loads(row[4])
-        ),
-        headers=json.loads(row[5]),
-        metadata=json.loads(row[6]),
-        enabled=bool(row[7]),
-        disabled_reason=row[8],
-        timeout=row[9],
-        created_at=from_us(row[10]),
-        updated_at=from_us(row[11]),
-        failing_since=None if row[13] is None else from_us(row[13]),
-        consecutive_failures=row[14],
-        **options_fields(json.loads(row[12])),
-    )
-
-
-def _message(row: Any) -> Message:
-    return Message(
-        id=row[0],
-        event_type=row[1],
-        payload=bytes(row[2]),
-        content_type=row[3],
-        created_at=from_us(row[4]),
-        idempotency_key=row[5],
-    )
-
-
-def _delivery(
-    row: Any, *, status: DeliveryStatus | None = None, updated_at: datetime | None = None
-) -> Delivery:
-    """The delivery of this row; a claim passes the state it just wrote."""
-    return Delivery(
-        id=row[0],
-        message_id=row[1],
-        subscription_id=row[2],
-        status=DeliveryStatus(row[3]) if status is None else status,
-        attempt_count=row[4],
-        next_attempt_at=None if row[5] is None else from_us(row[5]),
-        next_trigger=AttemptTrigger(row[6]),
-        created_at=from_us(row[7]),
-        updated_at=from_us(row[8]) if updated_at is None else updated_at,
-        last_status_code=row[9],
-        last_error=row[10],
-    )
-
-
-def _attempt_row(a: Attempt) -> tuple[Any, ...]:
-    return (
-        a.id,
-        a.delivery_id,
-        a.message_id,
-        a.subscription_id,
-        a.number,
-        a.trigger.value,
-        to_us(a.started_at),
-        a.duration,
-        a.url,
-        a.status_code,
-        a.response_body,
-        _dumps(dict(a.response_headers)) if a.response_headers else "{}",
-        None if a.error_kind is None else a.error_kind.value,
-        a.error,
-        a.webhook_timestamp,
-    )
-
-
-def _attempt(row: Any) -> Attempt:
-    return Attempt(
-        id=row[0],
-        delivery_id=row[1],
-        message_id=row[2],
-        subscription_id=row[3],
-        number=row[4],
-        trigger=AttemptTrigger(row[5]),
-        started_at=from_us(row[6]),
-        duration=row[7],
-        url=row[8],
-        status_code=row[9],
-        response_body=bytes(row[10]),
-        response_headers=json.loads(row[11]),
-        error_kind=None if row[12] is None else ErrorKind(row[12]),
-        error=row[13],
-        webhook_timestamp=row[14],
-    )

@@ -1,0 +1,709 @@
+"""The SQL stores' shared core: one logical schema, one set of row codecs, and every
+store operation that is the same on SQLite and PostgreSQL, written once.
+
+A backend (`SQLStore` subclass) supplies only what differs: its connection and
+transaction handling (`SQLStore._reading`, `SQLStore._writing`), how a neutral statement
+becomes its dialect (`SQLStore._sql`), how a list of values is matched
+(`SQLStore._in`), its value codec (`Codec`), and its tuned statements for the hot
+paths (publish, claim, record).
+
+Neutral statements use ``?`` placeholders and name tables ``{schema}.table``; they use
+no ``%`` and no ``?`` other than placeholders, so both dialects can take them.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+import attrs
+
+from ..errors import NotFound
+from ..models import (
+    Attempt,
+    AttemptTrigger,
+    Delivery,
+    DeliveryStatus,
+    ErrorKind,
+    Message,
+    RetiredSecret,
+    Subscription,
+    options_document,
+    options_fields,
+)
+from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
+from .base import PublishResult, Stats, Store
+
+__all__: list[str] = []
+
+SCHEMA_VERSION = 4
+"""The logical schema version both SQL stores write; a newer one is refused."""
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+UNFINISHED = "('pending', 'delivering')"
+
+DELIVERY_COLUMNS = (
+    "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
+    "next_trigger, created_at, updated_at, last_status_code, last_error"
+)
+MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
+SUBSCRIPTION_COLUMNS = (
+    "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
+    "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
+    "consecutive_failures"
+)
+ATTEMPT_COLUMNS = (
+    "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
+    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
+)
+
+
+# -- values ------------------------------------------------------------------------------
+def to_us(moment: datetime) -> int:
+    """Integer microseconds since the epoch; naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def from_us(value: int) -> datetime:
+    """The UTC datetime of integer microseconds since the epoch."""
+    return EPOCH + timedelta(microseconds=value)
+
+
+def utc(moment: datetime) -> datetime:
+    """The same moment in UTC; naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Codec(Protocol):
+    """How a backend stores the column types that differ between dialects."""
+
+    def time(self, moment: datetime) -> Any:
+        """A timestamp column's value."""
+
+    def from_time(self, value: Any) -> datetime:
+        """A timestamp column's value, read back (UTC)."""
+
+    def document(self, value: Any) -> Any:
+        """A JSON document column's value."""
+
+    def from_document(self, value: Any) -> Any:
+        """A JSON document column's value, read back."""
+
+    def texts(self, values: Sequence[str]) -> Any:
+        """A list-of-text column's value."""
+
+    def from_texts(self, value: Any) -> tuple[str, ...]:
+        """A list-of-text column's value, read back."""
+
+
+class TextCodec:
+    """SQLite: times as integer microseconds since the epoch, JSON and lists as text."""
+
+    @staticmethod
+    def time(moment: datetime) -> int:
+        """Microseconds since the epoch."""
+        return to_us(moment)
+
+    @staticmethod
+    def from_time(value: Any) -> datetime:
+        """From microseconds since the epoch."""
+        return from_us(value)
+
+    @staticmethod
+    def document(value: Any) -> str:
+        """JSON text."""
+        return dumps(value)
+
+    @staticmethod
+    def from_document(value: Any) -> Any:
+        """From JSON text."""
+        return json.loads(value)
+
+    @staticmethod
+    def texts(values: Sequence[str]) -> str:
+        """A JSON array."""
+        return dumps(list(values))
+
+    @staticmethod
+    def from_texts(value: Any) -> tuple[str, ...]:
+        """The strings of a JSON array."""
+        return tuple(json.loads(value))
+
+
+# -- rows --------------------------------------------------------------------------------
+def subscription_row(codec: Codec, s: Subscription) -> tuple[Any, ...]:
+    """The `SUBSCRIPTION_COLUMNS` values of a subscription. Headers are a list of
+    ``[name, value]`` pairs: JSON objects keep no order in every database."""
+    return (
+        s.id,
+        s.url,
+        codec.texts(s.event_types),
+        s.secret,
+        codec.document([[r.secret, to_us(r.expires_at)] for r in s.previous_secrets]),
+        codec.document([[name, value] for name, value in s.headers.items()]),
+        codec.document(dict(s.metadata)),
+        s.enabled,
+        s.disabled_reason,
+        s.timeout,
+        codec.time(s.created_at),
+        codec.time(s.updated_at),
+        codec.document(options_document(s)),
+        None if s.failing_since is None else codec.time(s.failing_since),
+        s.consecutive_failures,
+    )
+
+
+def subscription(codec: Codec, row: Sequence[Any]) -> Subscription:
+    """The subscription of a `SUBSCRIPTION_COLUMNS` row."""
+    return Subscription(
+        id=row[0],
+        url=row[1],
+        event_types=codec.from_texts(row[2]),
+        secret=row[3],
+        previous_secrets=tuple(
+            RetiredSecret(secret, from_us(expires))
+            for secret, expires in codec.from_document(row[4])
+        ),
+        headers=dict(codec.from_document(row[5])),
+        metadata=codec.from_document(row[6]),
+        enabled=bool(row[7]),
+        disabled_reason=row[8],
+        timeout=row[9],
+        created_at=codec.from_time(row[10]),
+        updated_at=codec.from_time(row[11]),
+        failing_since=None if row[13] is None else codec.from_time(row[13]),
+        consecutive_failures=row[14],
+        **options_fields(codec.from_document(row[12])),
+    )
+
+
+def message_row(codec: Codec, m: Message) -> tuple[Any, ...]:
+    """The `MESSAGE_COLUMNS` values of a message."""
+    return (
+        m.id,
+        m.event_type,
+        m.payload,
+        m.content_type,
+        codec.time(m.created_at),
+        m.idempotency_key,
+    )
+
+
+def message(codec: Codec, row: Sequence[Any]) -> Message:
+    """The message of a `MESSAGE_COLUMNS` row."""
+    return Message(
+        id=row[0],
+        event_type=row[1],
+        payload=bytes(row[2]),
+        content_type=row[3],
+        created_at=codec.from_time(row[4]),
+        idempotency_key=row[5],
+    )
+
+
+def delivery(
+    codec: Codec,
+    row: Sequence[Any],
+    *,
+    status: DeliveryStatus | None = None,
+    updated_at: datetime | None = None,
+) -> Delivery:
+    """The delivery of a `DELIVERY_COLUMNS` row; a claim passes the state it just wrote."""
+    return Delivery(
+        id=row[0],
+        message_id=row[1],
+        subscription_id=row[2],
+        status=DeliveryStatus(row[3]) if status is None else status,
+        attempt_count=row[4],
+        next_attempt_at=None if row[5] is None else codec.from_time(row[5]),
+        next_trigger=AttemptTrigger(row[6]),
+        created_at=codec.from_time(row[7]),
+        updated_at=codec.from_time(row[8]) if updated_at is None else updated_at,
+        last_status_code=row[9],
+        last_error=row[10],
+    )
+
+
+def attempt_row(codec: Codec, a: Attempt) -> tuple[Any, ...]:
+    """The `ATTEMPT_COLUMNS` values of an attempt."""
+    return (
+        a.id,
+        a.delivery_id,
+        a.message_id,
+        a.subscription_id,
+        a.number,
+        a.trigger.value,
+        codec.time(a.started_at),
+        a.duration,
+        a.url,
+        a.status_code,
+        a.response_body,
+        dumps(dict(a.response_headers)) if a.response_headers else "{}",
+        None if a.error_kind is None else a.error_kind.value,
+        a.error,
+        a.webhook_timestamp,
+    )
+
+
+def attempt(codec: Codec, row: Sequence[Any]) -> Attempt:
+    """The attempt of an `ATTEMPT_COLUMNS` row."""
+    return Attempt(
+        id=row[0],
+        delivery_id=row[1],
+        message_id=row[2],
+        subscription_id=row[3],
+        number=row[4],
+        trigger=AttemptTrigger(row[5]),
+        started_at=codec.from_time(row[6]),
+        duration=row[7],
+        url=row[8],
+        status_code=row[9],
+        response_body=bytes(row[10]),
+        response_headers=codec.from_document(row[11]),
+        error_kind=None if row[12] is None else ErrorKind(row[12]),
+        error=row[13],
+        webhook_timestamp=row[14],
+    )
+
+
+def open_due(state: Delivery) -> datetime | None:
+    """The ``next_attempt_at`` a delivery's row keeps: NULL once final, always set while
+    unfinished (a pending record without a time is due at once). The index of ordered
+    subscriptions' open deliveries relies on it."""
+    if state.status.is_final:
+        return None
+    return state.next_attempt_at or state.updated_at
+
+
+# -- publishing --------------------------------------------------------------------------
+def plan_publish(
+    items: Sequence[tuple[Message, Sequence[str]]], stored: Mapping[str, Message]
+) -> tuple[list[PublishResult], list[Message]]:
+    """Idempotency for a batch: the results in input order, and the messages to insert.
+
+    A message whose key is already ``stored`` (key -> message) returns that one with
+    ``created=False``; so does a later message of the batch repeating an earlier key.
+    """
+    seen = dict(stored)
+    results: list[PublishResult] = []
+    new_messages: list[Message] = []
+    for candidate, subscription_ids in items:
+        key = candidate.idempotency_key
+        if key is not None:
+            if key in seen:
+                results.append(PublishResult(seen[key], False, 0))
+                continue
+            seen[key] = candidate
+        new_messages.append(candidate)
+        results.append(PublishResult(candidate, True, len(subscription_ids)))
+    return results, new_messages
+
+
+# -- SQL pieces --------------------------------------------------------------------------
+def where_clause(*filters: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A neutral ``WHERE`` clause (with a trailing space, or empty) and its parameters
+    for the ``(column, value)`` filters: ``"column"`` means equal, ``"column op"``
+    compares with that operator; None values are left out."""
+    conditions: list[str] = []
+    parameters: list[Any] = []
+    for column, value in filters:
+        if value is not None:
+            operator = "" if " " in column else " ="
+            conditions.append(f"{column}{operator} ?")
+            parameters.append(value)
+    return (f"WHERE {' AND '.join(conditions)} " if conditions else ""), parameters
+
+
+def prefixed(alias: str, columns: str) -> str:
+    """``"a, b"`` as ``"alias.a, alias.b"``."""
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+class Cursor(Protocol):
+    """What both drivers' cursors give (sqlite3 and psycopg)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class Connection(Protocol):
+    """What both drivers' connections give (sqlite3 and psycopg)."""
+
+    def execute(self, sql: Any, parameters: Any = ..., /) -> Any: ...
+
+
+class SQLStore(Store):
+    """Every store operation that reads the same on SQLite and PostgreSQL.
+
+    Subclasses supply the connection handling, the dialect and the codec (module
+    docstring) and the tuned hot paths; nothing here knows which database it runs on.
+    """
+
+    codec: Codec
+
+    # -- what a backend supplies ---------------------------------------------------------
+    @abc.abstractmethod
+    def _reading(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for reads (a snapshot or autocommit)."""
+
+    @abc.abstractmethod
+    def _writing(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection inside one write transaction, committed at the end."""
+
+    @abc.abstractmethod
+    def _sql(self, text: str) -> str:
+        """A neutral statement in this dialect."""
+
+    @abc.abstractmethod
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        """A neutral condition "``column`` is one of ``values``" and its one parameter."""
+
+    @abc.abstractmethod
+    def _ordered_of(self, alias: str) -> str:
+        """A neutral expression: whether the subscription row ``alias`` is ordered."""
+
+    def _notify(self, db: Connection) -> None:
+        """Wake other processes' idle workers when this transaction commits."""
+        del db
+
+    def _follow_ordered(self, db: Connection, subscription: Subscription) -> None:
+        """Give the subscription's open deliveries its ``ordered`` setting (the index of
+        ordered subscriptions' open deliveries holds only theirs)."""
+        flag = subscription.ordered
+        self._run(
+            db,
+            "UPDATE {schema}.deliveries SET ordered = ? WHERE subscription_id = ? "
+            "AND next_attempt_at IS NOT NULL AND ordered != ?",
+            (flag, subscription.id, flag),
+        )
+
+    def _bump_subscriptions_version(self, db: Connection) -> None:
+        self._run(
+            db,
+            "UPDATE {schema}.webhook_dispatch_meta SET value = value + 1 "
+            "WHERE key = 'subscriptions_version'",
+        )
+
+    def _run(self, db: Connection, text: str, parameters: Sequence[Any] = ()) -> Cursor:
+        cursor: Cursor = db.execute(self._sql(text), parameters)
+        return cursor
+
+    def _rows(self, text: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        with self._reading() as db:
+            return self._run(db, text, parameters).fetchall()
+
+    # -- subscriptions -------------------------------------------------------------------
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Store a new subscription."""
+        marks = ", ".join("?" * len(SUBSCRIPTION_COLUMNS.split(",")))
+        with self._writing() as db:
+            self._run(
+                db,
+                f"INSERT INTO {{schema}}.subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ({marks})",
+                subscription_row(self.codec, subscription),
+            )
+            # An id used before may have open deliveries (retried after its removal).
+            self._follow_ordered(db, subscription)
+            self._bump_subscriptions_version(db)
+
+    def save_subscription(self, subscription: Subscription) -> None:
+        """Replace a stored subscription by id; `NotFound` if it does not exist."""
+        row = subscription_row(self.codec, subscription)
+        columns = [column.strip() for column in SUBSCRIPTION_COLUMNS.split(",")][1:]
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        with self._writing() as db:
+            changed = self._run(
+                db,
+                f"UPDATE {{schema}}.subscriptions SET {assignments} WHERE id = ?",
+                (*row[1:], row[0]),
+            ).rowcount
+            if not changed:
+                raise NotFound(f"no subscription with id {subscription.id!r}")
+            self._follow_ordered(db, subscription)
+            self._bump_subscriptions_version(db)
+            if subscription.enabled:
+                self._notify(db)  # its held deliveries may be due
+
+    def remove_subscription(self, subscription_id: str, now: datetime) -> None:
+        """Delete a subscription; its unfinished deliveries become ``cancelled``."""
+        with self._writing() as db:
+            if not self._run(
+                db, "DELETE FROM {schema}.subscriptions WHERE id = ?", (subscription_id,)
+            ).rowcount:
+                raise NotFound(f"no subscription with id {subscription_id!r}")
+            self._run(
+                db,
+                "UPDATE {schema}.deliveries SET status = 'cancelled', next_attempt_at = NULL, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL "
+                f"AND status IN {UNFINISHED}",
+                (self.codec.time(now), subscription_id),
+            )
+            self._bump_subscriptions_version(db)
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        """The subscription with this id; `NotFound` otherwise."""
+        rows = self._rows(
+            f"SELECT {SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions WHERE id = ?",
+            (subscription_id,),
+        )
+        if not rows:
+            raise NotFound(f"no subscription with id {subscription_id!r}")
+        return subscription(self.codec, rows[0])
+
+    def list_subscriptions(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[Subscription]:
+        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
+        after = decode_cursor(cursor, "subscriptions") or 0
+        text = f"SELECT seq, {SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions WHERE seq > ?"
+        parameters: list[Any] = [after]
+        if limit is not None:
+            text += " ORDER BY seq LIMIT ?"
+            parameters.append(check_limit(limit) + 1)
+        else:
+            text += " ORDER BY seq"
+        found = [
+            (row[0], subscription(self.codec, row[1:])) for row in self._rows(text, parameters)
+        ]
+        return page_of(found, len(found) if limit is None else limit, "subscriptions")
+
+    def subscriptions_version(self) -> int:
+        """A counter bumped, in the same transaction, by every subscription change."""
+        rows = self._rows(
+            "SELECT value FROM {schema}.webhook_dispatch_meta WHERE key = 'subscriptions_version'"
+        )
+        return int(rows[0][0])
+
+    # -- messages and deliveries -----------------------------------------------------------
+    def get_message(self, message_id: str) -> Message:
+        """The message with this id; `NotFound` otherwise."""
+        rows = self._rows(
+            f"SELECT {MESSAGE_COLUMNS} FROM {{schema}}.messages WHERE id = ?", (message_id,)
+        )
+        if not rows:
+            raise NotFound(f"no message with id {message_id!r}")
+        return message(self.codec, rows[0])
+
+    def list_messages(
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Message]:
+        """The newest messages first, optionally of one event type, a page at a time."""
+        conditions, parameters = where_clause(
+            ("event_type", event_type), ("seq <", decode_cursor(cursor, "messages"))
+        )
+        parameters.append(check_limit(limit) + 1)
+        rows = self._rows(
+            f"SELECT seq, {MESSAGE_COLUMNS} FROM {{schema}}.messages {conditions}"
+            "ORDER BY seq DESC LIMIT ?",
+            parameters,
+        )
+        return page_of([(row[0], message(self.codec, row[1:])) for row in rows], limit, "messages")
+
+    def get_delivery(self, delivery_id: str) -> Delivery:
+        """The delivery with this id; `NotFound` otherwise."""
+        rows = self._rows(
+            f"SELECT {DELIVERY_COLUMNS} FROM {{schema}}.deliveries WHERE id = ?", (delivery_id,)
+        )
+        if not rows:
+            raise NotFound(f"no delivery with id {delivery_id!r}")
+        return delivery(self.codec, rows[0])
+
+    def list_deliveries(
+        self,
+        *,
+        message_id: str | None = None,
+        subscription_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[Delivery]:
+        """Deliveries matching every given filter, oldest first, a page at a time."""
+        conditions, parameters = where_clause(
+            ("message_id", message_id),
+            ("subscription_id", subscription_id),
+            ("status", None if status is None else DeliveryStatus(status).value),
+            ("seq >", decode_cursor(cursor, "deliveries")),
+        )
+        parameters.append(check_limit(limit) + 1)
+        rows = self._rows(
+            f"SELECT seq, {DELIVERY_COLUMNS} FROM {{schema}}.deliveries {conditions}"
+            "ORDER BY seq LIMIT ?",
+            parameters,
+        )
+        found = [(row[0], delivery(self.codec, row[1:])) for row in rows]
+        return page_of(found, limit, "deliveries")
+
+    def list_attempts(
+        self, *, message_id: str | None = None, delivery_id: str | None = None
+    ) -> list[Attempt]:
+        """Attempts of a message or of a delivery, oldest first."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        if message_id is not None:
+            # Through the message's deliveries: attempts have no message index.
+            conditions.append(
+                "delivery_id IN (SELECT id FROM {schema}.deliveries WHERE message_id = ?)"
+            )
+            parameters.append(message_id)
+        if delivery_id is not None:
+            conditions.append("delivery_id = ?")
+            parameters.append(delivery_id)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        rows = self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM {{schema}}.attempts {where}"
+            "ORDER BY started_at, number, seq",
+            parameters,
+        )
+        return [attempt(self.codec, row) for row in rows]
+
+    # -- repair --------------------------------------------------------------------------
+    def release(
+        self, delivery_ids: Sequence[str], worker_id: str, *, due_at: datetime | None = None
+    ) -> None:
+        """Give leased deliveries back unattempted: pending again, due as before (or at
+        ``due_at``)."""
+        if not delivery_ids:
+            return
+        matching, ids = self._in("id", list(delivery_ids))
+        with self._writing() as db:
+            released = self._run(
+                db,
+                "UPDATE {schema}.deliveries SET status = 'pending', lease_owner = NULL, "
+                "lease_expires_at = NULL, next_attempt_at = COALESCE(?, next_attempt_at) "
+                f"WHERE {matching} AND status = 'delivering' AND lease_owner = ?",
+                (None if due_at is None else self.codec.time(due_at), ids, worker_id),
+            ).rowcount
+            if released:
+                self._notify(db)
+
+    def schedule_manual(self, delivery_ids: Sequence[str], now: datetime) -> list[Delivery]:
+        """Make deliveries due at ``now`` for one manual attempt, all or nothing.
+
+        Deliveries being delivered are left alone; an unknown id raises `NotFound` and
+        changes nothing.
+        """
+        with self._writing() as db:
+            return self._schedule_manual(db, list(delivery_ids), now)
+
+    def recover(
+        self, subscription_id: str, *, since: datetime, until: datetime, now: datetime
+    ) -> list[Delivery]:
+        """Schedule a manual attempt for the subscription's failed or exhausted deliveries
+        whose message was created in ``[since, until)``."""
+        with self._writing() as db:
+            if not self._run(
+                db, "SELECT 1 FROM {schema}.subscriptions WHERE id = ?", (subscription_id,)
+            ).fetchall():
+                raise NotFound(f"no subscription with id {subscription_id!r}")
+            ids = [
+                row[0]
+                for row in self._run(
+                    db,
+                    "SELECT d.id FROM {schema}.deliveries AS d "
+                    "JOIN {schema}.messages AS m ON m.id = d.message_id "
+                    "WHERE d.subscription_id = ? AND d.status IN ('failed', 'exhausted') "
+                    "AND m.created_at >= ? AND m.created_at < ? ORDER BY d.seq",
+                    (subscription_id, self.codec.time(since), self.codec.time(until)),
+                ).fetchall()
+            ]
+            return self._schedule_manual(db, ids, now)
+
+    def _schedule_manual(self, db: Connection, ids: list[str], now: datetime) -> list[Delivery]:
+        if not ids:
+            return []
+        matching, values = self._in("id", ids)
+        rows = {
+            row[0]: row
+            for row in self._run(
+                db,
+                f"SELECT {DELIVERY_COLUMNS} FROM {{schema}}.deliveries WHERE {matching}",
+                (values,),
+            ).fetchall()
+        }
+        for delivery_id in ids:
+            if delivery_id not in rows:
+                raise NotFound(f"no delivery with id {delivery_id!r}")
+        moment = self.codec.from_time(self.codec.time(now))
+        updated = [
+            attrs.evolve(
+                delivery(self.codec, rows[delivery_id]),
+                status=DeliveryStatus.PENDING,
+                next_attempt_at=moment,
+                next_trigger=AttemptTrigger.MANUAL,
+                updated_at=moment,
+            )
+            for delivery_id in ids
+            if rows[delivery_id][3] != DeliveryStatus.DELIVERING.value
+        ]
+        if updated:
+            matching, values = self._in("id", [d.id for d in updated])
+            self._run(
+                db,
+                "UPDATE {schema}.deliveries SET status = 'pending', next_attempt_at = ?, "
+                "next_trigger = 'manual', updated_at = ?, ordered = COALESCE(("
+                f"SELECT {self._ordered_of('s')} FROM {{schema}}.subscriptions AS s "
+                "WHERE s.id = deliveries.subscription_id), ordered) "
+                f"WHERE {matching} AND status != 'delivering'",
+                (self.codec.time(now), self.codec.time(now), values),
+            )
+            self._notify(db)
+        return updated
+
+    def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
+        """Delete up to ``limit`` (None: all) messages created before ``older_than`` whose
+        deliveries are all final, oldest first; their deliveries and attempts go with them
+        (foreign-key cascade)."""
+        text = (
+            "DELETE FROM {schema}.messages WHERE id IN (SELECT m.id FROM {schema}.messages AS m "
+            "WHERE m.created_at < ? AND NOT EXISTS (SELECT 1 FROM {schema}.deliveries AS d "
+            f"WHERE d.message_id = m.id AND d.status IN {UNFINISHED}) ORDER BY m.created_at"
+        )
+        parameters: list[Any] = [self.codec.time(older_than)]
+        if limit is not None:
+            text += " LIMIT ?"
+            parameters.append(limit)
+        with self._writing() as db:
+            return self._run(db, text + ")", parameters).rowcount
+
+    def stats(self, now: datetime) -> Stats:
+        """Counts of unfinished deliveries (from the partial indexes) and subscriptions."""
+        [(pending, oldest, delivering, total, disabled, failing)] = self._rows(
+            "SELECT (SELECT COUNT(*) FROM {schema}.deliveries WHERE status = 'pending'), "
+            "(SELECT MIN(created_at) FROM {schema}.deliveries WHERE status = 'pending'), "
+            "(SELECT COUNT(*) FROM {schema}.deliveries WHERE status = 'delivering'), "
+            "COUNT(*), COALESCE(SUM(CASE WHEN enabled THEN 0 ELSE 1 END), 0), "
+            "COALESCE(SUM(CASE WHEN enabled AND consecutive_failures > 0 THEN 1 ELSE 0 END), 0) "
+            "FROM {schema}.subscriptions"
+        )
+        return Stats(
+            pending=pending,
+            delivering=delivering,
+            oldest_pending_at=None if oldest is None else self.codec.from_time(oldest),
+            subscriptions=total,
+            disabled_subscriptions=disabled,
+            failing_subscriptions=failing,
+        )

@@ -273,12 +273,67 @@ def test_name_resolving_to_loopback_is_blocked_and_not_retried(tmp_path: Path) -
         assert attempt.status_code is None
         assert "blocked address" in str(attempt.error)
         assert "hooks.internal.test" in str(attempt.error) and "127.0.0.1" in str(attempt.error)
+        assert attempt.error == (
+            "BlockedAddress: blocked address: hooks.internal.test resolves to 127.0.0.1 "
+            "(loopback), refused by the network guard"
+        )
         assert delivery.status is wd.DeliveryStatus.FAILED
         assert calls == ["hooks.internal.test"]
         assert server.hits == 0  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_blocked_through_the_httpx_interface_is_recorded_the_same_way() -> None:
+    """With auth= the attempt goes through `handle_async_request` (an auth flow), not the
+    bytes fast path: the guard's refusal is recorded identically."""
+    server = _serve("127.0.0.1")
+    try:
+        port = server.server_address[1]
+        _, resolve = _resolver(["127.0.0.1"])
+        transport = HTTPTransport(network_policy=NetworkPolicy(), resolve=resolve)  # type: ignore[arg-type]
+        with wd.Dispatcher(transport=transport) as d:
+            d.subscribe(f"http://hooks.internal.test:{port}/hook", auth=wd.BearerToken("t" * 24))
+            message = d.publish("order.created", {"id": 1})
+            d.run_until_idle()
+            [attempt] = d.attempts(message.id)
+            [delivery] = d.deliveries(message_id=message.id)
+        assert attempt.error_kind is wd.ErrorKind.BLOCKED
+        assert attempt.error == (
+            "BlockedAddress: blocked address: hooks.internal.test resolves to 127.0.0.1 "
+            "(loopback), refused by the network guard"
+        )
+        assert delivery.status is wd.DeliveryStatus.FAILED
+        assert server.hits == 0  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_users_httpx_client_over_the_transport_gets_a_library_error() -> None:
+    """BlockedAddress is in the library's tree (and a ConnectionError), so callers catch
+    it with the library's other errors; it passes through httpx's client unchanged."""
+    _, resolve = _resolver(["10.0.0.1", "169.254.169.254"])
+    transport = HTTPTransport(network_policy=NetworkPolicy(), resolve=resolve)  # type: ignore[arg-type]
+
+    async def scenario() -> BaseException:
+        async with httpx.AsyncClient(transport=transport) as client:
+            try:
+                await client.post("http://metadata.test/latest", content=b"{}")
+            except Exception as exc:
+                return exc
+        raise AssertionError("the request was sent")
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, BlockedAddress)
+    assert isinstance(error, wd.WebhookDispatchError)
+    assert isinstance(error, ConnectionError)
+    assert error.host == "metadata.test"
+    assert error.refused == (
+        ("10.0.0.1", "private (RFC 1918)"),
+        ("169.254.169.254", "link-local (cloud metadata)"),
+    )
 
 
 def test_name_resolving_to_loopback_is_allowed_with_the_option() -> None:
@@ -395,6 +450,9 @@ def test_https_only_blocks_an_http_subscription_at_delivery(tmp_path: Path) -> N
         [delivery] = strict.deliveries(message_id=message.id)
     assert attempt.error_kind is wd.ErrorKind.BLOCKED
     assert "https_only" in str(attempt.error)
+    assert attempt.error == (
+        "BlockedAddress: blocked: hooks.example.com: only https endpoints are allowed (https_only)"
+    )
     assert delivery.status is wd.DeliveryStatus.FAILED
 
 

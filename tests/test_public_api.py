@@ -8,9 +8,9 @@ import types
 import pytest
 
 import webhook_dispatch as wd
-from webhook_dispatch import testing
+from webhook_dispatch import errors, testing
 
-MODULES = [wd, testing]
+MODULES = [wd, errors, testing]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -33,8 +33,30 @@ def test_fake_clock_moves_only_when_told() -> None:
     assert clock.now() == start + timedelta(hours=1, seconds=5)
     clock.set(start)
     assert clock.now() == start
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(wd.ConfigurationError, match="non-negative"):
         clock.advance(-1)
+    assert clock.now() == start
+
+
+@pytest.mark.parametrize(
+    "step", ["5", None, True, float("nan"), float("inf"), 1e300, timedelta(days=-1)]
+)
+def test_fake_clock_refuses_unusable_steps_and_stays_put(step: object) -> None:
+    clock = FakeClock()
+    start = clock.now()
+    with pytest.raises(wd.ConfigurationError, match="advance"):
+        clock.advance(step)  # type: ignore[arg-type]
+    assert clock.now() == start
+
+
+def test_fake_clock_takes_only_datetimes() -> None:
+    with pytest.raises(wd.ConfigurationError, match="datetime"):
+        FakeClock("2030-01-01")  # type: ignore[arg-type]
+    clock = FakeClock(datetime(2031, 5, 1))  # naive: taken as UTC
+    assert clock.now() == datetime(2031, 5, 1, tzinfo=timezone.utc)
+    with pytest.raises(wd.ConfigurationError, match="datetime"):
+        clock.set(1_900_000_000)  # type: ignore[arg-type]
+    assert clock.now() == datetime(2031, 5, 1, tzinfo=timezone.utc)
 
 
 def test_mock_receiver_routes_and_verification() -> None:
@@ -67,6 +89,11 @@ def test_mock_receiver_flags_a_wrong_secret() -> None:
         receiver.assert_all_verified()
 
 
+def test_verifying_needs_a_receiver_built_with_a_secret() -> None:
+    with pytest.raises(wd.ConfigurationError, match="secret="):
+        MockReceiver().assert_all_verified()
+
+
 def test_mock_receiver_raises_scripted_exceptions() -> None:
     clock = FakeClock()
     receiver = MockReceiver([httpx.ConnectError("refused"), 200], clock=clock)
@@ -85,8 +112,11 @@ def test_drain_reports_work_left_after_max_steps() -> None:
     with wd.Dispatcher(clock=clock, transport=receiver) as dispatcher:
         dispatcher.subscribe("https://example.com/h")
         dispatcher.publish("order.created", {})
-        with pytest.raises(RuntimeError, match="still pending"):
+        with pytest.raises(wd.DrainIncomplete, match="still pending") as caught:
             drain(dispatcher, clock, max_steps=2)
+    assert isinstance(caught.value, RuntimeError)
+    assert caught.value.max_steps == 2
+    assert caught.value.attempts == len(receiver.requests) == 2
 
 
 def test_respx_router_as_the_transport() -> None:

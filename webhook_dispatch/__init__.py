@@ -24,7 +24,9 @@ from .clock import Clock, SystemClock
 from .dispatcher import AsyncDispatcher, Dispatcher
 from .errors import (
     AuthError,
+    BlockedAddress,
     ConfigurationError,
+    DrainIncomplete,
     InvalidAuth,
     InvalidEventType,
     InvalidHeader,
@@ -53,7 +55,7 @@ from .models import (
     RetrySchedule,
     Subscription,
 )
-from .netguard import BlockedAddress, NetworkPolicy
+from .netguard import NetworkPolicy
 from .paging import Page
 from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait
 from .signing import (
@@ -83,6 +85,7 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Dispatcher",
+    "DrainIncomplete",
     "EndpointAuth",
     "ErrorKind",
     "Hooks",

@@ -87,8 +87,9 @@ class EndpointAuth(httpx.Auth):
     def to_dict(self) -> dict[str, Any]:
         """The settings to store, without ``"type"`` (added by `auth_to_document`).
 
-        Deliberately abstract: every built-in type implements it, and a custom type must."""
-        raise NotImplementedError(f"{type(self).__name__} must implement to_dict()")
+        Deliberately abstract: every built-in type implements it, and a custom type must
+        (else subscribing with it raises `InvalidAuth`, and nothing is stored)."""
+        raise InvalidAuth(f"{type(self).__name__} must implement to_dict() to be stored")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EndpointAuth:
@@ -357,8 +358,8 @@ class OAuth2ClientCredentials(EndpointAuth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        """Not supported: the token cache is shared by async deliveries."""
-        raise RuntimeError("OAuth2ClientCredentials works with async transports only")
+        """Not supported: the token cache is shared by async deliveries (`InvalidAuth`)."""
+        raise InvalidAuth("OAuth2ClientCredentials works with async transports only")
 
     async def async_auth_flow(
         self, request: httpx.Request

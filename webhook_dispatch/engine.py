@@ -18,9 +18,8 @@ import httpx
 
 from ._version import __version__
 from .clock import Clock
-from .errors import AuthError
+from .errors import AuthError, BlockedAddress
 from .models import Attempt, ErrorKind, Message, Subscription, new_id
-from .netguard import BlockedAddress
 from .retry import Outcome
 from .signing import get_signer
 from .stores.base import Claim

@@ -8,32 +8,43 @@ WebhookDispatchError
 │   ├── InvalidSecret                      not a usable signing secret
 │   ├── InvalidEventType                   not dotted [A-Za-z0-9_] segments / bad pattern
 │   ├── InvalidPayload                     not JSON-serializable, or bytes without content type
-│   │   └── PayloadTooLarge                over the size cap
+│   │   └── PayloadTooLarge                over the size cap                  .size .limit
 │   ├── InvalidAuth                        unusable endpoint authentication settings
-│   └── InvalidStoreURL                    unknown scheme or unusable path
+│   └── InvalidStoreURL                    unknown scheme or unusable path    .path
 ├── InvalidSignature (ValueError)          `verify()` refused a request
 ├── AuthError                              endpoint credentials could not be obtained (token
 │                                          endpoint failed): recorded as a retried attempt
+├── BlockedAddress (ConnectionError)       the network guard refused to connect: recorded as
+│                                          a `blocked` attempt, never retried .host .refused
 ├── NotFound (LookupError)                 no subscription / delivery / message with that id
-└── StoreError                             the store could not do what was asked
-    ├── StoreUnavailable                   locked, disk full, connection lost: try again later
-    └── SchemaError                        foreign, corrupt or newer-than-known database
+├── StoreError                             the store could not do what was asked  .path .cause
+│   ├── StoreUnavailable                   locked, disk full, connection lost: try again later
+│   └── SchemaError                        foreign, corrupt or newer-than-known database
+│                                          .schema .found_version .supported_version
+└── DrainIncomplete (RuntimeError)         `testing.drain()` gave up with work still pending
 ```
 
-Errors carry context where it exists: `.subscription`, `.message`, `.path`.
-Messages never contain secrets.
+Every error has ``.subscription`` and ``.message`` (None unless the library knows which
+subscription or message it concerns); the others above belong to their class and are
+None when unknown. Messages never contain secrets.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+# For annotations only: this module imports nothing from the package at run time, so
+# every other module can import it first.
 if TYPE_CHECKING:
     from .models import Message, Subscription
 
 __all__ = [
     "AuthError",
+    "BlockedAddress",
     "ConfigurationError",
+    "DrainIncomplete",
     "InvalidAuth",
     "InvalidEventType",
     "InvalidHeader",
@@ -54,11 +65,15 @@ __all__ = [
 class WebhookDispatchError(Exception):
     """Root of every error this library raises on purpose.
 
-    Optional context is attached as attributes (``None`` when it does not apply).
+    ``text`` is the message (``str(error)``); ``subscription`` and ``message`` name what
+    the error concerns when the library knows it. Subclasses add their own keyword-only
+    context; every argument but ``text`` has a default, so errors survive pickling.
     """
 
     subscription: Subscription | None
+    """The subscription the error concerns, or None."""
     message: Message | None
+    """The message the error concerns, or None."""
 
     def __init__(
         self,
@@ -66,13 +81,10 @@ class WebhookDispatchError(Exception):
         *,
         subscription: Subscription | None = None,
         message: Message | None = None,
-        **context: Any,
     ) -> None:
         super().__init__(text)
         self.subscription = subscription
         self.message = message
-        for key, value in context.items():
-            setattr(self, key, value)
 
 
 class ConfigurationError(WebhookDispatchError, ValueError):
@@ -102,6 +114,24 @@ class InvalidPayload(ConfigurationError):
 class PayloadTooLarge(InvalidPayload):
     """A serialized payload is larger than the configured cap."""
 
+    size: int | None
+    """Bytes of the serialized payload."""
+    limit: int | None
+    """The cap it exceeded (``max_payload_size``), in bytes."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        size: int | None = None,
+        limit: int | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.size = size
+        self.limit = limit
+
 
 class InvalidAuth(ConfigurationError):
     """Endpoint authentication settings are unusable (empty token, bad key, bad URL...)."""
@@ -115,8 +145,65 @@ class AuthError(WebhookDispatchError):
     """
 
 
+class BlockedAddress(WebhookDispatchError, ConnectionError):
+    """A connection the network guard refused: the host resolved only to refused addresses
+    (or its URL broke ``https_only``). Recorded as a ``blocked`` attempt, never retried.
+
+    Raised by `webhook_dispatch.transport.HTTPTransport` (also when a user's own
+    ``httpx.AsyncClient`` sends through it) and `webhook_dispatch.netguard.GuardedResolver`.
+    """
+
+    host: str
+    """The host name or IP literal that was refused."""
+    refused: tuple[tuple[str, str], ...]
+    """``(address, why)`` for each refused address (empty when ``reason`` applies)."""
+    reason: str
+    """Why the URL itself was refused (``https_only``), or ``""``."""
+
+    def __init__(
+        self,
+        host: str,
+        refused: Sequence[tuple[str, str]] = (),
+        *,
+        reason: str = "",
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        self.host = host
+        self.refused = tuple(refused)
+        self.reason = reason
+        if reason:
+            text = f"blocked: {host}: {reason}"
+        else:
+            shown = ", ".join(f"{address} ({why})" for address, why in self.refused[:4])
+            more = f" and {len(self.refused) - 4} more" if len(self.refused) > 4 else ""
+            text = (
+                f"blocked address: {host} resolves to {shown}{more}, refused by the network guard"
+            )
+        super().__init__(text, subscription=subscription, message=message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default would call BlockedAddress(text): rebuild from the fields instead.
+        rebuild = functools.partial(type(self), reason=self.reason)
+        return (rebuild, (self.host, self.refused), dict(self.__dict__))
+
+
 class InvalidStoreURL(ConfigurationError):
     """A store URL has an unknown scheme or names an unusable path."""
+
+    path: str | None
+    """The file path the URL named (SQLite), or None."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        path: str | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.path = path
 
 
 class InvalidSignature(WebhookDispatchError, ValueError):
@@ -130,6 +217,25 @@ class NotFound(WebhookDispatchError, LookupError):
 class StoreError(WebhookDispatchError):
     """The store failed to carry out an operation."""
 
+    path: str | None
+    """The database file (SQLite), or None."""
+    cause: str | None
+    """A short machine-readable cause when one is known (``"privilege"``: the database
+    role lacks a privilege), or None."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        path: str | None = None,
+        cause: str | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.path = path
+        self.cause = cause
+
 
 class StoreUnavailable(StoreError):
     """The store is temporarily unusable (locked, full, disconnected); retry later."""
@@ -137,3 +243,50 @@ class StoreUnavailable(StoreError):
 
 class SchemaError(StoreError):
     """The database is not ours, is corrupt, or was written by a newer version."""
+
+    schema: str | None
+    """The PostgreSQL schema the store uses, or None."""
+    found_version: int | None
+    """The schema version found in the database, when that is the problem."""
+    supported_version: int | None
+    """The newest schema version this release knows, when ``found_version`` is set."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        path: str | None = None,
+        cause: str | None = None,
+        schema: str | None = None,
+        found_version: int | None = None,
+        supported_version: int | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, path=path, cause=cause, subscription=subscription, message=message)
+        self.schema = schema
+        self.found_version = found_version
+        self.supported_version = supported_version
+
+
+class DrainIncomplete(WebhookDispatchError, RuntimeError):
+    """`webhook_dispatch.testing.drain` made ``max_steps`` rounds and deliveries were still
+    pending (an endpoint that never stops asking for retries, or a schedule too long)."""
+
+    max_steps: int | None
+    """The rounds ``drain`` was allowed."""
+    attempts: int | None
+    """Attempts it made before giving up."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        max_steps: int | None = None,
+        attempts: int | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.max_steps = max_steps
+        self.attempts = attempts

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .errors import ConfigurationError
+
 if TYPE_CHECKING:
     from .auth import EndpointAuth
 
@@ -124,14 +126,20 @@ class RetrySchedule:
     jitter: float = 0.0
 
 
+_KIND_NAMES = {float: "number", int: "whole number"}
+
+
 def _optional_positive(kind: type, what: str) -> Callable[[Any, Any, Any], None]:
     def check(instance: Any, attribute: Any, value: Any) -> None:
         if value is None:
             return
+        # Messages show the type, never the value: a wrong field could hold a secret.
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-            raise TypeError(f"{what} must be a {kind.__name__} or None, got {value!r}")
+            raise ConfigurationError(
+                f"{what} must be a {_KIND_NAMES[kind]} or None, got {type(value).__name__}"
+            )
         if not value > 0:
-            raise ValueError(f"{what} must be greater than 0, got {value!r}")
+            raise ConfigurationError(f"{what} must be greater than 0, got {value!r}")
 
     return check
 

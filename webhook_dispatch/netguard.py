@@ -17,8 +17,10 @@ from typing import Union
 import attrs
 import httpx
 
-from .errors import ConfigurationError
+from .errors import BlockedAddress, ConfigurationError
 
+# BlockedAddress lives in the error tree (`errors`); it is exported here too, beside the
+# guard that raises it, where it was first defined.
 __all__ = [
     "BlockedAddress",
     "GuardedResolver",
@@ -226,24 +228,6 @@ class NetworkPolicy:
         if self.https_only and scheme != "https":
             return "only https endpoints are allowed (https_only)"
         return None
-
-
-class BlockedAddress(httpx.ConnectError):
-    """A connection the network guard refused: the host resolved only to refused addresses
-    (or its URL broke ``https_only``). Recorded as a ``blocked`` attempt, never retried."""
-
-    def __init__(self, host: str, refused: Sequence[tuple[str, str]], *, reason: str = "") -> None:
-        self.host = host
-        self.refused = tuple(refused)
-        if reason:
-            text = f"blocked: {host}: {reason}"
-        else:
-            shown = ", ".join(f"{address} ({why})" for address, why in self.refused[:4])
-            more = f" and {len(self.refused) - 4} more" if len(self.refused) > 4 else ""
-            text = (
-                f"blocked address: {host} resolves to {shown}{more}, refused by the network guard"
-            )
-        super().__init__(text)
 
 
 def check_literal_host(host: str, policy: NetworkPolicy) -> None:

@@ -20,7 +20,7 @@ import attrs
 import tenacity
 import tenacity.wait
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, WebhookDispatchError
 from .models import AttemptTrigger, DeliveryStatus, ErrorKind, RetrySchedule
 
 __all__ = [
@@ -269,7 +269,7 @@ def _default_stop() -> StopStrategy:
     return tenacity.stop_after_attempt(len(DEFAULT_SCHEDULE))
 
 
-class _AttemptFailed(Exception):
+class _AttemptFailed(WebhookDispatchError):
     """Stands in the retry state's outcome: the attempt did not succeed."""
 
 

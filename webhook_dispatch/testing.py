@@ -8,6 +8,7 @@ automatically once the package is installed.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,7 @@ import attrs
 import httpx
 
 from .clock import utc
-from .errors import InvalidSignature
+from .errors import ConfigurationError, DrainIncomplete, InvalidSignature
 from .signing import verify
 
 if TYPE_CHECKING:
@@ -29,11 +30,17 @@ __all__ = ["FakeClock", "MockReceiver", "ReceivedRequest", "Reply", "drain"]
 class FakeClock:
     """A clock that only moves when told to: ``advance()`` makes retries due instantly.
 
-    Starts at ``start`` (default 2030-01-01T00:00:00Z).
+    Starts at ``start`` (default 2030-01-01T00:00:00Z; naive datetimes are taken as
+    UTC). Anything but a datetime, and a negative or non-finite step, raises
+    `ConfigurationError`.
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = utc(start) if start else datetime(2030, 1, 1, tzinfo=timezone.utc)
+        self._now = (
+            _moment(start, "FakeClock(start=)")
+            if start is not None
+            else datetime(2030, 1, 1, tzinfo=timezone.utc)
+        )
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -43,20 +50,38 @@ class FakeClock:
 
     def advance(self, by: float | timedelta) -> datetime:
         """Move forward by seconds or a timedelta; return the new time."""
-        step = by if isinstance(by, timedelta) else timedelta(seconds=by)
-        if step < timedelta(0):
-            raise ValueError("FakeClock.advance() takes a non-negative step; use set()")
-        with self._lock:
-            self._now += step
-            return self._now
+        if isinstance(by, bool) or not isinstance(by, (int, float, timedelta)):
+            raise ConfigurationError(
+                f"FakeClock.advance() takes seconds or a timedelta, got {type(by).__name__}"
+            )
+        if not isinstance(by, timedelta) and not math.isfinite(by):
+            raise ConfigurationError(f"FakeClock.advance() takes a finite step, got {by!r}")
+        try:
+            step = by if isinstance(by, timedelta) else timedelta(seconds=by)
+            if step < timedelta(0):
+                raise ConfigurationError("FakeClock.advance() takes a non-negative step; use set()")
+            with self._lock:
+                self._now += step
+                return self._now
+        except OverflowError:
+            raise ConfigurationError(
+                f"FakeClock.advance({by!r}) goes past the last date Python can hold"
+            ) from None
 
     def set(self, moment: datetime) -> None:
         """Jump to ``moment`` (backwards too, to test clock jumps)."""
+        checked = _moment(moment, "FakeClock.set()")
         with self._lock:
-            self._now = utc(moment)
+            self._now = checked
 
     def __repr__(self) -> str:
         return f"FakeClock({self.now().isoformat()})"
+
+
+def _moment(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise ConfigurationError(f"{what} takes a datetime, got {type(value).__name__}")
+    return utc(value)
 
 
 Reply = Union[int, tuple[int, Mapping[str, str]], httpx.Response, Exception]  # noqa: UP007
@@ -185,9 +210,10 @@ class MockReceiver(httpx.AsyncBaseTransport, httpx.BaseTransport):
         return [r for r in self.requests if r.url == wanted]
 
     def assert_all_verified(self) -> None:
-        """Fail unless every request carried a signature valid for the receiver's secret."""
+        """Fail (`AssertionError`) unless every request carried a signature valid for the
+        receiver's secret; a receiver built without ``secret=`` raises `ConfigurationError`."""
         if self._secret is None:
-            raise AssertionError("MockReceiver(secret=...) is needed to verify signatures")
+            raise ConfigurationError("MockReceiver(secret=...) is needed to verify signatures")
         bad = [r for r in self.requests if not r.verified]
         if bad:
             raise AssertionError(f"{len(bad)} of {len(self.requests)} requests failed verification")
@@ -211,7 +237,8 @@ def drain(
     """Deliver until nothing is pending, jumping ``clock`` to each next due time.
 
     Hours of retries play out at once. Returns the number of attempts made; stops early
-    when ``until()`` turns true. Raises RuntimeError if work remains after ``max_steps``.
+    when ``until()`` turns true. Raises `DrainIncomplete` (a `RuntimeError`) if work
+    remains after ``max_steps``.
     """
     attempts = 0
     for _ in range(max_steps):
@@ -223,4 +250,8 @@ def drain(
             return attempts
         if due > clock.now():
             clock.set(due)
-    raise RuntimeError(f"deliveries still pending after {max_steps} steps")
+    raise DrainIncomplete(
+        f"deliveries still pending after {max_steps} steps ({attempts} attempts made)",
+        max_steps=max_steps,
+        attempts=attempts,
+    )

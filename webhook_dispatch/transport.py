@@ -21,8 +21,8 @@ import attrs
 import httpx
 
 from ._http11 import Connection, ConnectionPool, Origin, ResponseHead, serialize_head
-from .errors import ConfigurationError
-from .netguard import BlockedAddress, GuardedResolver, NetworkPolicy, ResolveFunction
+from .errors import BlockedAddress, ConfigurationError
+from .netguard import GuardedResolver, NetworkPolicy, ResolveFunction
 from .netguard import check_literal_host as _check_literal_host
 
 __all__ = ["TLS_EXTENSION", "Endpoint", "HTTPTransport", "TLSSettings", "load_ssl_context"]
@@ -281,7 +281,8 @@ class HTTPTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and return a response whose body streams from the socket.
 
-        Raises `BlockedAddress` (an `httpx.ConnectError`) when the network guard refuses it.
+        Raises `BlockedAddress` (a `WebhookDispatchError` and a `ConnectionError`, not an
+        httpx exception) when the network guard refuses it.
         """
         url = request.url
         tls = request.extensions.get(TLS_EXTENSION)

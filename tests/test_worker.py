@@ -1,10 +1,9 @@
-"""The worker loop: store failures are retried with backoff, never fatal; batches and
-concurrency are bounded."""
+"""The worker loop: an unavailable store is waited out with backoff, any other store
+error stops it; batches and concurrency are bounded."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -16,7 +15,8 @@ import pytest
 
 import webhook_dispatch as wd
 from webhook_dispatch.flow import TokenBucket
-from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore, RecordResult
+from webhook_dispatch.scheduler import Scheduler
+from webhook_dispatch.stores import AttemptRecord, Claim, MemoryStore
 from webhook_dispatch.stores.sqlite import SQLiteStore
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
@@ -30,21 +30,19 @@ class FlakyStore(MemoryStore):
         self.record_failures = record_failures
         self.claim_sizes: list[int] = []
 
-    def claim_due(self, now: datetime, **options: Any) -> list[Claim]:
+    def claim_due(self, now: datetime, **kwargs: Any) -> list[Claim]:
         if self.claim_failures:
             self.claim_failures -= 1
             raise wd.StoreUnavailable("database is locked")
-        claims = super().claim_due(now, **options)
+        claims = super().claim_due(now, **kwargs)
         self.claim_sizes.append(len(claims))
         return claims
 
-    def record(
-        self, records: Sequence[AttemptRecord], worker_id: str, **options: Any
-    ) -> RecordResult:
+    def record(self, records: Sequence[AttemptRecord], worker_id: str, **kwargs: Any) -> Any:
         if self.record_failures:
             self.record_failures -= 1
             raise wd.StoreUnavailable("disk I/O error")
-        return super().record(records, worker_id, **options)
+        return super().record(records, worker_id, **kwargs)
 
 
 def test_store_errors_are_retried_not_fatal() -> None:
@@ -134,7 +132,7 @@ def test_concurrency_bounds_attempts_in_flight() -> None:
             return httpx.Response(200)
 
     store = FlakyStore(0, 0)
-    # No per-subscription cap: this is about the worker's own bound.
+    # No per-subscription cap: the worker's concurrency is the only bound here.
     with wd.Dispatcher(
         store, transport=Counting(), concurrency=8, default_max_in_flight=None
     ) as dispatcher:
@@ -277,15 +275,17 @@ def test_a_rate_limited_claim_never_waits_for_a_slot_holding_its_token() -> None
         for _ in claims:
             assert spent.take(clock.now())
         worker._buckets[subscription.id] = spent
-        ready: collections.deque[tuple[Claim, float]] = collections.deque()
-
-        async def sort() -> bool:
-            return await worker._sort_ready(ready, claims, lambda claim: 1e18, 0.0, 1)
-
+        scheduler = Scheduler(concurrency=1, lease=60.0, until_idle=True)
+        scheduler.want_claim = False
+        scheduler.next_round(0.0, stopping=False)  # the round these claims came from
+        scheduler.round_finished(claims, False, woken=False)
+        back = scheduler.give_back(0.0, stopping=False)
+        assert back is not None
+        asyncio.run(worker._give_back(back))
         # Nothing stale went back, so no claim is asked for at once: a rate-limited
         # delivery is claimed again only with a slot free to start it.
-        assert asyncio.run(sort()) is False
-        assert [claim.delivery.id for claim, _ in ready] == [claims[0].delivery.id]
+        assert scheduler.want_claim is False
+        assert [claim.delivery.id for claim, _ in scheduler.ready] == [claims[0].delivery.id]
         assert spent.available(clock.now()) == 4  # the two given back were refunded
         statuses = {d.message_id: d.status for d in dispatcher.deliveries()}
     assert statuses[messages[0].id] is wd.DeliveryStatus.DELIVERING
@@ -321,3 +321,104 @@ def test_rate_limited_work_waiting_for_slots_is_not_claimed_over_and_over() -> N
         assert dispatcher.run_until_idle() == 12
     assert len(sent) == len(set(sent)) == 12
     assert calls["claim"] < 40, calls  # a hot loop made thousands in the same time
+
+
+class BrokenStore(MemoryStore):
+    """A memory store whose ``broken`` method raises a permanent `SchemaError` after
+    ``works`` calls, and fails the test if it is called again after that."""
+
+    def __init__(self, broken: str, works: int = 0) -> None:
+        super().__init__()
+        self.broken = broken
+        self.works = works
+        self.raised = 0
+
+    def _check(self, method: str) -> None:
+        if method != self.broken:
+            return
+        if self.works:
+            self.works -= 1
+            return
+        assert not self.raised, f"{method}() was retried after a permanent error"
+        self.raised += 1
+        raise wd.SchemaError("no such column: deliveries.next_trigger")
+
+    def record(self, records: Sequence[AttemptRecord], worker_id: str, **kwargs: Any) -> Any:
+        self._check("record")
+        return super().record(records, worker_id, **kwargs)
+
+    def claim_due(self, now: datetime, **kwargs: Any) -> list[Claim]:
+        self._check("claim_due")
+        return super().claim_due(now, **kwargs)
+
+
+def test_a_permanent_record_error_stops_the_worker_with_it() -> None:
+    store = BrokenStore("record")
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(store, clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish("order.created", {})
+        with pytest.raises(wd.SchemaError, match="no such column"):
+            dispatcher.run_until_idle()
+    assert store.raised == 1
+    assert len(receiver.requests) == 1
+
+
+def test_a_permanent_claim_error_stops_the_worker_after_recording_what_ran() -> None:
+    store = BrokenStore("claim_due", works=1)
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(
+        store, clock=clock, transport=receiver, concurrency=2, default_max_in_flight=None
+    ) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(4))
+        with pytest.raises(wd.SchemaError):
+            dispatcher.run_until_idle()
+        sent = len(receiver.requests)
+        deliveries = dispatcher.deliveries()
+        recorded = sum(len(dispatcher.attempts(d.message_id)) for d in deliveries)
+    assert store.raised == 1
+    assert sent >= 1 and recorded == sent  # every attempt in flight was awaited and recorded
+    statuses = sorted(d.status.value for d in deliveries)
+    assert statuses == sorted(["succeeded"] * sent + ["pending"] * (4 - sent))  # none held
+
+
+def test_a_permanent_error_of_the_combined_round_records_what_the_store_takes(
+    tmp_path: Path,
+) -> None:
+    class NoCombined(SQLiteStore):
+        def record_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls = getattr(self, "calls", 0) + 1
+            assert self.calls == 1, "a permanent error was retried"
+            raise wd.SchemaError("permission denied for table deliveries")
+
+    store = NoCombined(tmp_path / "w.db")
+    clock = FakeClock()
+    receiver = MockReceiver(default=503, clock=clock)
+    retry = wd.RetryPolicy.fixed([0, 0, 0])
+    with wd.Dispatcher(store, clock=clock, transport=receiver, retry=retry) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        message = dispatcher.publish("order.created", {})
+        with pytest.raises(wd.SchemaError, match="permission denied"):
+            dispatcher.run_until_idle()
+        # The first attempt's record went alone (the store takes records); nothing more ran.
+        assert [a.status_code for a in dispatcher.attempts(message.id)] == [503]
+        (delivery,) = dispatcher.deliveries()
+    assert delivery.status is wd.DeliveryStatus.PENDING and delivery.attempt_count == 1
+    assert len(receiver.requests) == 1
+
+
+def test_an_unavailable_store_is_waited_out_and_everything_is_recorded() -> None:
+    store = FlakyStore(claim_failures=0, record_failures=2)
+    clock = FakeClock()
+    receiver = MockReceiver(clock=clock)
+    with wd.Dispatcher(store, clock=clock, transport=receiver) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish_many(("order.created", {"n": n}) for n in range(20))
+        assert dispatcher.run_until_idle() == 20
+        deliveries = dispatcher.deliveries()
+        assert all(len(dispatcher.attempts(d.message_id)) == 1 for d in deliveries)
+    assert {d.status for d in deliveries} == {wd.DeliveryStatus.SUCCEEDED}
+    assert len(receiver.requests) == 20 and store.record_failures == 0

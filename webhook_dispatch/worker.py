@@ -8,22 +8,21 @@ this process, the next due time, or a short poll for other processes' work.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
-import inspect
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from .clock import Clock
+from .delivery import next_state
 from .engine import Engine
-from .errors import StoreError
+from .errors import StoreError, StoreUnavailable
 from .events import (
     ATTEMPT_MADE,
     DELIVERY_EXHAUSTED,
@@ -38,9 +37,10 @@ from .events import (
 )
 from .flow import TokenBucket
 from .health import AutoDisable
-from .models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, RetrySchedule
+from .models import Attempt, DeliveryStatus, RetrySchedule
 from .registry import pattern_matches
-from .retry import RetryPolicy, Verdict, classify_outcome, decide
+from .retry import RetryPolicy
+from .scheduler import GiveBack, Move, Scheduler
 from .stores.base import AttemptRecord, Claim, RecordResult, Store
 
 __all__ = ["Worker"]
@@ -73,10 +73,6 @@ _FINAL_EVENTS = {
     DeliveryStatus.FAILED: DELIVERY_FAILED,
     DeliveryStatus.EXHAUSTED: DELIVERY_EXHAUSTED,
 }
-
-
-_LEASE_MARGIN = 5.0
-"""Seconds of lease a claim waiting for a slot must keep beyond its whole timeout."""
 
 
 def _default_worker_id() -> str:
@@ -148,7 +144,6 @@ class Worker:
         self._proven: set[str] = set()
         self._proven_snapshot: frozenset[str] = frozenset()
         self._proven_changed = False
-        self._accepts: dict[tuple[str, str], bool] = {}
         self._schedules: dict[RetrySchedule, RetryPolicy] = {}
 
     # -- control from any thread --------------------------------------------------
@@ -190,12 +185,8 @@ class Worker:
 
     async def _loop_forever(self, *, until_idle: bool) -> int:
         """Attempts run on the loop while at most one store round (record what finished,
-        then claim) runs on the store thread: neither waits for the other.
-
-        A claim may lease up to ``concurrency`` more deliveries than there are free
-        slots: they wait, leased, in ``ready`` and start as slots free up, so the loop has
-        work while the next store round runs instead of draining to empty (on SQLite, a
-        round takes about as long whatever its size, so larger rounds go faster).
+        then claim) runs on the store thread: neither waits for the other. What to start,
+        give back and claim is the `Scheduler`'s decision; this driver only acts on it.
 
         Each attempt's completion and each wake-up resolve one signal future, so a
         completion costs O(1) whatever the concurrency."""
@@ -203,20 +194,15 @@ class Worker:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         wake = self._wake
-        in_flight: dict[asyncio.Task[AttemptRecord], Claim] = {}
-        # Leased claims waiting for a slot, with the loop time by which each must start.
-        ready: collections.deque[tuple[Claim, float]] = collections.deque()
+        scheduler = Scheduler(
+            concurrency=self.concurrency,
+            lease=self.lease.total_seconds(),
+            until_idle=until_idle,
+        )
+        running: set[asyncio.Task[AttemptRecord]] = set()
         completed: list[asyncio.Task[AttemptRecord]] = []
-        finished: list[AttemptRecord] = []
         store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None = None
-        round_started = 0.0
-        attempts = 0
-        want_claim = True
-        freed_meanwhile = False
-        capacity = 2 * self.concurrency  # in flight plus ready
-        # Refill only once a quarter of the slots are free: fewer, larger claims.
-        refill_at = max(1, self.concurrency // 4)
-        lease = self.lease.total_seconds()
+        failing = False
 
         def attempt_done(task: asyncio.Task[AttemptRecord]) -> None:
             completed.append(task)
@@ -225,122 +211,63 @@ class Worker:
         def round_done(_: object) -> None:
             self._signal_loop()
 
-        def start_by(claim: Claim) -> float:
-            # Its lease (taken as the round started) must outlast the whole attempt.
-            spare = lease - claim.subscription.timeout - _LEASE_MARGIN
-            return round_started + max(spare, 0.0)
-
         try:
             while True:
-                freed = bool(completed)
                 if completed:
-                    # A slot freed while a round claims may let a capped subscription
-                    # give more than that round found: claim again after it.
-                    freed_meanwhile = freed_meanwhile or store_round is not None
-                    for task in completed:
-                        del in_flight[task]
-                        finished.append(task.result())
-                    attempts += len(completed)
+                    scheduler.attempts_finished([task.result() for task in completed])
+                    running.difference_update(completed)
                     completed.clear()
-                if wake.is_set():
-                    want_claim = True  # a publish here, or the poll interval passed
-                arrived: list[Claim] = []
+                woken = wake.is_set()  # a publish here, or the poll interval passed
+                if woken:
+                    scheduler.woken()
                 if store_round is not None and store_round.done():
                     arrived, full = store_round.result()
                     store_round = None
-                    if full is not None:  # a full batch: more may be due
-                        want_claim = full or wake.is_set() or freed_meanwhile
-                    freed_meanwhile = False
-                if self._stopping and (ready or arrived):  # never run: give back
-                    unrun = [claim.delivery.id for claim, _ in ready]
-                    unrun += [claim.delivery.id for claim in arrived]
-                    ready.clear()
-                    arrived = []
-                    await self._release_unrun(unrun)
-                if ready or arrived:
+                    scheduler.round_finished(arrived, full, woken=woken)
+                back = scheduler.give_back(loop.time(), stopping=self._stopping)
+                if back is not None:
                     # Before the next round: what goes back must be back before it claims.
-                    free_slots = self.concurrency - len(in_flight)
-                    if await self._sort_ready(ready, arrived, start_by, loop.time(), free_slots):
-                        want_claim = True
-                room = capacity - len(in_flight) - len(ready)
-                if freed and room >= refill_at:
-                    want_claim = True
-                if store_round is None:
-                    claim_now = want_claim and room > 0 and not self._stopping
-                    if claim_now or finished:
-                        if claim_now:
-                            wake.clear()
-                        # Records are written before the claim: only attempts still
-                        # running (or waiting in ready) may come back, after a
-                        # wall-clock jump past the lease.
-                        held = {running.delivery.id for running in in_flight.values()}
-                        held.update(claim.delivery.id for claim, _ in ready)
-                        limit = room if claim_now else 0
-                        # Created before the attempts below, so its store call is handed
-                        # to the store thread before their first steps run.
-                        round_started = loop.time()
-                        startable = max(0, self.concurrency - len(in_flight) - len(ready))
-                        store_round = loop.create_task(
-                            self._store_round(finished, limit, held, startable)
+                    await self._give_back(back)
+                request = scheduler.next_round(loop.time(), stopping=self._stopping)
+                if request is not None:
+                    if request.limit:
+                        wake.clear()
+                    # Created before the attempts below, so its store call is handed to
+                    # the store thread before their first steps run.
+                    store_round = loop.create_task(
+                        self._store_round(
+                            request.records, request.limit, request.held, request.startable
                         )
-                        store_round.add_done_callback(round_done)
-                        finished = []
-                # Start what waits in ready, as slots allow (_sort_ready kept only
-                # claims that may still start).
-                while ready and len(in_flight) < self.concurrency and not self._stopping:
-                    claim, _ = ready.popleft()
+                    )
+                    store_round.add_done_callback(round_done)
+                for claim in scheduler.start(stopping=self._stopping):
                     task = loop.create_task(self._attempt(claim))
                     task.add_done_callback(attempt_done)
-                    in_flight[task] = claim
-                if store_round is None and not in_flight and not ready:
-                    if self._stopping or (until_idle and not want_claim):
-                        return attempts
+                    running.add(task)
+                move = scheduler.next_move(stopping=self._stopping)
+                if move is Move.DONE:
+                    return scheduler.attempts
+                if move is Move.IDLE:
                     await self._idle(wake)
-                    want_claim = True
+                    scheduler.woken()
                     continue
                 if completed or (store_round is not None and store_round.done()):
                     continue
                 await self._wait_for_signal(loop)
+        except BaseException:
+            failing = True
+            raise
         finally:
-            try:
-                if ready:
-                    await self._release_unrun([claim.delivery.id for claim, _ in ready])
-            finally:
-                await self._shutdown(in_flight, finished, store_round)
+            await self._shutdown(scheduler, running, store_round, failing=failing)
 
-    async def _sort_ready(
-        self,
-        ready: collections.deque[tuple[Claim, float]],
-        arrived: list[Claim],
-        start_by: Callable[[Claim], float],
-        now: float,
-        free_slots: int,
-    ) -> bool:
-        """Add the claims that just ``arrived`` to ``ready`` and give back, in one store
-        call, those that must not wait: one waiting past its start-by time (its lease
-        could run out mid-attempt), and a rate-limited one that cannot start at once
-        (its token was spent for now, not for whenever a slot frees; the token is
-        refunded). Returns whether a stale claim went back (it is due again; a
-        rate-limited one is claimed again only with a slot free to start it)."""
-        stale = [claim.delivery.id for claim, deadline in ready if now > deadline]
-        back = list(stale)
-        kept = [(claim, deadline) for claim, deadline in ready if now <= deadline]
-        free = free_slots - len(kept)  # slots left for the new claims
-        for claim in arrived:
-            if free > 0:
-                free -= 1
-            elif claim.subscription.rate_limit is not None:
-                bucket = self._buckets.get(claim.subscription.id)
-                if bucket is not None:
-                    bucket.refund()
-                back.append(claim.delivery.id)
-                continue
-            kept.append((claim, start_by(claim)))
-        ready.clear()
-        ready.extend(kept)
-        if back:
-            await self._release_unrun(back)
-        return bool(stale)
+    async def _give_back(self, back: GiveBack) -> None:
+        """Refund the rate-limit tokens of ``back.refunds``, then release every claim of
+        ``back`` unattempted in one store call."""
+        for claim in back.refunds:
+            bucket = self._buckets.get(claim.subscription.id)
+            if bucket is not None:
+                bucket.refund()
+        await self._release_unrun([claim.delivery.id for claim in back.claims])
 
     def _signal_loop(self) -> None:
         signal = self._signal
@@ -370,26 +297,32 @@ class Worker:
         and whether the store returned a full batch (None: no claim was asked for; True
         after a failed claim, so it is tried again). ``startable``: how many claims could
         start at once (a rate-limited subscription gets no more than that)."""
-        combined = getattr(self.store, "record_and_claim", None)
-        if records and limit and combined is not None:
+        if records and limit:
             now = self.clock.now()
             try:
                 result, claims = await self._store_call(
-                    combined,
+                    self.store.record_and_claim,
                     records,
                     self.worker_id,
                     now,
                     auto_disable=self.auto_disable,
                     **self._claim_keywords(now, limit, startable),
                 )
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 await self._store_backoff("record", exc)  # then one call at a time
+            except StoreError:
+                # Permanent. When the round was one transaction it wrote nothing: record
+                # alone what the store still takes, then stop with this error.
+                if self.store.atomic_round:
+                    with contextlib.suppress(StoreError):
+                        await self._flush(records)
+                raise
             else:
                 self._store_failures = 0
                 await self._announce_if_needed(records, result)
                 try:
                     return await self._accept(claims, limit, held, now)
-                except StoreError as exc:
+                except StoreUnavailable as exc:
                     await self._store_backoff("claim", exc)
                     return [], True
         if records:
@@ -414,7 +347,7 @@ class Worker:
         delay = self.poll_interval
         try:
             due = await self._store_call(self.store.next_due_at)
-        except StoreError:
+        except StoreUnavailable:
             due = None
         now = self.clock.now()
         if due is not None and due > now:
@@ -438,12 +371,8 @@ class Worker:
         the poll interval stays as the fallback for a lost notification."""
         if self._stop_listening is not None:
             return
-        listen = getattr(self.store, "listen_for_work", None)
-        if listen is None:
-            self._stop_listening = lambda: None
-            return
         try:
-            self._stop_listening = listen(self.wake)
+            self._stop_listening = self.store.listen_for_work(self.wake)
         except StoreError as exc:
             logger.warning("cannot listen for work (%s); polling instead", exc)
 
@@ -483,7 +412,7 @@ class Worker:
                 **self._claim_keywords(now, limit, startable),
             )
             accepted = await self._accept(claims, limit, held, now)
-        except StoreError as exc:
+        except StoreUnavailable as exc:
             await self._store_backoff("claim", exc)
             return None
         self._store_failures = 0
@@ -498,12 +427,9 @@ class Worker:
         return {
             "limit": limit,
             "lease_until": now + self.lease,
-            **self._new_keywords(
-                "claim_due",
-                default_max_in_flight=self.default_max_in_flight,
-                allowance=allowance or None,
-                proven=self._proven_now(),
-            ),
+            "default_max_in_flight": self.default_max_in_flight,
+            "allowance": allowance or None,
+            "proven": self._proven_now(),
         }
 
     def _proven_now(self) -> frozenset[str]:
@@ -550,11 +476,8 @@ class Worker:
             by_time.setdefault(due_at, []).append(claim.delivery.id)
         for due_at, ids in by_time.items():
             try:
-                if self._supports("release", "due_at"):
-                    await self._store_call(self.store.release, ids, self.worker_id, due_at=due_at)
-                else:
-                    await self._store_call(self.store.release, ids, self.worker_id)
-            except StoreError as exc:
+                await self._store_call(self.store.release, ids, self.worker_id, due_at=due_at)
+            except StoreUnavailable as exc:
                 # The kept claims still run; these come back when their leases expire.
                 logger.warning(
                     "could not put back %d rate-limited deliveries (%s)",
@@ -593,73 +516,34 @@ class Worker:
             with self.spans.span(claim) as span:
                 attempt, outcome = await self.engine.attempt(claim)
                 self.spans.finish(span, attempt)
-        now = self.clock.now()
-        policy = self._policy_for(claim)
-        classification = classify_outcome(outcome, now, retry_statuses=policy.retry_statuses)
-        decision = decide(
-            classification=classification,
-            attempt_number=claim.delivery.attempt_count + 1,
-            first_attempt_at=claim.delivery.created_at,
-            now=now,
-            trigger=claim.delivery.next_trigger,
-            policy=policy,
-        )
+        record = next_state(claim, attempt, outcome, self._policy_for(claim), self.clock.now())
+        status = record.delivery.status
         subscription_id = claim.subscription.id
-        if classification.verdict is Verdict.SUCCEEDED:
+        if status is DeliveryStatus.SUCCEEDED:
             if subscription_id not in self._proven:
                 self._proven.add(subscription_id)
                 self._proven_changed = True
-        else:
-            if subscription_id in self._proven:
-                self._proven.discard(subscription_id)
-                self._proven_changed = True
-            if attempt.error is None:
-                attempt = attrs.evolve(attempt, error=classification.reason)
-        before = claim.delivery
-        # Built whole rather than with attrs.evolve: this runs once per attempt.
-        delivery = Delivery(
-            id=before.id,
-            message_id=before.message_id,
-            subscription_id=before.subscription_id,
-            status=decision.status,
-            attempt_count=before.attempt_count + 1,
-            next_attempt_at=decision.next_attempt_at,
-            next_trigger=AttemptTrigger.SCHEDULED,
-            created_at=before.created_at,
-            updated_at=now,
-            last_status_code=attempt.status_code,
-            last_error=attempt.error,
-        )
-        _log_attempt(attempt, decision.status)
+        elif subscription_id in self._proven:
+            self._proven.discard(subscription_id)
+            self._proven_changed = True
+        _log_attempt(record.attempt, status)
         if self.observer is not None:
             try:
-                self.observer.observe_attempt(attempt, decision.status)
+                self.observer.observe_attempt(record.attempt, status)
             except Exception:  # metrics must never cost a sent attempt its record
                 logger.exception("attempt observer failed")
-        return AttemptRecord(
-            attempt=attempt,
-            delivery=delivery,
-            disable_subscription=(
-                f"endpoint answered {attempt.status_code} Gone"
-                if classification.disable_subscription
-                else None
-            ),
-            event_type=claim.message.event_type,
-        )
+        return record
 
     async def _flush(self, finished: list[AttemptRecord]) -> None:
-        """Write finished attempts in one store call; on a store error, keep them and retry."""
+        """Write finished attempts in one store call; while the store is unavailable, keep
+        them and retry. Any other store error is permanent: it propagates."""
         batch = list(finished)
-        result: object = None
         while True:
             try:
                 result = await self._store_call(
-                    self.store.record,
-                    batch,
-                    self.worker_id,
-                    **self._new_keywords("record", auto_disable=self.auto_disable),
+                    self.store.record, batch, self.worker_id, auto_disable=self.auto_disable
                 )
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 await self._store_backoff("record", exc)
                 continue
             self._store_failures = 0
@@ -667,9 +551,7 @@ class Worker:
             break
         await self._announce_if_needed(batch, result)
 
-    async def _announce_if_needed(self, batch: list[AttemptRecord], result: object) -> None:
-        if not isinstance(result, RecordResult):
-            result = RecordResult()  # a store written before record() reported changes
+    async def _announce_if_needed(self, batch: list[AttemptRecord], result: RecordResult) -> None:
         if result.disabled or result.recovered or self.hooks or self.publish_operational:
             await self._announce(batch, result)
 
@@ -743,33 +625,6 @@ class Worker:
             except Exception:
                 logger.exception("publishing %d operational events failed", len(published))
 
-    def _supports(self, method: str, keyword: str) -> bool:
-        """Whether the store's ``method`` takes ``keyword`` (stores written for an
-        earlier protocol do not; they keep working, without that feature)."""
-        known = self._accepts.get((method, keyword))
-        if known is None:
-            try:
-                parameters = inspect.signature(getattr(self.store, method)).parameters
-            except (TypeError, ValueError):
-                known = True
-            else:
-                known = keyword in parameters or any(
-                    p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-                )
-            self._accepts[(method, keyword)] = known
-            if not known:
-                logger.warning(
-                    "%r.%s() does not take %s=: flow control or subscription health is "
-                    "off for this store; update it to the current Store protocol",
-                    self.store,
-                    method,
-                    keyword,
-                )
-        return known
-
-    def _new_keywords(self, method: str, **keywords: Any) -> dict[str, Any]:
-        return {name: value for name, value in keywords.items() if self._supports(method, name)}
-
     async def _store_backoff(self, what: str, exc: StoreError) -> None:
         self._store_failures += 1
         delay = min(30.0, 0.05 * 2 ** min(self._store_failures, 10))
@@ -784,35 +639,62 @@ class Worker:
 
     async def _shutdown(
         self,
-        in_flight: dict[asyncio.Task[AttemptRecord], Claim],
-        finished: list[AttemptRecord],
+        scheduler: Scheduler,
+        running: set[asyncio.Task[AttemptRecord]],
         store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None,
+        *,
+        failing: bool,
     ) -> None:
-        """Let the store round and the attempts in flight end, record them, and release
-        what was claimed but never ran."""
+        """Give back what waited for a slot, let the store round and the attempts in
+        flight end, record them, and release what was claimed but never ran.
+
+        Every step is tried even after a store error; the first one is raised at the
+        end, unless the run is already ending with an error (then they are logged)."""
+        errors: list[StoreError] = []
+
+        async def step(what: str, call: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await call()
+            except StoreError as exc:
+                if failing or errors:
+                    logger.error(
+                        "stopping: could not %s (%s)",
+                        what,
+                        exc,
+                        extra={"worker_id": self.worker_id},
+                    )
+                errors.append(exc)
+
+        waiting = [claim.delivery.id for claim in scheduler.unrun()]
+        if waiting:
+            await step("give back unstarted deliveries", lambda: self._release_unrun(waiting))
         unrun: list[str] = []
         if store_round is not None:
             await asyncio.wait([store_round])
             if not store_round.cancelled() and store_round.exception() is None:
                 unrun = [claim.delivery.id for claim in store_round.result()[0]]
-        if in_flight:
-            await asyncio.wait(list(in_flight))
-            for task in in_flight:
+        finished = scheduler.take_finished()
+        if running:
+            await asyncio.wait(running)
+            for task in running:
                 if not task.cancelled() and task.exception() is None:
                     finished.append(task.result())
         if unrun:
-            await self._release_unrun(unrun)
+            await step("give back unstarted deliveries", lambda: self._release_unrun(unrun))
         if finished:
-            await self._flush(finished)
+            await step("record finished attempts", lambda: self._flush(finished))
         if store_round is not None and not store_round.cancelled():
             store_round.result()  # a failed round's error surfaces here
+        if errors and not failing:
+            raise errors[0]
 
     async def _release_unrun(self, delivery_ids: list[str]) -> None:
-        """Give back claims that will not run (stopping); if the store refuses, their
-        leases simply expire and another worker takes them then."""
+        """Give back claims that will not run; if the store is unavailable, their leases
+        simply expire and another worker takes them then. Any other store error is
+        permanent: it stops the worker."""
         try:
             await self._store_call(self.store.release, delivery_ids, self.worker_id)
-        except StoreError as exc:
+        except StoreUnavailable as exc:
             logger.warning(
                 "could not release %d unstarted deliveries (%s); they return when their "
                 "leases expire",

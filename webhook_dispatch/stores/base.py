@@ -19,7 +19,8 @@ never probe with ``getattr``:
   (PostgreSQL ``LISTEN/NOTIFY``); the default never calls, and the worker's poll
   remains the fallback.
 - `Store.record_and_claim`: `Store.record` then `Store.claim_due`; a backend that can
-  overrides it to do both in one transaction (one commit per worker round).
+  overrides it to do both in one transaction (one commit per worker round) and says so
+  with `Store.atomic_round`.
 """
 
 from __future__ import annotations
@@ -234,6 +235,9 @@ class Store(abc.ABC):
     blocking: ClassVar[bool] = True
     transactional_outbox: ClassVar[bool] = False
     """Whether `publish` and `publish_many` accept ``connection=`` (module docstring)."""
+    atomic_round: ClassVar[bool] = False
+    """Whether `record_and_claim` is one transaction: when it raises, nothing of it was
+    written (the default records, then claims, in two steps)."""
 
     # -- subscriptions -----------------------------------------------------------
     @abc.abstractmethod

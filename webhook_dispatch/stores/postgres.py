@@ -379,6 +379,7 @@ class PostgresStore(SQLStore):
     """
 
     blocking = True
+    atomic_round = True
     codec = _CODEC
     transactional_outbox = True
     """`publish` and `publish_many` accept ``connection=`` (see `publish`)."""

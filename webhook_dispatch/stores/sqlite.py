@@ -206,6 +206,7 @@ class SQLiteStore(SQLStore):
     """
 
     blocking = True
+    atomic_round = True
     codec = TextCodec()
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:

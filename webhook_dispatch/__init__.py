@@ -36,6 +36,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     SchemaError,
+    StopTimeout,
     StoreError,
     StoreUnavailable,
     WebhookDispatchError,
@@ -54,6 +55,7 @@ from .models import (
     Subscription,
 )
 from .netguard import BlockedAddress, NetworkPolicy
+from .options import DispatcherOptions, EndpointOptions
 from .paging import Page
 from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait
 from .signing import (
@@ -83,7 +85,9 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Dispatcher",
+    "DispatcherOptions",
     "EndpointAuth",
+    "EndpointOptions",
     "ErrorKind",
     "Hooks",
     "InvalidAuth",
@@ -109,6 +113,7 @@ __all__ = [
     "SchemaError",
     "Signer",
     "Stats",
+    "StopTimeout",
     "Store",
     "StoreError",
     "StoreUnavailable",

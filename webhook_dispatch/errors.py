@@ -15,9 +15,10 @@ WebhookDispatchError
 ├── AuthError                              endpoint credentials could not be obtained (token
 │                                          endpoint failed): recorded as a retried attempt
 ├── NotFound (LookupError)                 no subscription / delivery / message with that id
-└── StoreError                             the store could not do what was asked
-    ├── StoreUnavailable                   locked, disk full, connection lost: try again later
-    └── SchemaError                        foreign, corrupt or newer-than-known database
+├── StoreError                             the store could not do what was asked
+│   ├── StoreUnavailable                   locked, disk full, connection lost: try again later
+│   └── SchemaError                        foreign, corrupt or newer-than-known database
+└── StopTimeout (TimeoutError)             `Dispatcher.stop(timeout=)` waited in vain
 ```
 
 Errors carry context where it exists: `.subscription`, `.message`, `.path`.
@@ -45,6 +46,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "SchemaError",
+    "StopTimeout",
     "StoreError",
     "StoreUnavailable",
     "WebhookDispatchError",
@@ -137,3 +139,10 @@ class StoreUnavailable(StoreError):
 
 class SchemaError(StoreError):
     """The database is not ours, is corrupt, or was written by a newer version."""
+
+
+class StopTimeout(WebhookDispatchError, TimeoutError):
+    """The worker did not stop within ``stop(timeout=...)`` seconds (``.timeout``); its
+    attempts in flight go on and are recorded when they end. Call ``stop()`` again to wait."""
+
+    timeout: float | None

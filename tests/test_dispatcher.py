@@ -433,3 +433,34 @@ async def test_async_listings_are_pages() -> None:
         assert (len(page), len(rest), rest.next_cursor) == (2, 1, None)
         assert len(await dispatcher.messages(limit=5)) == 3
         assert len(await dispatcher.subscriptions(limit=1)) == 1
+
+
+def test_stop_that_waits_too_long_raises_stop_timeout_and_can_be_called_again() -> None:
+    import threading
+
+    import httpx
+
+    entered, released = threading.Event(), threading.Event()
+
+    class Stuck(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            entered.set()
+            # `released` is set from the test's thread, not this loop's: poll it.
+            while not released.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            return httpx.Response(200)
+
+    with wd.Dispatcher(transport=Stuck()) as dispatcher:
+        dispatcher.subscribe("https://example.com/h")
+        dispatcher.publish("order.created", {})
+        dispatcher.start()
+        assert entered.wait(timeout=30)
+        with pytest.raises(wd.StopTimeout) as caught:
+            dispatcher.stop(timeout=0.01)  # the attempt cannot end before `released`
+        assert isinstance(caught.value, TimeoutError)
+        assert isinstance(caught.value, wd.WebhookDispatchError)
+        assert caught.value.timeout == 0.01
+        released.set()
+        dispatcher.stop()  # waits for the attempt still in flight
+        [delivery] = dispatcher.deliveries()
+    assert delivery.status is wd.DeliveryStatus.SUCCEEDED

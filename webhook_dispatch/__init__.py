@@ -38,6 +38,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     SchemaError,
+    StopTimeout,
     StoreError,
     StoreUnavailable,
     WebhookDispatchError,
@@ -56,6 +57,7 @@ from .models import (
     Subscription,
 )
 from .netguard import NetworkPolicy
+from .options import DispatcherOptions, EndpointOptions
 from .paging import Page
 from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait
 from .signing import (
@@ -85,8 +87,10 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Dispatcher",
+    "DispatcherOptions",
     "DrainIncomplete",
     "EndpointAuth",
+    "EndpointOptions",
     "ErrorKind",
     "Hooks",
     "InvalidAuth",
@@ -112,6 +116,7 @@ __all__ = [
     "SchemaError",
     "Signer",
     "Stats",
+    "StopTimeout",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -1,8 +1,7 @@
 """The public faces: `Dispatcher` (sync) and `AsyncDispatcher`, thin layers over one core.
 
-The core validates input, serializes payloads once, matches subscriptions and talks to
-the store; the worker delivers. The sync face runs the worker on a private event loop
-thread; the async face runs it on the caller's loop.
+`_Core` validates, serializes, matches and talks to the store; each face only calls it
+(the sync face drives the worker on a private loop thread, the async one on the caller's).
 """
 
 from __future__ import annotations
@@ -11,80 +10,88 @@ import asyncio
 import concurrent.futures
 import inspect
 import json
-import os
+import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 import attrs
 import httpx
 
-from ._validation import validate_headers, validate_timeout, validate_url
-from .auth import EndpointAuth
+from ._validation import validate_url
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
 from .errors import (
     ConfigurationError,
-    InvalidAuth,
     InvalidHeader,
     InvalidPayload,
     InvalidURL,
     PayloadTooLarge,
+    StopTimeout,
 )
-from .events import OPERATIONAL_PREFIX, Callback, Hooks, OperationalEvent
-from .health import AutoDisable
+from .events import OPERATIONAL_PREFIX, OperationalEvent
 from .models import (
     Attempt,
     Delivery,
     DeliveryStatus,
     Message,
     RetiredSecret,
-    RetrySchedule,
     Subscription,
     new_id,
 )
-from .netguard import NetworkPolicy, parse_host_literal, parse_networks
+from .netguard import parse_host_literal
+from .options import (
+    AUTO,
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    DEFAULT_RETENTION,
+    DispatcherKwargs,
+    DispatcherOptions,
+    EndpointKwargs,
+    EndpointOptions,
+    PageKwargs,
+    PublishKwargs,
+    RetrySpec,
+    spelled_out,
+    with_overrides,
+)
 from .paging import DEFAULT_PAGE_SIZE, Page, check_limit
-from .registry import Registry, normalize_patterns, validate_event_type, validate_pattern
-from .retry import RetryPolicy, ScheduleWait
-from .signing import DEFAULT_SIGNATURE, get_signer
+from .registry import Registry, validate_event_type
+from .retry import RetryPolicy
+from .signing import get_signer
 from .stores import Stats, Store, open_store
 from .transport import HTTPTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
+    from typing_extensions import Unpack
+
 __all__ = [
+    "AUTO",
     "DEFAULT_MAX_PAYLOAD_SIZE",
     "DEFAULT_RETENTION",
     "PURGE_BATCH",
     "AsyncDispatcher",
     "Dispatcher",
+    "EventSpec",
+    "RetrySpec",
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-DEFAULT_MAX_PAYLOAD_SIZE = 1024 * 1024
-"""Largest serialized payload `publish` accepts (1 MiB)."""
 PURGE_BATCH = 1000
 """Messages deleted per store transaction by `Dispatcher.purge` and the worker."""
-DEFAULT_RETENTION = timedelta(days=30)
-"""How old finished messages get before `purge` removes them by default."""
 
 EventSpec = tuple[str, Any] | tuple[str, Any, str | None]
+"""What `Dispatcher.publish_many` takes: ``(event_type, payload)`` or
+``(event_type, payload, idempotency_key)``."""
 
-RetrySpec = RetryPolicy | RetrySchedule | Sequence[float]
-"""A subscription's own retry schedule: ``RetryPolicy.fixed([...])``, a `RetrySchedule`,
-or the delays in seconds (``[0, 10, 60]``: three attempts)."""
-
-
-class _Auto:
-    def __repr__(self) -> str:
-        return "AUTO"
-
-
-AUTO: Any = _Auto()
-"""The default of ``default_max_in_flight``: a quarter of ``concurrency`` (at least 1)."""
+_PUBLISH_KEYS = frozenset(PublishKwargs.__annotations__)
+_PAGE_KEYS = frozenset(PageKwargs.__annotations__)
+_PAGE_DEFAULTS = {"limit": DEFAULT_PAGE_SIZE}
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -123,204 +130,113 @@ def _check_idempotency_key(key: object) -> str | None:
     return key
 
 
-def _check_positive_int(value: object, name: str, *, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ConfigurationError(f"{name} must be a whole number from 1 to {maximum}")
-    return value
+def _unexpected(call: str, given: Iterable[str], known: frozenset[str]) -> TypeError:
+    unknown = sorted(set(given) - known)
+    return TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
+
+
+def _page(call: str, page: PageKwargs) -> PageKwargs:
+    """A listing's ``limit=``/``cursor=``, checked, with the default limit."""
+    if not page.keys() <= _PAGE_KEYS:
+        raise _unexpected(call, page, _PAGE_KEYS)
+    return {
+        "limit": check_limit(page.get("limit", DEFAULT_PAGE_SIZE)),
+        "cursor": page.get("cursor"),
+    }
 
 
 class _Core:
-    """Everything both faces share: configuration, validation, matching, store calls."""
+    """Everything both faces share: configuration, validation, matching, store calls.
 
-    def __init__(
-        self,
-        store: str | Store,
-        *,
-        clock: Clock | None,
-        retry: RetryPolicy | None,
-        transport: httpx.AsyncBaseTransport | None,
-        concurrency: int,
-        max_payload_size: int,
-        envelope: bool,
-        lease: timedelta,
-        poll_interval: float,
-        retention: timedelta | None,
-        allow_private_networks: bool = False,
-        allowed_networks: Iterable[str] = (),
-        https_only: bool = False,
-        default_max_in_flight: int | None = AUTO,
-        auto_disable: AutoDisable | None = None,
-        retry_by_event_type: Mapping[str, RetryPolicy] | None = None,
-        hooks: Hooks | None = None,
-        operational_events: bool = False,
-        metrics: Any = None,
-        tracing: Any = False,
-    ) -> None:
-        for name, flag in (
-            ("allow_private_networks", allow_private_networks),
-            ("https_only", https_only),
-        ):
-            if not isinstance(flag, bool):
-                raise ConfigurationError(f"{name} must be True or False")
-        self.network_policy = NetworkPolicy(
-            allow_private_networks=allow_private_networks,
-            allowed_networks=parse_networks(allowed_networks),
-            https_only=https_only,
-        )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError("retry must be a webhook_dispatch.RetryPolicy")
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise ConfigurationError(
-                "transport must be an httpx.AsyncBaseTransport (httpx.MockTransport, "
-                "respx.MockTransport, webhook_dispatch.testing.MockReceiver, ...)"
-            )
-        if clock is not None and not isinstance(clock, Clock):
-            raise ConfigurationError("clock must have a now() method returning a datetime")
-        self.concurrency = _check_positive_int(concurrency, "concurrency", maximum=10_000)
-        self.max_payload_size = _check_positive_int(
-            max_payload_size, "max_payload_size", maximum=64 * 1024 * 1024
-        )
-        if not isinstance(lease, timedelta) or lease <= timedelta(0):
-            raise ConfigurationError("lease must be a positive timedelta")
-        if retention is not None and (
-            not isinstance(retention, timedelta) or retention <= timedelta(0)
-        ):
-            raise ConfigurationError("retention must be a positive timedelta, or None")
-        self.poll_interval = validate_timeout(poll_interval)
-        self.envelope = bool(envelope)
-        self.retention = retention
-        self.owns_store = isinstance(store, str)
-        self.store = open_store(store)
-        self.clock: Clock = clock or SystemClock()
-        self.retry = retry or RetryPolicy()
-        # The SSRF guard is part of the default transport: one passed as transport=
-        # decides for itself where it connects (subscribe-time checks still apply).
-        self.engine = Engine(
-            transport
-            or HTTPTransport(
-                max_connections=max(concurrency, 16), network_policy=self.network_policy
-            ),
-            self.clock,
-        )
-        if default_max_in_flight is AUTO:
-            default_max_in_flight = max(1, self.concurrency // 4)
-        elif default_max_in_flight is not None:
-            default_max_in_flight = _check_positive_int(
-                default_max_in_flight, "default_max_in_flight", maximum=10_000
-            )
-        if auto_disable is not None and not isinstance(auto_disable, AutoDisable):
-            raise ConfigurationError("auto_disable must be a webhook_dispatch.AutoDisable or None")
-        overrides: list[tuple[str, RetryPolicy]] = []
-        for pattern, policy in (retry_by_event_type or {}).items():
-            if not isinstance(policy, RetryPolicy):
-                raise ConfigurationError("retry_by_event_type maps patterns to RetryPolicy")
-            overrides.append((validate_pattern(pattern), policy))
-        if not isinstance(operational_events, bool):
-            raise ConfigurationError("operational_events must be True or False")
-        observer = None
-        if metrics is not None:
-            from .metrics import PrometheusMetrics
+    Its store operations are synchronous; the async face runs them through `call`."""
 
-            if not isinstance(metrics, PrometheusMetrics):
-                raise ConfigurationError("metrics must be a webhook_dispatch.PrometheusMetrics")
-            metrics.bind(self.stats_with_age)
-            observer = metrics
+    def __init__(self, store: str | Store, options: DispatcherOptions) -> None:
+        # Nothing here can refuse a setting after the store is opened: `options` was
+        # validated as a whole, and the tracer (which needs OpenTelemetry) comes first.
         spans = None
-        if tracing is not False and tracing is not None:
+        if options.tracing is not False and options.tracing is not None:
             from .tracing import AttemptTracer
 
-            spans = AttemptTracer(None if tracing is True else tracing)
-        self.worker = Worker(
-            self.store,
-            self.engine,
-            self.clock,
-            retry=self.retry,
-            concurrency=self.concurrency,
-            lease=lease,
-            poll_interval=self.poll_interval,
-            retention=retention,
-            default_max_in_flight=default_max_in_flight,
-            retry_overrides=overrides,
-            auto_disable=auto_disable,
-            hooks=hooks,
-            publish_operational=self.publish_operational if operational_events else None,
-            observer=observer,
-            spans=spans,
+            spans = AttemptTracer(None if options.tracing is True else options.tracing)
+        self.options = options
+        self.network_policy = options.network_policy
+        self.max_payload_size = options.max_payload_size
+        self.envelope = options.envelope
+        self.clock: Clock = options.clock or SystemClock()
+        self.owns_store = isinstance(store, str)
+        self.store = open_store(store)
+        # The SSRF guard is part of the default transport: one passed as transport=
+        # decides for itself where it connects (subscribe-time checks still apply).
+        transport = options.transport or HTTPTransport(
+            max_connections=max(options.concurrency, 16), network_policy=self.network_policy
         )
+        self.engine = Engine(transport, self.clock)
+        self.worker = self._build_worker(spans)
         self._registry = Registry()
         self._registry_version: int | None = None
         self._registry_lock = threading.Lock()
 
-    # -- building values (pure, before any I/O) ----------------------------------
-    def new_subscription(
-        self,
-        url: str,
-        *,
-        event_types: Iterable[str] | None,
-        secret: str | None,
-        headers: Mapping[str, str] | None,
-        metadata: Mapping[str, str] | None,
-        timeout: float,
-        signature: str = DEFAULT_SIGNATURE,
-        auth: EndpointAuth | None = None,
-        ca_bundle: str | None = None,
-        client_cert: str | None = None,
-        client_key: str | None = None,
-        rate_limit: float | None = None,
-        max_in_flight: int | None = None,
-        ordered: bool = False,
-        retry: RetrySpec | None = None,
-    ) -> Subscription:
-        url = self.check_url(url)
-        flow = _check_flow(rate_limit, max_in_flight, ordered, retry)
-        patterns = normalize_patterns(event_types)
-        signer = get_signer(signature)
-        if secret is None:
-            secret = signer.generate_secret()
-        else:
-            signer.check_secret(secret)
-        checked_headers = validate_headers(headers)
-        if auth is not None:
-            if not isinstance(auth, EndpointAuth):
-                raise InvalidAuth(
-                    "auth must be a webhook_dispatch auth object (ApiKeyHeader, BearerToken, "
-                    "BasicAuth, OAuth2ClientCredentials, JWTAuth) or a registered EndpointAuth"
-                )
-            token_url = getattr(auth, "token_url", None)
-            if isinstance(token_url, str):
-                self.check_url(token_url, what="token_url")
-        taken = {name.lower() for name in signer.header_names}
-        if auth is not None:
-            taken.update(auth.header_names())
-        for name in checked_headers:
-            if name.lower() in taken:
-                raise InvalidHeader(
-                    f"header {name!r} is set by the signature scheme or auth= of this subscription"
-                )
-        tls = TLSSettings(
-            _pem_path("ca_bundle", ca_bundle),
-            _pem_path("client_cert", client_cert),
-            _pem_path("client_key", client_key),
+    def _build_worker(self, spans: Any) -> Worker:
+        """The one place a `Worker` is made from the options."""
+        options = self.options
+        if options.metrics is not None:
+            options.metrics.bind(self.stats_with_age)
+        return Worker(
+            self.store,
+            self.engine,
+            self.clock,
+            retry=options.retry or RetryPolicy(),
+            concurrency=options.concurrency,
+            lease=options.lease,
+            poll_interval=options.poll_interval,
+            retention=options.retention,
+            purge_batch=PURGE_BATCH,
+            default_max_in_flight=options.max_in_flight_per_subscription,
+            retry_overrides=list(options.retry_by_event_type.items()),
+            auto_disable=options.auto_disable,
+            hooks=options.hooks,
+            publish_operational=self.publish_operational if options.operational_events else None,
+            observer=options.metrics,
+            spans=spans,
         )
+
+    async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` for the async face: in a thread when the store
+        blocks (SQLite, PostgreSQL), directly otherwise."""
+        if self.store.blocking:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        return function(*args, **kwargs)
+
+    # -- building values (pure, before any I/O) ----------------------------------
+    def new_subscription(self, url: str, options: EndpointOptions) -> Subscription:
+        url = self.check_url(url)
+        token_url = getattr(options.auth, "token_url", None)
+        if isinstance(token_url, str):
+            self.check_url(token_url, what="token_url")
+        tls = TLSSettings(options.ca_bundle, options.client_cert, options.client_key)
         if not tls.is_default:
             load_ssl_context(tls)
+        signer = get_signer(options.signature)
         now = self.clock.now()
         return Subscription(
             id=new_id("sub"),
             url=url,
-            event_types=patterns,
-            secret=secret,
-            headers=checked_headers,
-            metadata=_check_metadata(metadata),
-            timeout=validate_timeout(timeout),
+            event_types=options.event_types,
+            secret=signer.generate_secret() if options.secret is None else options.secret,
+            headers=dict(options.headers),
+            metadata=dict(options.metadata),
+            timeout=options.timeout,
             created_at=now,
             updated_at=now,
             signature=signer.name,
-            auth=auth,
+            auth=options.auth,
             ca_bundle=tls.ca_bundle,
             client_cert=tls.client_cert,
             client_key=tls.client_key,
-            **flow,
+            rate_limit=options.rate_limit,
+            max_in_flight=options.max_in_flight,
+            ordered=options.ordered,
+            retry_schedule=options.retry,
         )
 
     def check_url(self, url: object, *, what: str = "endpoint URL") -> str:
@@ -337,6 +253,29 @@ class _Core:
                     "guard (allow_private_networks=True or allowed_networks= open it)"
                 )
         return checked
+
+    def message_for(self, event_type: str, payload: Any, options: PublishKwargs) -> Message:
+        """`new_message` from `publish`'s keyword arguments."""
+        if options and not options.keys() <= _PUBLISH_KEYS:
+            raise _unexpected("publish", options, _PUBLISH_KEYS)
+        return self.new_message(
+            event_type,
+            payload,
+            idempotency_key=options.get("idempotency_key"),
+            content_type=options.get("content_type"),
+        )
+
+    def messages_for(self, events: Iterable[EventSpec]) -> list[Message]:
+        """`new_message` for each of `publish_many`'s tuples (all before any is stored)."""
+        return [
+            self.new_message(
+                event[0],
+                event[1],
+                idempotency_key=event[2] if len(event) > 2 else None,
+                content_type=None,
+            )
+            for event in events
+        ]
 
     def new_message(
         self,
@@ -404,10 +343,37 @@ class _Core:
                     self._registry_version = version
         return self._registry.match(event_type)
 
-    # -- store operations (sync; the async face runs them off its loop) ----------
-    def subscribe(self, subscription: Subscription) -> Subscription:
+    # -- store operations (sync; the async face runs them through `call`) ---------
+    def subscribe(
+        self, url: str, options: EndpointOptions | None, overrides: EndpointKwargs
+    ) -> Subscription:
+        subscription = self.new_subscription(
+            url, with_overrides(EndpointOptions, options, overrides)
+        )
         self.store.add_subscription(subscription)
         return subscription
+
+    def unsubscribe(self, subscription_id: str) -> None:
+        self.store.remove_subscription(subscription_id, self.clock.now())
+
+    def enable(self, subscription_id: str) -> Subscription:
+        return self.update(
+            subscription_id,
+            enabled=True,
+            disabled_reason=None,
+            failing_since=None,
+            consecutive_failures=0,
+        )
+
+    def disable(self, subscription_id: str, reason: str) -> Subscription:
+        return self.update(subscription_id, enabled=False, disabled_reason=reason)
+
+    def subscriptions(self, page: PageKwargs) -> Page[Subscription]:
+        return self.store.list_subscriptions(**_page("subscriptions", page))
+
+    def publish_event(self, event_type: str, payload: Any, options: PublishKwargs) -> Message:
+        message = self.message_for(event_type, payload, options)
+        return self.publish(message, options.get("connection"))
 
     def publish(self, message: Message, connection: Any = None) -> Message:
         result = self.store.publish(
@@ -420,12 +386,34 @@ class _Core:
             self.worker.wake()
         return result.message
 
+    def publish_events(self, events: Iterable[EventSpec], connection: Any) -> list[Message]:
+        return self.publish_many(self.messages_for(events), connection)
+
     def publish_many(self, messages: Sequence[Message], connection: Any = None) -> list[Message]:
         items = [(message, self.match(message.event_type)) for message in messages]
         results = self.store.publish_many(items, self.clock.now(), **self._outbox(connection))
         if any(result.deliveries for result in results):
             self.worker.wake()
         return [result.message for result in results]
+
+    async def publish_event_async(
+        self, event_type: str, payload: Any, options: PublishKwargs
+    ) -> Message:
+        """`publish` for the async face; an async psycopg connection is awaited here."""
+        message = self.message_for(event_type, payload, options)
+        connection = options.get("connection")
+        if _is_async_connection(connection):
+            return (await self._store_in_async_transaction([message], connection))[0]
+        return await self.call(self.publish, message, connection)
+
+    async def publish_events_async(
+        self, events: Iterable[EventSpec], connection: Any
+    ) -> list[Message]:
+        """`publish_events` for the async face, as `publish_event_async`."""
+        messages = self.messages_for(events)
+        if _is_async_connection(connection):
+            return await self._store_in_async_transaction(messages, connection)
+        return await self.call(self.publish_many, messages, connection)
 
     # -- the transactional outbox: publish inside the caller's own transaction ------
     def _outbox(self, connection: Any) -> dict[str, Any]:
@@ -440,7 +428,7 @@ class _Core:
             )
         return {"connection": connection}
 
-    async def publish_many_async(
+    async def _store_in_async_transaction(
         self, messages: Sequence[Message], connection: Any
     ) -> list[Message]:
         """`publish_many` inside an async psycopg connection's open transaction."""
@@ -478,6 +466,9 @@ class _Core:
             if any(result.deliveries for result in results):
                 self.worker.wake()
 
+    def stats(self) -> Stats:
+        return self.stats_with_age()[0]
+
     def stats_with_age(self) -> tuple[Stats, float | None]:
         now = self.clock.now()
         stats = self.store.stats(now)
@@ -491,9 +482,7 @@ class _Core:
             self.worker.wake()
         return updated
 
-    def rotate_secret(
-        self, subscription_id: str, grace: timedelta, secret: str | None
-    ) -> tuple[Subscription, str]:
+    def rotate_secret(self, subscription_id: str, grace: timedelta, secret: str | None) -> str:
         if not isinstance(grace, timedelta) or grace < timedelta(0):
             raise ConfigurationError("grace must be a timedelta of zero or more")
         current = self.store.get_subscription(subscription_id)
@@ -507,7 +496,7 @@ class _Core:
             current, secret=new_secret, previous_secrets=retired + kept, updated_at=now
         )
         self.store.save_subscription(updated)
-        return updated, new_secret
+        return new_secret
 
     def retry_delivery(self, delivery_id: str) -> Delivery:
         updated = self.store.schedule_manual([delivery_id], self.clock.now())
@@ -534,7 +523,7 @@ class _Core:
         on_progress: Callable[[int], object] | None = None,
     ) -> int:
         if older_than is None:
-            older_than = self.retention or DEFAULT_RETENTION
+            older_than = self.options.retention or DEFAULT_RETENTION
         cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
         total = 0
         # Small transactions: a long purge never holds the store's write lock for long.
@@ -544,6 +533,23 @@ class _Core:
                 on_progress(total)
         return total
 
+    def deliveries(
+        self,
+        message_id: str | None,
+        subscription_id: str | None,
+        status: DeliveryStatus | str | None,
+        page: PageKwargs,
+    ) -> Page[Delivery]:
+        return self.store.list_deliveries(
+            message_id=message_id,
+            subscription_id=subscription_id,
+            status=_status(status),
+            **_page("deliveries", page),
+        )
+
+    def messages(self, event_type: str | None, page: PageKwargs) -> Page[Message]:
+        return self.store.list_messages(event_type=event_type, **_page("messages", page))
+
     def next_due_at(self) -> datetime | None:
         return self.store.next_due_at()
 
@@ -551,67 +557,6 @@ class _Core:
         self.worker.close()
         if self.owns_store:
             self.store.close()
-
-
-def _check_flow(
-    rate_limit: object, max_in_flight: object, ordered: object, retry: object
-) -> dict[str, Any]:
-    """The flow-control and retry fields of a new subscription, validated."""
-    if rate_limit is not None and (
-        isinstance(rate_limit, bool)
-        or not isinstance(rate_limit, (int, float))
-        or not 0 < rate_limit <= 100_000
-    ):
-        raise ConfigurationError("rate_limit must be requests per second, above 0, or None")
-    if max_in_flight is not None:
-        _check_positive_int(max_in_flight, "max_in_flight", maximum=10_000)
-    if not isinstance(ordered, bool):
-        raise ConfigurationError("ordered must be True or False")
-    schedule: RetrySchedule | None
-    if retry is None or isinstance(retry, RetrySchedule):
-        schedule = retry
-    elif isinstance(retry, RetryPolicy):
-        schedule = retry.schedule
-        if schedule is None:
-            raise ConfigurationError(
-                "a subscription keeps its retry schedule in the store, so it must be a "
-                "fixed one: RetryPolicy.fixed([0, 5, 300, ...]) or a list of delays "
-                "(tenacity strategies cannot be stored; use retry_by_event_type= for those)"
-            )
-    elif isinstance(retry, Sequence) and not isinstance(retry, (str, bytes)):
-        schedule = RetrySchedule(tuple(retry))
-    else:
-        raise ConfigurationError("retry must be RetryPolicy.fixed([...]) or a list of delays")
-    if schedule is not None:
-        ScheduleWait(schedule.delays, schedule.jitter)  # validates the numbers
-    return {
-        "rate_limit": None if rate_limit is None else float(rate_limit),
-        "max_in_flight": max_in_flight,
-        "ordered": ordered,
-        "retry_schedule": schedule,
-    }
-
-
-def _pem_path(option: str, value: object) -> str | None:
-    """An absolute path (workers may run elsewhere), or None."""
-    if value is None:
-        return None
-    path = os.fspath(value) if isinstance(value, os.PathLike) else value
-    if not isinstance(path, str) or not path:
-        raise ConfigurationError(f"{option} must be the path of a PEM file, as a str")
-    return os.path.abspath(path)
-
-
-def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise ConfigurationError("metadata must be a mapping of str to str")
-    if len(metadata) > 50 or any(len(k) > 255 or len(v) > 4096 for k, v in metadata.items()):
-        raise ConfigurationError("metadata takes at most 50 keys of 255 characters, values of 4096")
-    return dict(metadata)
 
 
 def _status(status: DeliveryStatus | str | None) -> DeliveryStatus | None:
@@ -654,23 +599,85 @@ class _LoopThread:
         self._loop.close()
 
 
-_DEFAULT_TIMEOUT = 15.0
-_DEFAULT_AUTO_DISABLE = AutoDisable()
+class _Running(Protocol):
+    def done(self) -> bool: ...
 
 
-class Dispatcher:
+R = TypeVar("R", bound=_Running)
+
+
+class _Face(Generic[R]):
+    """What both faces hold: the core, built from validated options, and the worker's
+    handle while it runs (a thread's future or a task)."""
+
+    @spelled_out(DispatcherKwargs, DispatcherOptions)
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        options: DispatcherOptions | None = None,
+        **overrides: Unpack[DispatcherKwargs],
+    ) -> None:
+        """``store`` is a URL (``"memory://"``, ``"sqlite:///webhooks.db"``,
+        ``"postgresql://..."``) or a `Store`. The options are `DispatcherOptions` fields,
+        given as keyword arguments or as a ready ``options`` object (keyword arguments then
+        override its fields); all are validated before the store is opened."""
+        self._core = _Core(store, with_overrides(DispatcherOptions, options, overrides))
+        self._running: R | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(store={self._core.store!r})"
+
+    @property
+    def store(self) -> Store:
+        """The store this dispatcher reads and writes."""
+        return self._core.store
+
+    @property
+    def clock(self) -> Clock:
+        """The clock deciding when attempts are due."""
+        return self._core.clock
+
+    @property
+    def options(self) -> DispatcherOptions:
+        """The options this dispatcher was built with."""
+        return self._core.options
+
+    def _check_idle(self) -> None:
+        if self._running is not None and not self._running.done():
+            raise ConfigurationError("the worker is already running (start()); stop() it first")
+
+    def _may_start(self) -> bool:
+        """False while the worker runs; otherwise prepare it to run and say True."""
+        if self._running is not None and not self._running.done():
+            return False
+        self._core.worker.prepare_run()
+        return True
+
+    def _stop_requested(self) -> R | None:
+        """Ask a running worker to stop (attempts in flight finish); its handle."""
+        if self._running is not None:
+            self._core.worker.request_stop()
+        return self._running
+
+
+class Dispatcher(_Face["concurrent.futures.Future[int]"]):
     """Publish events and deliver them, from ordinary (synchronous) code.
 
-    ``store`` is a URL (``"memory://"``, ``"sqlite:///webhooks.db"``) or a `Store`.
+    ``Dispatcher(store, **options)``: ``store`` is a URL (``"memory://"``,
+    ``"sqlite:///webhooks.db"``) or a `Store`; the options are the fields of
+    `DispatcherOptions` (which documents each), as keyword arguments or as one
+    ``DispatcherOptions`` object. Every option is validated before the store is opened. Use
+    it as a context manager, or call `close`.
+
     ``retry`` is a `RetryPolicy`; ``transport`` any `httpx.AsyncBaseTransport` (tests pass a
     `webhook_dispatch.testing.MockReceiver` or ``httpx.MockTransport``); ``clock`` a
-    `Clock` (tests pass a `FakeClock`). Use it as a context manager, or call `close`.
-
-    ``concurrency`` bounds attempts in flight per worker; ``lease`` is how long a claimed
-    delivery stays reserved (a crashed worker's deliveries are retried after it);
-    ``poll_interval`` is how often an idle worker looks for work published by other
-    processes. While running, the worker purges finished messages older than
-    ``retention`` (30 days; ``None`` keeps everything) about once an hour.
+    `Clock` (tests pass a `FakeClock`). ``concurrency`` bounds attempts in flight per
+    worker; ``lease`` is how long a claimed delivery stays reserved (a crashed worker's
+    deliveries are retried after it); ``poll_interval`` is how often an idle worker looks
+    for work published by other processes. While running, the worker purges finished
+    messages older than ``retention`` (30 days; ``None`` keeps everything) about once an
+    hour.
 
     The network guard refuses endpoints on loopback, private, link-local (cloud
     metadata), CGNAT, multicast and reserved addresses, checked after DNS on the address
@@ -694,105 +701,22 @@ class Dispatcher:
     (or a ``TracerProvider``) wraps each attempt in an OpenTelemetry span.
     """
 
-    def __init__(
-        self,
-        store: str | Store = "memory://",
-        *,
-        clock: Clock | None = None,
-        retry: RetryPolicy | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        concurrency: int = 64,
-        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
-        envelope: bool = True,
-        lease: timedelta = timedelta(seconds=60),
-        poll_interval: float = 1.0,
-        retention: timedelta | None = DEFAULT_RETENTION,
-        allow_private_networks: bool = False,
-        allowed_networks: Iterable[str] = (),
-        https_only: bool = False,
-        default_max_in_flight: int | None = AUTO,
-        auto_disable: AutoDisable | None = _DEFAULT_AUTO_DISABLE,
-        retry_by_event_type: Mapping[str, RetryPolicy] | None = None,
-        on_attempt: Callback | None = None,
-        on_delivery_succeeded: Callback | None = None,
-        on_delivery_failed: Callback | None = None,
-        on_subscription_disabled: Callback | None = None,
-        on_recovered: Callback | None = None,
-        operational_events: bool = False,
-        metrics: Any = None,
-        tracing: Any = False,
-    ) -> None:
-        self._core = _Core(
-            store,
-            clock=clock,
-            retry=retry,
-            transport=transport,
-            concurrency=concurrency,
-            max_payload_size=max_payload_size,
-            envelope=envelope,
-            lease=lease,
-            poll_interval=poll_interval,
-            retention=retention,
-            allow_private_networks=allow_private_networks,
-            allowed_networks=allowed_networks,
-            https_only=https_only,
-            default_max_in_flight=default_max_in_flight,
-            auto_disable=auto_disable,
-            retry_by_event_type=retry_by_event_type,
-            hooks=Hooks(
-                on_attempt=on_attempt,
-                on_delivery_succeeded=on_delivery_succeeded,
-                on_delivery_failed=on_delivery_failed,
-                on_subscription_disabled=on_subscription_disabled,
-                on_recovered=on_recovered,
-            ),
-            operational_events=operational_events,
-            metrics=metrics,
-            tracing=tracing,
-        )
-        self._loop_thread: _LoopThread | None = None
-        self._running: concurrent.futures.Future[int] | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"Dispatcher(store={self._core.store!r})"
-
-    @property
-    def store(self) -> Store:
-        """The store this dispatcher reads and writes."""
-        return self._core.store
-
-    @property
-    def clock(self) -> Clock:
-        """The clock deciding when attempts are due."""
-        return self._core.clock
+    _loop_thread: _LoopThread | None = None
 
     # -- subscriptions -------------------------------------------------------------
+    @spelled_out(EndpointKwargs, EndpointOptions)
     def subscribe(
-        self,
-        url: str,
-        *,
-        event_types: Iterable[str] | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float = _DEFAULT_TIMEOUT,
-        signature: str = DEFAULT_SIGNATURE,
-        auth: EndpointAuth | None = None,
-        ca_bundle: str | None = None,
-        client_cert: str | None = None,
-        client_key: str | None = None,
-        rate_limit: float | None = None,
-        max_in_flight: int | None = None,
-        ordered: bool = False,
-        retry: RetrySpec | None = None,
+        self, url: str, options: EndpointOptions | None = None, **overrides: Unpack[EndpointKwargs]
     ) -> Subscription:
         """Register an endpoint for the event types matching ``event_types``.
 
-        ``event_types`` takes exact names, ``*`` for one segment (``order.*``) and a final
-        ``**`` for any depth; ``None`` or ``["*"]`` means every event. Without ``secret`` a
-        ``whsec_`` secret is generated (read it from ``.secret``). ``headers`` are sent
-        with every request (reserved names are refused); ``timeout`` is per attempt.
+        The options are the fields of `EndpointOptions` (which documents each), as keyword
+        arguments or as one ``EndpointOptions`` object (keyword arguments then override
+        its fields). ``event_types`` takes exact names, ``*`` for one segment
+        (``order.*``) and a final ``**`` for any depth; ``None`` or ``["*"]`` means every
+        event. Without ``secret`` a ``whsec_`` secret is generated (read it from
+        ``.secret``). ``headers`` are sent with every request (reserved names are
+        refused); ``timeout`` is per attempt.
 
         ``signature`` picks the scheme: ``"standard"`` (Standard Webhooks v1, HMAC),
         ``"standard-ed25519"`` (v1a; the secret is a ``whsk_`` key), ``"github"``,
@@ -809,42 +733,19 @@ class Dispatcher:
         gives this endpoint its own schedule (``RetryPolicy.fixed([0, 10, 60])`` or the
         delays), stored with it.
         """
-        subscription = self._core.new_subscription(
-            url,
-            event_types=event_types,
-            secret=secret,
-            headers=headers,
-            metadata=metadata,
-            timeout=timeout,
-            signature=signature,
-            auth=auth,
-            ca_bundle=ca_bundle,
-            client_cert=client_cert,
-            client_key=client_key,
-            rate_limit=rate_limit,
-            max_in_flight=max_in_flight,
-            ordered=ordered,
-            retry=retry,
-        )
-        return self._core.subscribe(subscription)
+        return self._core.subscribe(url, options, overrides)
 
     def unsubscribe(self, subscription_id: str) -> None:
         """Remove a subscription; its unfinished deliveries are cancelled."""
-        self._core.store.remove_subscription(subscription_id, self._core.clock.now())
+        self._core.unsubscribe(subscription_id)
 
     def enable(self, subscription_id: str) -> Subscription:
         """Resume deliveries to a subscription, including those held while it was disabled."""
-        return self._core.update(
-            subscription_id,
-            enabled=True,
-            disabled_reason=None,
-            failing_since=None,
-            consecutive_failures=0,
-        )
+        return self._core.enable(subscription_id)
 
     def disable(self, subscription_id: str, reason: str = "disabled by operator") -> Subscription:
         """Stop deliveries to a subscription; pending ones are held until `enable`."""
-        return self._core.update(subscription_id, enabled=False, disabled_reason=reason)
+        return self._core.disable(subscription_id, reason)
 
     def rotate_secret(
         self,
@@ -860,59 +761,39 @@ class Dispatcher:
         ``standard-ed25519``). ``stripe`` sends one ``v1=`` per secret during the grace
         period; ``github`` has room for one signature, so it signs with the new secret
         only, at once."""
-        return self._core.rotate_secret(subscription_id, grace, secret)[1]
+        return self._core.rotate_secret(subscription_id, grace, secret)
 
-    def subscriptions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
-    ) -> Page[Subscription]:
-        """Subscriptions, oldest first, a `Page` of at most ``limit``; pass its
-        ``next_cursor`` as ``cursor=`` for the next page."""
-        return self._core.store.list_subscriptions(limit=check_limit(limit), cursor=cursor)
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
+    def subscriptions(self, **page: Unpack[PageKwargs]) -> Page[Subscription]:
+        """Subscriptions, oldest first, a `Page` of at most ``limit`` (default 100); pass
+        its ``next_cursor`` as ``cursor=`` for the next page."""
+        return self._core.subscriptions(page)
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """One subscription by id (`NotFound` otherwise)."""
         return self._core.store.get_subscription(subscription_id)
 
     # -- publishing ----------------------------------------------------------------
-    def publish(
-        self,
-        event_type: str,
-        payload: Any,
-        *,
-        idempotency_key: str | None = None,
-        content_type: str | None = None,
-        connection: Any = None,
-    ) -> Message:
+    @spelled_out(PublishKwargs, {})
+    def publish(self, event_type: str, payload: Any, **options: Unpack[PublishKwargs]) -> Message:
         """Store an event for every matching subscription and return the `Message`.
 
         The payload is wrapped in the Standard Webhooks envelope ``{"type", "timestamp",
         "data"}`` and serialized once. Bytes (or str) with ``content_type=`` are sent
         as-is. With a durable store the message is safe once this returns. The same
-        ``idempotency_key`` returns the first message and sends nothing again.
+        ``idempotency_key=`` returns the first message and sends nothing again.
 
         ``connection=`` (PostgreSQL store only) takes a psycopg 3 connection with an open
         transaction: the event is written in that transaction and not committed, so it
         is delivered if and only if the caller commits (the transactional outbox).
         """
-        message = self._core.new_message(
-            event_type, payload, idempotency_key=idempotency_key, content_type=content_type
-        )
-        return self._core.publish(message, connection)
+        return self._core.publish_event(event_type, payload, options)
 
     def publish_many(self, events: Iterable[EventSpec], *, connection: Any = None) -> list[Message]:
         """Publish ``(event_type, payload)`` or ``(event_type, payload, idempotency_key)``
         tuples in one store transaction; all are validated before any is stored.
         ``connection=`` joins the caller's transaction, as in `publish`."""
-        messages = [
-            self._core.new_message(
-                event[0],
-                event[1],
-                idempotency_key=event[2] if len(event) > 2 else None,
-                content_type=None,
-            )
-            for event in events
-        ]
-        return self._core.publish_many(messages, connection)
+        return self._core.publish_events(events, connection)
 
     # -- delivering ----------------------------------------------------------------
     def _loop(self) -> _LoopThread:
@@ -925,24 +806,31 @@ class Dispatcher:
     def run_until_idle(self) -> int:
         """Attempt every delivery due now (and retries that fall due meanwhile), then
         return the number of attempts made. For scripts and tests."""
-        if self._running is not None and not self._running.done():
-            raise ConfigurationError("the worker is already running (start()); stop() it first")
+        self._check_idle()
         return self._loop().call(self._core.worker.run_until_idle())
 
     def start(self) -> None:
         """Run the worker on a background thread until `stop` or `close`."""
-        if self._running is not None and not self._running.done():
-            return
-        self._core.worker.prepare_run()
-        self._running = self._loop().submit(self._core.worker.run())
+        if self._may_start():
+            self._running = self._loop().submit(self._core.worker.run())
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop the background worker; attempts in flight finish and are recorded."""
-        running, self._running = self._running, None
+        """Stop the background worker; attempts in flight finish and are recorded.
+
+        If they take longer than ``timeout`` seconds, `StopTimeout` is raised and the
+        worker goes on finishing them: call `stop` again to wait more."""
+        running = self._stop_requested()
         if running is None:
             return
-        self._core.worker.request_stop()
-        running.result(timeout=timeout)
+        finished, _ = concurrent.futures.wait([running], timeout=timeout)
+        if not finished:
+            raise StopTimeout(
+                f"the worker did not stop within {timeout} seconds; its attempts in flight "
+                "are still finishing (call stop() again to wait for them)",
+                timeout=timeout,
+            )
+        self._running = None
+        running.result()
 
     def run(self) -> None:
         """Run the worker in this thread until interrupted (Ctrl-C) or `stop`."""
@@ -951,10 +839,8 @@ class Dispatcher:
         assert running is not None
         try:
             while not running.done():
-                try:
-                    running.result(timeout=0.5)
-                except concurrent.futures.TimeoutError:
-                    continue
+                concurrent.futures.wait([running], timeout=0.5)
+            running.result()
         except KeyboardInterrupt:
             self.stop()
 
@@ -963,39 +849,29 @@ class Dispatcher:
         """Every attempt made for a message, oldest first."""
         return self._core.store.list_attempts(message_id=message_id)
 
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
     def deliveries(
         self,
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | str | None = None,
-        *,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
+        **page: Unpack[PageKwargs],
     ) -> Page[Delivery]:
         """Deliveries matching every given filter, oldest first, a `Page` of at most
-        ``limit``; pass its ``next_cursor`` as ``cursor=`` for the next page."""
-        return self._core.store.list_deliveries(
-            message_id=message_id,
-            subscription_id=subscription_id,
-            status=_status(status),
-            limit=limit,
-            cursor=cursor,
-        )
+        ``limit`` (default 100); pass its ``next_cursor`` as ``cursor=`` for the next page."""
+        return self._core.deliveries(message_id, subscription_id, status, page)
 
     def get_message(self, message_id: str) -> Message:
         """One message by id (`NotFound` otherwise)."""
         return self._core.store.get_message(message_id)
 
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
     def messages(
-        self,
-        *,
-        event_type: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
+        self, *, event_type: str | None = None, **page: Unpack[PageKwargs]
     ) -> Page[Message]:
-        """The newest messages first, a `Page` of at most ``limit``; pass its
+        """The newest messages first, a `Page` of at most ``limit`` (default 100); pass its
         ``next_cursor`` as ``cursor=`` for the next page."""
-        return self._core.store.list_messages(event_type=event_type, limit=limit, cursor=cursor)
+        return self._core.messages(event_type, page)
 
     def retry(self, delivery_id: str) -> Delivery:
         """Make one manual attempt of a delivery as soon as the worker runs (whatever its
@@ -1028,7 +904,7 @@ class Dispatcher:
     def stats(self) -> Stats:
         """Pending and in-flight deliveries, the oldest pending one's creation time
         (``.oldest_pending_age(now)``), and subscriptions by state (`Stats`)."""
-        return self._core.stats_with_age()[0]
+        return self._core.stats()
 
     # -- lifecycle -----------------------------------------------------------------
     def close(self) -> None:
@@ -1046,163 +922,37 @@ class Dispatcher:
     def __enter__(self) -> Dispatcher:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class AsyncDispatcher:
+class AsyncDispatcher(_Face["asyncio.Task[int]"]):
     """The same surface as `Dispatcher`, awaitable, running on the caller's event loop.
 
     Use ``async with AsyncDispatcher(...) as dispatcher:``; `start` runs the worker as a
     task of the current loop. Store calls that block (SQLite) run in a thread.
     """
 
-    def __init__(
-        self,
-        store: str | Store = "memory://",
-        *,
-        clock: Clock | None = None,
-        retry: RetryPolicy | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        concurrency: int = 64,
-        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
-        envelope: bool = True,
-        lease: timedelta = timedelta(seconds=60),
-        poll_interval: float = 1.0,
-        retention: timedelta | None = DEFAULT_RETENTION,
-        allow_private_networks: bool = False,
-        allowed_networks: Iterable[str] = (),
-        https_only: bool = False,
-        default_max_in_flight: int | None = AUTO,
-        auto_disable: AutoDisable | None = _DEFAULT_AUTO_DISABLE,
-        retry_by_event_type: Mapping[str, RetryPolicy] | None = None,
-        on_attempt: Callback | None = None,
-        on_delivery_succeeded: Callback | None = None,
-        on_delivery_failed: Callback | None = None,
-        on_subscription_disabled: Callback | None = None,
-        on_recovered: Callback | None = None,
-        operational_events: bool = False,
-        metrics: Any = None,
-        tracing: Any = False,
-    ) -> None:
-        self._core = _Core(
-            store,
-            clock=clock,
-            retry=retry,
-            transport=transport,
-            concurrency=concurrency,
-            max_payload_size=max_payload_size,
-            envelope=envelope,
-            lease=lease,
-            poll_interval=poll_interval,
-            retention=retention,
-            allow_private_networks=allow_private_networks,
-            allowed_networks=allowed_networks,
-            https_only=https_only,
-            default_max_in_flight=default_max_in_flight,
-            auto_disable=auto_disable,
-            retry_by_event_type=retry_by_event_type,
-            hooks=Hooks(
-                on_attempt=on_attempt,
-                on_delivery_succeeded=on_delivery_succeeded,
-                on_delivery_failed=on_delivery_failed,
-                on_subscription_disabled=on_subscription_disabled,
-                on_recovered=on_recovered,
-            ),
-            operational_events=operational_events,
-            metrics=metrics,
-            tracing=tracing,
-        )
-        self._task: asyncio.Task[int] | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"AsyncDispatcher(store={self._core.store!r})"
-
-    @property
-    def store(self) -> Store:
-        """The store this dispatcher reads and writes."""
-        return self._core.store
-
-    @property
-    def clock(self) -> Clock:
-        """The clock deciding when attempts are due."""
-        return self._core.clock
-
-    async def _io(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._core.store.blocking:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        return function(*args, **kwargs)
-
+    @spelled_out(EndpointKwargs, EndpointOptions)
     async def subscribe(
-        self,
-        url: str,
-        *,
-        event_types: Iterable[str] | None = None,
-        secret: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float = _DEFAULT_TIMEOUT,
-        signature: str = DEFAULT_SIGNATURE,
-        auth: EndpointAuth | None = None,
-        ca_bundle: str | None = None,
-        client_cert: str | None = None,
-        client_key: str | None = None,
-        rate_limit: float | None = None,
-        max_in_flight: int | None = None,
-        ordered: bool = False,
-        retry: RetrySpec | None = None,
+        self, url: str, options: EndpointOptions | None = None, **overrides: Unpack[EndpointKwargs]
     ) -> Subscription:
         """See `Dispatcher.subscribe`."""
-        subscription = self._core.new_subscription(
-            url,
-            event_types=event_types,
-            secret=secret,
-            headers=headers,
-            metadata=metadata,
-            timeout=timeout,
-            signature=signature,
-            auth=auth,
-            ca_bundle=ca_bundle,
-            client_cert=client_cert,
-            client_key=client_key,
-            rate_limit=rate_limit,
-            max_in_flight=max_in_flight,
-            ordered=ordered,
-            retry=retry,
-        )
-        result: Subscription = await self._io(self._core.subscribe, subscription)
-        return result
+        return await self._core.call(self._core.subscribe, url, options, overrides)
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """See `Dispatcher.unsubscribe`."""
-        await self._io(self._core.store.remove_subscription, subscription_id, self.clock.now())
+        await self._core.call(self._core.unsubscribe, subscription_id)
 
     async def enable(self, subscription_id: str) -> Subscription:
         """See `Dispatcher.enable`."""
-        result: Subscription = await self._io(
-            self._core.update,
-            subscription_id,
-            enabled=True,
-            disabled_reason=None,
-            failing_since=None,
-            consecutive_failures=0,
-        )
-        return result
+        return await self._core.call(self._core.enable, subscription_id)
 
     async def disable(
         self, subscription_id: str, reason: str = "disabled by operator"
     ) -> Subscription:
         """See `Dispatcher.disable`."""
-        result: Subscription = await self._io(
-            self._core.update, subscription_id, enabled=False, disabled_reason=reason
-        )
-        return result
+        return await self._core.call(self._core.disable, subscription_id, reason)
 
     async def rotate_secret(
         self,
@@ -1212,144 +962,91 @@ class AsyncDispatcher:
         secret: str | None = None,
     ) -> str:
         """See `Dispatcher.rotate_secret`."""
-        result: tuple[Subscription, str] = await self._io(
-            self._core.rotate_secret, subscription_id, grace, secret
-        )
-        return result[1]
+        return await self._core.call(self._core.rotate_secret, subscription_id, grace, secret)
 
-    async def subscriptions(
-        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
-    ) -> Page[Subscription]:
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
+    async def subscriptions(self, **page: Unpack[PageKwargs]) -> Page[Subscription]:
         """See `Dispatcher.subscriptions`."""
-        result: Page[Subscription] = await self._io(
-            self._core.store.list_subscriptions, limit=check_limit(limit), cursor=cursor
-        )
-        return result
+        return await self._core.call(self._core.subscriptions, page)
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
         """See `Dispatcher.get_subscription`."""
-        result: Subscription = await self._io(self._core.store.get_subscription, subscription_id)
-        return result
+        return await self._core.call(self._core.store.get_subscription, subscription_id)
 
+    @spelled_out(PublishKwargs, {})
     async def publish(
-        self,
-        event_type: str,
-        payload: Any,
-        *,
-        idempotency_key: str | None = None,
-        content_type: str | None = None,
-        connection: Any = None,
+        self, event_type: str, payload: Any, **options: Unpack[PublishKwargs]
     ) -> Message:
         """See `Dispatcher.publish`. ``connection=`` takes a ``psycopg.AsyncConnection``
         (awaited on this loop) or a sync ``psycopg.Connection`` (used from a thread)."""
-        message = self._core.new_message(
-            event_type, payload, idempotency_key=idempotency_key, content_type=content_type
-        )
-        if _is_async_connection(connection):
-            return (await self._core.publish_many_async([message], connection))[0]
-        result: Message = await self._io(self._core.publish, message, connection)
-        return result
+        return await self._core.publish_event_async(event_type, payload, options)
 
     async def publish_many(
         self, events: Iterable[EventSpec], *, connection: Any = None
     ) -> list[Message]:
         """See `Dispatcher.publish_many` and `publish` for ``connection=``."""
-        messages = [
-            self._core.new_message(
-                event[0],
-                event[1],
-                idempotency_key=event[2] if len(event) > 2 else None,
-                content_type=None,
-            )
-            for event in events
-        ]
-        if _is_async_connection(connection):
-            return await self._core.publish_many_async(messages, connection)
-        result: list[Message] = await self._io(self._core.publish_many, messages, connection)
-        return result
+        return await self._core.publish_events_async(events, connection)
 
     async def run_until_idle(self) -> int:
         """See `Dispatcher.run_until_idle`."""
-        if self._task is not None and not self._task.done():
-            raise ConfigurationError("the worker is already running (start()); stop() it first")
+        self._check_idle()
         return await self._core.worker.run_until_idle()
 
     def start(self) -> None:
         """Run the worker as a task of the running event loop until `stop`."""
-        if self._task is None or self._task.done():
-            self._core.worker.prepare_run()
-            self._task = asyncio.ensure_future(self._core.worker.run())
+        if self._may_start():
+            self._running = asyncio.ensure_future(self._core.worker.run())
 
     async def stop(self) -> None:
         """Stop the worker task; attempts in flight finish and are recorded."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._core.worker.request_stop()
-        await task
+        running = self._stop_requested()
+        self._running = None
+        if running is not None:
+            await running
 
     async def run(self) -> None:
         """Run the worker until `stop` is called or the task is cancelled."""
         self.start()
-        assert self._task is not None
-        await asyncio.shield(self._task)
+        assert self._running is not None
+        await asyncio.shield(self._running)
 
     async def attempts(self, message_id: str) -> list[Attempt]:
         """See `Dispatcher.attempts`."""
-        result: list[Attempt] = await self._io(
-            self._core.store.list_attempts, message_id=message_id
-        )
-        return result
+        return await self._core.call(self._core.store.list_attempts, message_id=message_id)
 
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
     async def deliveries(
         self,
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | str | None = None,
-        *,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
+        **page: Unpack[PageKwargs],
     ) -> Page[Delivery]:
         """See `Dispatcher.deliveries`."""
-        result: Page[Delivery] = await self._io(
-            self._core.store.list_deliveries,
-            message_id=message_id,
-            subscription_id=subscription_id,
-            status=_status(status),
-            limit=limit,
-            cursor=cursor,
+        return await self._core.call(
+            self._core.deliveries, message_id, subscription_id, status, page
         )
-        return result
 
     async def get_message(self, message_id: str) -> Message:
         """See `Dispatcher.get_message`."""
-        result: Message = await self._io(self._core.store.get_message, message_id)
-        return result
+        return await self._core.call(self._core.store.get_message, message_id)
 
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
     async def messages(
-        self,
-        *,
-        event_type: str | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-        cursor: str | None = None,
+        self, *, event_type: str | None = None, **page: Unpack[PageKwargs]
     ) -> Page[Message]:
         """See `Dispatcher.messages`."""
-        result: Page[Message] = await self._io(
-            self._core.store.list_messages, event_type=event_type, limit=limit, cursor=cursor
-        )
-        return result
+        return await self._core.call(self._core.messages, event_type, page)
 
     async def retry(self, delivery_id: str) -> Delivery:
         """See `Dispatcher.retry`."""
-        result: Delivery = await self._io(self._core.retry_delivery, delivery_id)
-        return result
+        return await self._core.call(self._core.retry_delivery, delivery_id)
 
     async def recover(
         self, subscription_id: str, since: datetime, until: datetime | None = None
     ) -> list[Delivery]:
         """See `Dispatcher.recover`."""
-        result: list[Delivery] = await self._io(self._core.recover, subscription_id, since, until)
-        return result
+        return await self._core.call(self._core.recover, subscription_id, since, until)
 
     async def purge(
         self,
@@ -1358,18 +1055,15 @@ class AsyncDispatcher:
         on_progress: Callable[[int], object] | None = None,
     ) -> int:
         """See `Dispatcher.purge`."""
-        result: int = await self._io(self._core.purge, older_than, on_progress)
-        return result
+        return await self._core.call(self._core.purge, older_than, on_progress)
 
     async def next_due_at(self) -> datetime | None:
         """See `Dispatcher.next_due_at`."""
-        result: datetime | None = await self._io(self._core.next_due_at)
-        return result
+        return await self._core.call(self._core.next_due_at)
 
     async def stats(self) -> Stats:
         """See `Dispatcher.stats`."""
-        result: tuple[Stats, float | None] = await self._io(self._core.stats_with_age)
-        return result[0]
+        return await self._core.call(self._core.stats)
 
     async def aclose(self) -> None:
         """Stop the worker, close connections and the store. Idempotent."""
@@ -1377,16 +1071,11 @@ class AsyncDispatcher:
             return
         await self.stop()
         await self._core.engine.aclose()
-        await self._io(self._core.close_store)
+        await self._core.call(self._core.close_store)
         self._closed = True
 
     async def __aenter__(self) -> AsyncDispatcher:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -21,7 +21,8 @@ WebhookDispatchError
 │   ├── StoreUnavailable                   locked, disk full, connection lost: try again later
 │   └── SchemaError                        foreign, corrupt or newer-than-known database
 │                                          .schema .found_version .supported_version
-└── DrainIncomplete (RuntimeError)         `testing.drain()` gave up with work still pending
+├── DrainIncomplete (RuntimeError)         `testing.drain()` gave up with work still pending
+└── StopTimeout (TimeoutError)             `Dispatcher.stop(timeout=)` waited in vain  .timeout
 ```
 
 Every error has ``.subscription`` and ``.message`` (None unless the library knows which
@@ -56,6 +57,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "SchemaError",
+    "StopTimeout",
     "StoreError",
     "StoreUnavailable",
     "WebhookDispatchError",
@@ -290,3 +292,22 @@ class DrainIncomplete(WebhookDispatchError, RuntimeError):
         super().__init__(text, subscription=subscription, message=message)
         self.max_steps = max_steps
         self.attempts = attempts
+
+
+class StopTimeout(WebhookDispatchError, TimeoutError):
+    """The worker did not stop within ``stop(timeout=...)`` seconds (``.timeout``); its
+    attempts in flight go on and are recorded when they end. Call ``stop()`` again to wait."""
+
+    timeout: float | None
+    """The seconds `stop` waited."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.timeout = timeout

@@ -211,3 +211,11 @@ def test_postgres_keyword_dsn_errors_do_not_repeat_the_password() -> None:
         with pytest.raises(wd.InvalidStoreURL) as caught:
             PostgresStore(dsn)
         assert "s3c" not in str(caught.value) and '"ret"' not in str(caught.value)
+
+
+def test_framework_worker_commands_redact_the_same_way() -> None:
+    from webhook_dispatch.contrib._worker import redact
+
+    for url in ("postgresql://h/db?password=s3cret", "postgresql://:s3cret@h/db"):
+        assert redact(url) == redact_store_url(url)
+        assert "s3cret" not in redact(url)

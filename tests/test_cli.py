@@ -3,12 +3,15 @@ plus the demo and a worker run as real subprocesses."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -473,3 +476,122 @@ def test_worker_subprocess_delivers_and_stops_on_sigterm(
     with wd.Dispatcher(store) as dispatcher:
         [delivery] = dispatcher.deliveries(message_id=message.id)
         assert delivery.status is wd.DeliveryStatus.SUCCEEDED
+
+
+# -- store passwords are never printed ---------------------------------------------------------
+STORE_PASSWORD = "s3cret-pw"
+
+
+def _store_with_password(dsn: str, schema: str, form: str) -> str:
+    """The test server's URL with ``STORE_PASSWORD`` in it (its trust auth ignores it)."""
+    parts = urllib.parse.urlsplit(dsn)
+    where = f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    user = parts.username or "postgres"
+    if form == "userinfo":
+        return f"postgresql://{user}:{STORE_PASSWORD}@{where}?schema={schema}"
+    if form == "no user":
+        return f"postgresql://:{STORE_PASSWORD}@{where}?user={user}&schema={schema}"
+    return f"postgresql://{user}@{where}?password={STORE_PASSWORD}&schema={schema}"
+
+
+class _WatchedOutput(io.StringIO):
+    """A stdout that tells when a line containing ``needle`` has been written."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+        self.seen = threading.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.needle in self.getvalue():
+            self.seen.set()
+        return written
+
+
+FORMS = ["userinfo", "no user", "query"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("form", FORMS)
+def test_worker_startup_line_hides_the_store_password(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_dsn: str,
+    postgres_schema: str,
+    form: str,
+) -> None:
+    url = _store_with_password(postgres_dsn, postgres_schema, form)
+    output = _WatchedOutput("(Ctrl-C or SIGTERM stops it)")
+    monkeypatch.setattr(sys, "stdout", output)
+    finished = threading.Event()
+    earlier_threads = set(threading.enumerate())
+
+    def idle() -> bool:
+        # A new LISTEN thread: the worker runs and waits for work, so Ctrl-C lands in
+        # run() and not halfway through building its event loop.
+        return any(
+            thread.name == "webhook-dispatch-listen" and thread not in earlier_threads
+            for thread in threading.enumerate()
+        )
+
+    def interrupt_once_started() -> None:
+        while not finished.wait(0.02):
+            if output.seen.is_set() and idle():
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                return
+
+    # The worker swaps its own handler in and back out; a stray late SIGINT lands here.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    stopper = threading.Thread(target=interrupt_once_started, daemon=True)
+    stopper.start()
+    try:
+        code = main(["worker", "--store", url, "--concurrency", "2"])
+    finally:
+        finished.set()
+        stopper.join()
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    out = output.getvalue()
+    assert code == 0, err
+    [startup] = [line for line in out.splitlines() if "stops it" in line]
+    assert startup.startswith("webhook-dispatch worker ")
+    assert f"{urllib.parse.urlsplit(postgres_dsn).hostname}:" in startup and "***" in startup
+    assert postgres_schema in startup
+    assert STORE_PASSWORD not in out + err
+    assert "webhook-dispatch worker stopped" in out
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("form", FORMS)
+def test_demo_lines_hide_the_store_password(
+    cli: Runner, postgres_dsn: str, postgres_schema: str, form: str
+) -> None:
+    url = _store_with_password(postgres_dsn, postgres_schema, form)
+    code, out, err = cli("demo", "--store", url, store=False)
+    assert code == 0, err
+    assert "webhook-dispatch demo: store postgresql://" in out and "***" in out
+    assert "inspect: webhook-dispatch deliveries list --store postgresql://" in out
+    code, _, err = cli("demo", "--store", url, store=False)  # now the store has subscriptions
+    assert code == 2 and "the demo needs a store without subscriptions" in err
+    assert STORE_PASSWORD not in "".join(cli.outputs)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://app:{STORE_PASSWORD}@127.0.0.1:1/db?connect_timeout=2",
+        f"postgresql://:{STORE_PASSWORD}@127.0.0.1:1/db?connect_timeout=2",
+        f"postgresql://app@127.0.0.1:1/db?connect_timeout=2&password={STORE_PASSWORD}",
+        f"postgresql//app:{STORE_PASSWORD}@127.0.0.1:1/db",
+        f"host=127.0.0.1 port=1 dbname=db password={STORE_PASSWORD}",
+    ],
+)
+def test_store_errors_from_every_command_hide_the_password(cli: Runner, url: str) -> None:
+    if "://" in url:
+        pytest.importorskip("psycopg")
+    # Port 1 on loopback is closed: the store fails at once, before any command runs.
+    for command in (["worker"], ["demo"], ["stats"], ["subscriptions", "list"]):
+        code, out, err = cli(*command, "--store", url, store=False)
+        assert code == 2 and err.startswith("error: "), (command, err)
+        assert STORE_PASSWORD not in out + err

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from ._receiver import LoopbackReceiver
+from ._redact import redact_store_url
 from ._version import __version__
 from .auth import auth_to_document
 from .dispatcher import PURGE_BATCH, Dispatcher
@@ -105,11 +106,6 @@ def _relative(moment: datetime | None, now: datetime) -> str:
         if seconds >= size:
             return f"in {int(seconds // size)}{unit}"
     return f"in {int(seconds) or 1}s"
-
-
-def _redact_url(url: str) -> str:
-    """Hide a password in a store URL (``postgresql://user:secret@host``)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def _text(body: bytes) -> str:
@@ -586,7 +582,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         else {}
     )
     print(
-        f"webhook-dispatch worker {__version__}: store {_redact_url(store)}, "
+        f"webhook-dispatch worker {__version__}: store {redact_store_url(store)}, "
         f"concurrency {args.concurrency} (Ctrl-C or SIGTERM stops it)",
         flush=True,
     )
@@ -702,7 +698,7 @@ def _run_demo(store: str, receiver: LoopbackReceiver, *, keep_hint: bool) -> int
         if existing:
             raise ConfigurationError(
                 f"the demo needs a store without subscriptions (it would send its events to "
-                f"them); {_redact_url(store)} has {existing}"
+                f"them); {redact_store_url(store)} has {existing}"
             )
         names: dict[str, str] = {}
         subscriptions: dict[str, Subscription] = {}
@@ -715,7 +711,7 @@ def _run_demo(store: str, receiver: LoopbackReceiver, *, keep_hint: bool) -> int
             names[subscription.id] = endpoint.name
             subscriptions[endpoint.name] = subscription
 
-        print(f"webhook-dispatch demo: store {_redact_url(store)}")
+        print(f"webhook-dispatch demo: store {redact_store_url(store)}")
         print(f"  receiver {receiver.url('')} (verifies every signature)")
         for endpoint in _DEMO_ENDPOINTS:
             print(
@@ -779,7 +775,7 @@ def _run_demo(store: str, receiver: LoopbackReceiver, *, keep_hint: bool) -> int
         problems.append(f"deliveries still pending after {_DEMO_DEADLINE:g} s")
 
     if keep_hint:
-        print(f"inspect: webhook-dispatch deliveries list --store {_redact_url(store)}")
+        print(f"inspect: webhook-dispatch deliveries list --store {redact_store_url(store)}")
     if problems:
         print(f"demo FAILED: {'; '.join(problems)}", file=sys.stderr)
         return 1

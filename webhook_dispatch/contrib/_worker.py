@@ -7,6 +7,7 @@ import signal
 import threading
 from types import FrameType
 
+from .._redact import redact_store_url
 from ..dispatcher import Dispatcher
 
 __all__ = ["redact", "run_until_signalled"]
@@ -39,8 +40,4 @@ def run_until_signalled(dispatcher: Dispatcher) -> None:
 
 def redact(url: str) -> str:
     """A store URL with its password hidden, for printing."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if at and ":" in userinfo:
-        return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
-    return url
+    return redact_store_url(url)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .._redact import redact_store_url
 from ..errors import InvalidStoreURL
 from .base import AttemptRecord, Claim, ClaimPlan, PublishResult, RecordResult, Stats, Store
 from .memory import MemoryStore
@@ -38,11 +39,14 @@ def open_store(url: str | Store) -> Store:
     scheme = scheme.lower()
     if not sep:
         raise InvalidStoreURL(
-            f"store URL {url!r} has no scheme; use 'memory://' or 'sqlite:///path/to/file.db'"
+            f"store URL {redact_store_url(url)!r} has no scheme; use 'memory://' or "
+            "'sqlite:///path/to/file.db'"
         )
     if scheme == "memory":
         if rest:
-            raise InvalidStoreURL(f"memory store URL takes nothing after 'memory://': {url!r}")
+            raise InvalidStoreURL(
+                f"memory store URL takes nothing after 'memory://': {redact_store_url(url)!r}"
+            )
         return MemoryStore()
     if scheme == "sqlite":
         from .sqlite import SQLiteStore

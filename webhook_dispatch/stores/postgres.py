@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'webhook-dispatch[postgres]'"
     ) from exc
 
+from webhook_dispatch._redact import find_secrets, redact_in, redact_store_url
 from webhook_dispatch.errors import (
     ConfigurationError,
     InvalidStoreURL,
@@ -456,7 +457,10 @@ class PostgresStore(SQLStore):
                 parts.query, keep_blank_values=True, strict_parsing=False
             )
         except ValueError as exc:
-            raise InvalidStoreURL(f"malformed PostgreSQL store URL: {exc}") from None
+            raise InvalidStoreURL(
+                f"malformed PostgreSQL store URL {redact_store_url(url)!r}: "
+                f"{redact_in(str(exc), url)}"
+            ) from None
         schemas = [value for key, value in query if key == "schema"]
         if len(schemas) > 1:
             raise InvalidStoreURL("the PostgreSQL store URL names 'schema' more than once")
@@ -1108,20 +1112,31 @@ def _parse_dsn(dsn: str) -> dict[str, str]:
         params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
     except psycopg.Error as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        password = _password_in(dsn)
-        if password:
-            text = text.replace(password, "***")
-        raise InvalidStoreURL(f"malformed PostgreSQL store URL or DSN: {text}") from None
+        raise InvalidStoreURL(
+            f"malformed PostgreSQL store URL or DSN {redact_store_url(dsn)!r}: "
+            f"{redact_in(text, dsn)}"
+        ) from None
+    if not _password_unambiguous(dsn, params):
+        # libpq read part of the password as host, port or database: they would be shown.
+        raise InvalidStoreURL(
+            f"the password in PostgreSQL store URL {redact_store_url(dsn)!r} is ambiguous: "
+            "percent-encode '@', '/', ':', '?', '#' and '%' in it "
+            "(urllib.parse.quote(password, safe=''))"
+        )
     port = params.get("port")
     if port is not None and not all(part.isdigit() for part in port.split(",")):
-        raise InvalidStoreURL(f"PostgreSQL port must be a number, not {port!r}")
+        raise InvalidStoreURL(f"PostgreSQL port must be a number, not {redact_in(repr(port), dsn)}")
     return params
 
 
-def _password_in(dsn: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        return urllib.parse.urlsplit(dsn).password
-    return None
+def _password_unambiguous(dsn: str, params: Mapping[str, str]) -> bool:
+    """Whether libpq read the userinfo password in ``dsn`` as the password (or a
+    ``password=`` parameter overrides it), not as pieces of the host or database."""
+    secrets = find_secrets(dsn)
+    if any(secret.place != "userinfo" for secret in secrets):
+        return True
+    read = params.get("password")
+    return all(read in secret.values for secret in secrets)
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from datetime import datetime
 from typing import Any
 
+from webhook_dispatch._redact import redact_store_url
 from webhook_dispatch.errors import (
     InvalidStoreURL,
     NotFound,
@@ -249,22 +250,23 @@ class SQLiteStore(SQLStore):
         refused: there are no options to pass that way.
         """
         scheme, sep, rest = url.partition("://")
+        shown = redact_store_url(url)
         if not sep or scheme.lower() != "sqlite":
             raise InvalidStoreURL(
-                f"not a SQLite store URL: {url!r}; use 'sqlite:///path/to/file.db'"
+                f"not a SQLite store URL: {shown!r}; use 'sqlite:///path/to/file.db'"
             )
         if "?" in rest or "#" in rest:
             raise InvalidStoreURL(
-                f"SQLite store URL {url!r} has a query or fragment; none is supported"
+                f"SQLite store URL {shown!r} has a query or fragment; none is supported"
             )
         if not rest.startswith("/"):
             raise InvalidStoreURL(
-                f"SQLite store URL {url!r} names a host; use three slashes and a relative "
+                f"SQLite store URL {shown!r} names a host; use three slashes and a relative "
                 "path ('sqlite:///file.db') or four and an absolute one ('sqlite:////abs/file.db')"
             )
         path = rest[1:]
         if not path:
-            raise InvalidStoreURL(f"SQLite store URL {url!r} has no file path")
+            raise InvalidStoreURL(f"SQLite store URL {shown!r} has no file path")
         return cls(path, busy_timeout=busy_timeout)
 
     @property

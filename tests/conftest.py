@@ -1,11 +1,18 @@
-"""Shared fixtures: a real loopback receiver and PostgreSQL schemas (the ``dispatcher``/
-``fake_clock``/``mock_receiver`` fixtures come from webhook_dispatch's own pytest plugin)."""
+"""Shared fixtures: a real loopback receiver, PostgreSQL schemas, and subprocesses that
+never outlive their test (the ``dispatcher``/``fake_clock``/``mock_receiver`` fixtures come
+from webhook_dispatch's own pytest plugin)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -72,3 +79,119 @@ def postgres_url(postgres_dsn: str, postgres_schema: str) -> str:
     """A ``postgresql://`` store URL naming this test's own schema."""
     separator = "&" if "?" in postgres_dsn else "?"
     return f"{postgres_dsn}{separator}schema={postgres_schema}"
+
+
+# -- subprocesses ----------------------------------------------------------------------
+class Processes:
+    """The subprocesses one test starts, each the leader of its own process group.
+
+    Leaving the ``with`` block (the ``processes`` fixture's teardown, whether the test
+    passed or raised) kills every group with SIGKILL and reaps the leaders, so neither a
+    worker nor anything it spawned outlives the test.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[Any]] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self, args: Sequence[str], **options: Any) -> subprocess.Popen[Any]:
+        """`subprocess.Popen` in a new session (so its children can be killed with it)."""
+        options.setdefault("start_new_session", True)
+        process: subprocess.Popen[Any] = subprocess.Popen(args, **options)
+        self.started.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[Any]) -> None:
+        """SIGKILL the process and its group now, and reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()  # not a group leader (started with start_new_session=False)
+        process.wait()
+
+    def finish(self, process: subprocess.Popen[Any], *, limit: float = 600) -> str:
+        """Wait for the process to exit by itself and assert it exited 0; its output.
+
+        ``limit`` is a safety net turning a hang into a failure, not a budget: callers
+        wait for the work to progress first (`wait_while_progressing`).
+        """
+        try:
+            output, _ = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill(process)
+            output, _ = process.communicate()
+            raise AssertionError(f"still running after {limit:g}s:\n{_text(output)}") from None
+        assert process.returncode == 0, f"exited {process.returncode}:\n{_text(output)}"
+        return _text(output)
+
+    def terminate(self, process: subprocess.Popen[Any], *, limit: float = 60) -> tuple[int, str]:
+        """Send SIGTERM and wait for a clean exit (SIGKILL after ``limit`` seconds);
+        the exit status and output."""
+        process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill(process)
+            output, _ = process.communicate()
+        return process.returncode, _text(output)
+
+    def wait_while_progressing(
+        self,
+        done: Callable[[], bool],
+        progress: Callable[[], object],
+        what: str,
+        *,
+        stall: float = 60,
+        limit: float = 900,
+    ) -> None:
+        """Wait until ``done()``; fail only when ``progress()`` (a count, a tuple of
+        counts) has not changed for ``stall`` seconds, or after ``limit`` seconds in all.
+
+        How long the work takes depends on the machine's load; whether it still moves
+        does not. ``limit`` is a safety net far above any normal run, against work that
+        moves forever.
+        """
+        started = moved = time.monotonic()
+        seen = progress()
+        while not done():
+            now = time.monotonic()
+            current = progress()
+            if current != seen:
+                seen, moved = current, now
+            assert now - moved < stall, f"no progress for {stall:g}s waiting for {what} ({seen})"
+            assert now - started < limit, f"still waiting for {what} after {limit:g}s ({seen})"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Kill every group started here, running or not (a leader that exited may
+        leave children behind), and reap the leaders."""
+        while self.started:
+            process = self.started.pop()
+            self.kill(process)
+            # Closes the pipes; a grandchild that left the group could hold them open.
+            with contextlib.suppress(ValueError, OSError, subprocess.TimeoutExpired):
+                process.communicate(timeout=10)
+
+
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Start subprocesses with ``processes.start(args, ...)``; all are killed, with their
+    children, when the test ends, pass or fail."""
+    with Processes() as group:
+        yield group

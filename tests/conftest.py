@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -82,6 +84,9 @@ def postgres_url(postgres_dsn: str, postgres_schema: str) -> str:
 
 
 # -- subprocesses ----------------------------------------------------------------------
+Completed = subprocess.CompletedProcess[Any]
+
+
 class Processes:
     """The subprocesses one test starts, each the leader of its own process group.
 
@@ -134,16 +139,43 @@ class Processes:
         assert process.returncode == 0, f"exited {process.returncode}:\n{_text(output)}"
         return _text(output)
 
-    def terminate(self, process: subprocess.Popen[Any], *, limit: float = 60) -> tuple[int, str]:
-        """Send SIGTERM and wait for a clean exit (SIGKILL after ``limit`` seconds);
-        the exit status and output."""
-        process.send_signal(signal.SIGTERM)
+    def run(self, args: Sequence[str], *, limit: float = 600, **options: Any) -> Completed:
+        """Start the process and wait for it to exit (`subprocess.run` with a group kill);
+        ``limit`` is a safety net against a hang, not a budget."""
+        options.setdefault("stdout", subprocess.PIPE)
+        options.setdefault("stderr", subprocess.PIPE)
+        process = self.start(args, **options)
         try:
-            output, _ = process.communicate(timeout=limit)
+            out, err = process.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             self.kill(process)
-            output, _ = process.communicate()
-        return process.returncode, _text(output)
+            out, err = process.communicate()
+            raise AssertionError(f"{args} still running after {limit:g}s:\n{_text(out)}") from None
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def read_line(self, process: subprocess.Popen[Any], *, limit: float = 120) -> Any:
+        """The next line of the process's stdout (empty at its end); fails, rather than
+        hangs, when none comes within ``limit`` seconds (a safety net)."""
+        stream = process.stdout
+        assert stream is not None, "started without stdout=subprocess.PIPE"
+        lines: queue.Queue[Any] = queue.Queue()
+        # A daemon thread: if no line comes, teardown's kill ends the read with EOF.
+        threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+        try:
+            return lines.get(timeout=limit)
+        except queue.Empty:
+            raise AssertionError(f"no line from {process.args} in {limit:g}s") from None
+
+    def terminate(self, process: subprocess.Popen[Any], *, limit: float = 60) -> Completed:
+        """Send SIGTERM and wait for the process to exit (SIGKILL to its group after
+        ``limit`` seconds, a safety net); its status and output."""
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill(process)
+            out, err = process.communicate()
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
     def wait_while_progressing(
         self,

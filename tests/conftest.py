@@ -124,20 +124,41 @@ class Processes:
             process.kill()  # not a group leader (started with start_new_session=False)
         process.wait()
 
-    def finish(self, process: subprocess.Popen[Any], *, limit: float = 600) -> str:
-        """Wait for the process to exit by itself and assert it exited 0; its output.
+    def finish(
+        self,
+        process: subprocess.Popen[Any],
+        *,
+        progress: Callable[[], object] | None = None,
+        stall: float = 60,
+        limit: float = 900,
+    ) -> str:
+        """Wait for the process to exit by itself, reading its output meanwhile (a full
+        pipe would stall it); assert it exited 0 and return the output.
 
-        ``limit`` is a safety net turning a hang into a failure, not a budget: callers
-        wait for the work to progress first (`wait_while_progressing`).
+        With ``progress``, the wait fails only when ``progress()`` stood still for
+        ``stall`` seconds (see `wait_while_progressing`); ``limit`` is a safety net.
         """
+        outputs: list[Any] = []
+
+        def exited() -> bool:
+            try:
+                out, _ = process.communicate(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                return False  # what it wrote so far is kept for the next call
+            outputs.append(out)
+            return True
+
         try:
-            output, _ = process.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
+            self.wait_while_progressing(
+                exited, progress, f"{process.args[:3]} to exit", stall=stall, limit=limit
+            )
+        except AssertionError as exc:
             self.kill(process)
-            output, _ = process.communicate()
-            raise AssertionError(f"still running after {limit:g}s:\n{_text(output)}") from None
-        assert process.returncode == 0, f"exited {process.returncode}:\n{_text(output)}"
-        return _text(output)
+            out, _ = process.communicate()
+            raise AssertionError(f"{exc}:\n{_text(out)}") from None
+        text = _text(outputs[0])
+        assert process.returncode == 0, f"exited {process.returncode}:\n{text}"
+        return text
 
     def run(self, args: Sequence[str], *, limit: float = 600, **options: Any) -> Completed:
         """Start the process and wait for it to exit (`subprocess.run` with a group kill);
@@ -180,27 +201,31 @@ class Processes:
     def wait_while_progressing(
         self,
         done: Callable[[], bool],
-        progress: Callable[[], object],
+        progress: Callable[[], object] | None,
         what: str,
         *,
         stall: float = 60,
         limit: float = 900,
     ) -> None:
         """Wait until ``done()``; fail only when ``progress()`` (a count, a tuple of
-        counts) has not changed for ``stall`` seconds, or after ``limit`` seconds in all.
+        counts) has not changed for ``stall`` seconds, or after ``limit`` seconds in all
+        (without ``progress``, only ``limit`` applies).
 
         How long the work takes depends on the machine's load; whether it still moves
         does not. ``limit`` is a safety net far above any normal run, against work that
         moves forever.
         """
         started = moved = time.monotonic()
-        seen = progress()
+        seen = progress() if progress is not None else None
         while not done():
             now = time.monotonic()
-            current = progress()
-            if current != seen:
-                seen, moved = current, now
-            assert now - moved < stall, f"no progress for {stall:g}s waiting for {what} ({seen})"
+            if progress is not None:
+                current = progress()
+                if current != seen:
+                    seen, moved = current, now
+                assert now - moved < stall, (
+                    f"no progress for {stall:g}s waiting for {what} ({seen})"
+                )
             assert now - started < limit, f"still waiting for {what} after {limit:g}s ({seen})"
             time.sleep(0.02)
 

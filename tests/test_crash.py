@@ -58,14 +58,9 @@ def start_worker(processes: Processes, store: str, lease: float) -> subprocess.P
 def drain(
     processes: Processes, workers: list[subprocess.Popen[bytes]], receiver: LoopbackReceiver
 ) -> None:
-    """Wait for the workers to exit (status 0) while deliveries keep arriving."""
-    processes.wait_while_progressing(
-        lambda: all(worker.poll() is not None for worker in workers),
-        lambda: len(receiver.received),
-        "the workers to drain the store",
-    )
+    """Wait for each worker to exit (status 0) while deliveries keep arriving."""
     for worker in workers:
-        processes.finish(worker)
+        processes.finish(worker, progress=lambda: len(receiver.received))
 
 
 @pytest.fixture

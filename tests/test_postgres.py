@@ -395,13 +395,9 @@ def start_worker(processes: Processes, store: str, lease: float) -> subprocess.P
 def drain(
     processes: Processes, workers: list[subprocess.Popen[bytes]], receiver: LoopbackReceiver
 ) -> list[str]:
-    """Wait for the workers to exit while deliveries keep arriving; their outputs."""
-    processes.wait_while_progressing(
-        lambda: all(worker.poll() is not None for worker in workers),
-        lambda: len(receiver.received),
-        "the workers to drain the store",
-    )
-    return [processes.finish(worker) for worker in workers]
+    """Wait for each worker to exit (status 0) while deliveries keep arriving; their
+    outputs."""
+    return [processes.finish(worker, progress=lambda: len(receiver.received)) for worker in workers]
 
 
 @pytest.fixture
@@ -476,25 +472,41 @@ def test_three_workers_5000_messages_one_killed_nothing_lost_nothing_doubled(
     assert statuses == [("succeeded", 5000)]
 
 
+def _local_cluster(dsn: str) -> tuple[str, str] | None:
+    """The (version, name) of the pg_ctlcluster cluster listening on the DSN's port."""
+    port = str(psycopg.conninfo.conninfo_to_dict(dsn).get("port") or 5432)
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=120
+    )
+    for line in listing.stdout.splitlines():
+        version, name, cluster_port, *_ = [*line.split(), "", "", ""]
+        if cluster_port == port:
+            return version, name
+    return None
+
+
 def _can_restart_postgres(dsn: str) -> str | None:
     """Why the restart test cannot run here, or None when it can."""
     if os.geteuid() != 0:
         return "restarting PostgreSQL needs root"
-    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
         return "restarting PostgreSQL needs pg_ctlcluster (Debian's postgresql-common)"
     host = psycopg.conninfo.conninfo_to_dict(dsn).get("host", "")
     if host not in ("127.0.0.1", "localhost", "::1", ""):
         return f"the test server ({host}) is not on this machine"
+    if _local_cluster(dsn) is None:
+        return "no pg_ctlcluster cluster listens on the test server's port"
     return None
 
 
 def _restart_postgres(dsn: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[0]
+    cluster = _local_cluster(dsn)
+    assert cluster is not None
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"],
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=300,  # a safety net: the restart waits for the server to stop and start
     )
 
     def up() -> bool:

@@ -1,11 +1,20 @@
-"""Shared fixtures: a real loopback receiver and PostgreSQL schemas (the ``dispatcher``/
-``fake_clock``/``mock_receiver`` fixtures come from webhook_dispatch's own pytest plugin)."""
+"""Shared fixtures: a real loopback receiver, PostgreSQL schemas, and subprocesses that
+never outlive their test (the ``dispatcher``/``fake_clock``/``mock_receiver`` fixtures come
+from webhook_dispatch's own pytest plugin)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import signal
+import subprocess
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -72,3 +81,174 @@ def postgres_url(postgres_dsn: str, postgres_schema: str) -> str:
     """A ``postgresql://`` store URL naming this test's own schema."""
     separator = "&" if "?" in postgres_dsn else "?"
     return f"{postgres_dsn}{separator}schema={postgres_schema}"
+
+
+# -- subprocesses ----------------------------------------------------------------------
+Completed = subprocess.CompletedProcess[Any]
+
+
+class Processes:
+    """The subprocesses one test starts, each the leader of its own process group.
+
+    Leaving the ``with`` block (the ``processes`` fixture's teardown, whether the test
+    passed or raised) kills every group with SIGKILL and reaps the leaders, so neither a
+    worker nor anything it spawned outlives the test.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[Any]] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self, args: Sequence[str], **options: Any) -> subprocess.Popen[Any]:
+        """`subprocess.Popen` in a new session (so its children can be killed with it)."""
+        options.setdefault("start_new_session", True)
+        process: subprocess.Popen[Any] = subprocess.Popen(args, **options)
+        self.started.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[Any]) -> None:
+        """SIGKILL the process and its group now, and reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()  # not a group leader (started with start_new_session=False)
+        process.wait()
+
+    def finish(
+        self,
+        process: subprocess.Popen[Any],
+        *,
+        progress: Callable[[], object] | None = None,
+        stall: float = 60,
+        limit: float = 900,
+    ) -> str:
+        """Wait for the process to exit by itself, reading its output meanwhile (a full
+        pipe would stall it); assert it exited 0 and return the output.
+
+        With ``progress``, the wait fails only when ``progress()`` stood still for
+        ``stall`` seconds (see `wait_while_progressing`); ``limit`` is a safety net.
+        """
+        outputs: list[Any] = []
+
+        def exited() -> bool:
+            try:
+                out, _ = process.communicate(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                return False  # what it wrote so far is kept for the next call
+            outputs.append(out)
+            return True
+
+        try:
+            self.wait_while_progressing(
+                exited, progress, f"{process.args[:3]} to exit", stall=stall, limit=limit
+            )
+        except AssertionError as exc:
+            self.kill(process)
+            out, _ = process.communicate()
+            raise AssertionError(f"{exc}:\n{_text(out)}") from None
+        text = _text(outputs[0])
+        assert process.returncode == 0, f"exited {process.returncode}:\n{text}"
+        return text
+
+    def run(self, args: Sequence[str], *, limit: float = 600, **options: Any) -> Completed:
+        """Start the process and wait for it to exit (`subprocess.run` with a group kill);
+        ``limit`` is a safety net against a hang, not a budget."""
+        options.setdefault("stdout", subprocess.PIPE)
+        options.setdefault("stderr", subprocess.PIPE)
+        process = self.start(args, **options)
+        try:
+            out, err = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill(process)
+            out, err = process.communicate()
+            raise AssertionError(f"{args} still running after {limit:g}s:\n{_text(out)}") from None
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def read_line(self, process: subprocess.Popen[Any], *, limit: float = 120) -> Any:
+        """The next line of the process's stdout (empty at its end); fails, rather than
+        hangs, when none comes within ``limit`` seconds (a safety net)."""
+        stream = process.stdout
+        assert stream is not None, "started without stdout=subprocess.PIPE"
+        lines: queue.Queue[Any] = queue.Queue()
+        # A daemon thread: if no line comes, teardown's kill ends the read with EOF.
+        threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+        try:
+            return lines.get(timeout=limit)
+        except queue.Empty:
+            raise AssertionError(f"no line from {process.args} in {limit:g}s") from None
+
+    def terminate(self, process: subprocess.Popen[Any], *, limit: float = 60) -> Completed:
+        """Send SIGTERM and wait for the process to exit (SIGKILL to its group after
+        ``limit`` seconds, a safety net); its status and output."""
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, err = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill(process)
+            out, err = process.communicate()
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def wait_while_progressing(
+        self,
+        done: Callable[[], bool],
+        progress: Callable[[], object] | None,
+        what: str,
+        *,
+        stall: float = 60,
+        limit: float = 900,
+    ) -> None:
+        """Wait until ``done()``; fail only when ``progress()`` (a count, a tuple of
+        counts) has not changed for ``stall`` seconds, or after ``limit`` seconds in all
+        (without ``progress``, only ``limit`` applies).
+
+        How long the work takes depends on the machine's load; whether it still moves
+        does not. ``limit`` is a safety net far above any normal run, against work that
+        moves forever.
+        """
+        started = moved = time.monotonic()
+        seen = progress() if progress is not None else None
+        while not done():
+            now = time.monotonic()
+            if progress is not None:
+                current = progress()
+                if current != seen:
+                    seen, moved = current, now
+                assert now - moved < stall, (
+                    f"no progress for {stall:g}s waiting for {what} ({seen})"
+                )
+            assert now - started < limit, f"still waiting for {what} after {limit:g}s ({seen})"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Kill every group started here, running or not (a leader that exited may
+        leave children behind), and reap the leaders."""
+        while self.started:
+            process = self.started.pop()
+            self.kill(process)
+            # Closes the pipes; a grandchild that left the group could hold them open.
+            with contextlib.suppress(ValueError, OSError, subprocess.TimeoutExpired):
+                process.communicate(timeout=10)
+
+
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Start subprocesses with ``processes.start(args, ...)``; all are killed, with their
+    children, when the test ends, pass or fail."""
+    with Processes() as group:
+        yield group

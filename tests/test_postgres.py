@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -37,6 +37,9 @@ from webhook_dispatch.stores.postgres import (  # noqa: E402
     SCHEMA_VERSION,
     PostgresStore,
 )
+
+if TYPE_CHECKING:
+    from conftest import Processes
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -404,19 +407,21 @@ def test_outbox_misuse_is_refused(postgres_url: str, postgres_dsn: str) -> None:
 
 
 # -- worker processes ----------------------------------------------------------------------
+WORKER_CONCURRENCY = 16
+
 # A worker process: drains the store and exits once nothing is pending or in flight,
-# riding out store errors (the server may be restarting).
+# riding out store errors (the server may be restarting). It has no deadline of its own:
+# the test waits while deliveries progress, and kills it at teardown.
 WORKER = textwrap.dedent(
     """
     import sys, time
     from datetime import timedelta
     import webhook_dispatch as wd
 
-    store, lease = sys.argv[1], float(sys.argv[2])
-    with wd.Dispatcher(store, lease=timedelta(seconds=lease), concurrency=16,
+    store, lease, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    with wd.Dispatcher(store, lease=timedelta(seconds=lease), concurrency=concurrency,
                        poll_interval=0.2, **loopback_options()) as d:
-        deadline = time.monotonic() + 80
-        while time.monotonic() < deadline:
+        while True:
             try:
                 d.run_until_idle()
                 if not d.deliveries(status="pending") and not d.deliveries(status="delivering"):
@@ -424,24 +429,31 @@ WORKER = textwrap.dedent(
             except wd.StoreError as exc:
                 print("store error:", exc, flush=True)
             time.sleep(0.05)
-        else:
-            sys.exit("deadline passed with work left")
     """
 )
 
 
-def start_worker(store: str, lease: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", LOOPBACK_OPTIONS + WORKER, store, str(lease)],
+def start_worker(processes: Processes, store: str, lease: float) -> subprocess.Popen[bytes]:
+    return processes.start(
+        [
+            sys.executable,
+            "-c",
+            LOOPBACK_OPTIONS + WORKER,
+            store,
+            str(lease),
+            str(WORKER_CONCURRENCY),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
 
 
-def finish(process: subprocess.Popen[bytes], timeout: float = 90) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output.decode(errors="replace")
-    return output.decode(errors="replace")
+def drain(
+    processes: Processes, workers: list[subprocess.Popen[bytes]], receiver: LoopbackReceiver
+) -> list[str]:
+    """Wait for each worker to exit (status 0) while deliveries keep arriving; their
+    outputs."""
+    return [processes.finish(worker, progress=lambda: len(receiver.received)) for worker in workers]
 
 
 @pytest.fixture
@@ -451,13 +463,17 @@ def receiver() -> Iterator[LoopbackReceiver]:
 
 
 def publish(store: str, url: str, secret: str, count: int) -> list[str]:
+    """``count`` messages to one subscription that every worker can work on at once (the
+    default in-flight cap, a quarter of one worker's concurrency, would make the workers
+    take turns)."""
     with wd.Dispatcher(store, **loopback_options()) as dispatcher:
-        dispatcher.subscribe(url, secret=secret)
+        dispatcher.subscribe(url, secret=secret, max_in_flight=3 * WORKER_CONCURRENCY)
         messages = dispatcher.publish_many(("order.created", {"n": n}) for n in range(count))
     return [m.id for m in messages]
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:
+    """Poll ``condition``; ``timeout`` is a safety net against a hang, not a budget."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -467,17 +483,23 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_three_workers_5000_messages_one_killed_nothing_lost_nothing_doubled(
-    postgres_url: str, postgres_dsn: str, postgres_schema: str, receiver: LoopbackReceiver
+    postgres_url: str,
+    postgres_dsn: str,
+    postgres_schema: str,
+    receiver: LoopbackReceiver,
+    processes: Processes,
 ) -> None:
     secret = wd.generate_secret()
     ids = publish(postgres_url, receiver.route("/hooks", [200], secret=secret), secret, 5000)
 
-    workers = [start_worker(postgres_url, lease=5.0) for _ in range(3)]
+    workers = [start_worker(processes, postgres_url, lease=5.0) for _ in range(3)]
     victim = workers[0]
-    wait_for(lambda: len(receiver.received) >= 1500, 60, "1500 deliveries")
+    processes.wait_while_progressing(
+        lambda: len(receiver.received) >= 1500, lambda: len(receiver.received), "1500 deliveries"
+    )
     assert victim.poll() is None, "the victim finished before it could be killed"
     os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=10)
+    victim.wait(timeout=60)
     # What the dead worker held: leased, maybe sent, never recorded.
     in_flight = {
         row[0]
@@ -490,8 +512,7 @@ def test_three_workers_5000_messages_one_killed_nothing_lost_nothing_doubled(
     }
     received_at_kill = len(receiver.received)
     assert received_at_kill < 5000
-    for worker in workers[1:]:
-        finish(worker)
+    drain(processes, workers[1:], receiver)
 
     counts = collections.Counter(r.webhook_id for r in receiver.received)
     assert set(counts) == set(ids), "every message arrived"
@@ -507,25 +528,41 @@ def test_three_workers_5000_messages_one_killed_nothing_lost_nothing_doubled(
     assert statuses == [("succeeded", 5000)]
 
 
+def _local_cluster(dsn: str) -> tuple[str, str] | None:
+    """The (version, name) of the pg_ctlcluster cluster listening on the DSN's port."""
+    port = str(psycopg.conninfo.conninfo_to_dict(dsn).get("port") or 5432)
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=120
+    )
+    for line in listing.stdout.splitlines():
+        version, name, cluster_port, *_ = [*line.split(), "", "", ""]
+        if cluster_port == port:
+            return version, name
+    return None
+
+
 def _can_restart_postgres(dsn: str) -> str | None:
     """Why the restart test cannot run here, or None when it can."""
     if os.geteuid() != 0:
         return "restarting PostgreSQL needs root"
-    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
         return "restarting PostgreSQL needs pg_ctlcluster (Debian's postgresql-common)"
     host = psycopg.conninfo.conninfo_to_dict(dsn).get("host", "")
     if host not in ("127.0.0.1", "localhost", "::1", ""):
         return f"the test server ({host}) is not on this machine"
+    if _local_cluster(dsn) is None:
+        return "no pg_ctlcluster cluster listens on the test server's port"
     return None
 
 
 def _restart_postgres(dsn: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[0]
+    cluster = _local_cluster(dsn)
+    assert cluster is not None
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"],
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=300,  # a safety net: the restart waits for the server to stop and start
     )
 
     def up() -> bool:
@@ -535,27 +572,33 @@ def _restart_postgres(dsn: str) -> None:
             return False
         return True
 
-    wait_for(up, 30, "PostgreSQL to come back")
+    wait_for(up, 120, "PostgreSQL to come back")
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_database_restart_mid_run_loses_nothing(
-    postgres_url: str, postgres_dsn: str, postgres_schema: str, receiver: LoopbackReceiver
+    postgres_url: str,
+    postgres_dsn: str,
+    postgres_schema: str,
+    receiver: LoopbackReceiver,
+    processes: Processes,
 ) -> None:
     reason = _can_restart_postgres(postgres_dsn)
     if reason is not None:
         pytest.skip(reason)
     secret = wd.generate_secret()
     ids = publish(postgres_url, receiver.route("/hooks", [200], secret=secret), secret, 2000)
-    workers = [start_worker(postgres_url, lease=30.0) for _ in range(2)]
-    wait_for(lambda: len(receiver.received) >= 300, 60, "300 deliveries")
+    workers = [start_worker(processes, postgres_url, lease=30.0) for _ in range(2)]
+    processes.wait_while_progressing(
+        lambda: len(receiver.received) >= 300, lambda: len(receiver.received), "300 deliveries"
+    )
     [(started_before,)] = _sql(postgres_dsn, "SELECT pg_postmaster_start_time()")
     _restart_postgres(postgres_dsn)
     [(started_after,)] = _sql(postgres_dsn, "SELECT pg_postmaster_start_time()")
     assert started_after > started_before, "the server did not restart"
     received_at_restart = len(receiver.received)
-    outputs = [finish(worker) for worker in workers]
+    outputs = drain(processes, workers, receiver)
     assert any("failed" in output or "store error" in output for output in outputs), (
         "no worker noticed the restart"
     )
@@ -571,14 +614,18 @@ def test_database_restart_mid_run_loses_nothing(
     assert statuses == [("succeeded", 2000)], "nothing left pending or leased"
 
 
+# Idle, a worker looks for work every POLL seconds: a delivery much sooner than that
+# was woken by NOTIFY. It runs until the test's teardown kills it.
+POLL = 300.0
 LISTENER = textwrap.dedent(
     """
     import sys, time
     import webhook_dispatch as wd
 
-    with wd.Dispatcher(sys.argv[1], poll_interval=30, **loopback_options()) as d:
+    with wd.Dispatcher(sys.argv[1], poll_interval=float(sys.argv[2]), **loopback_options()) as d:
         d.start()
-        time.sleep(float(sys.argv[2]))
+        while True:
+            time.sleep(3600)
     """
 )
 
@@ -586,37 +633,33 @@ LISTENER = textwrap.dedent(
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_idle_worker_in_another_process_wakes_on_notify(
-    postgres_url: str, postgres_dsn: str, receiver: LoopbackReceiver
+    postgres_url: str, postgres_dsn: str, receiver: LoopbackReceiver, processes: Processes
 ) -> None:
     with wd.Dispatcher(postgres_url, **loopback_options()) as publisher:
         publisher.subscribe(receiver.route("/wake", [200]))
-        process = subprocess.Popen(
-            [sys.executable, "-c", LOOPBACK_OPTIONS + LISTENER, postgres_url, "25"],
+        processes.start(
+            [sys.executable, "-c", LOOPBACK_OPTIONS + LISTENER, postgres_url, str(POLL)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        try:
 
-            def listening() -> bool:
-                rows = _sql(
-                    postgres_dsn,
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%' "
-                    "AND application_name = 'webhook_dispatch' AND pid != pg_backend_pid()",
-                )
-                return bool(rows[0][0])
+        def listening() -> bool:
+            rows = _sql(
+                postgres_dsn,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%' "
+                "AND application_name = 'webhook_dispatch' AND pid != pg_backend_pid()",
+            )
+            return bool(rows[0][0])
 
-            wait_for(listening, 15, "the worker to LISTEN")
-            time.sleep(1.0)  # let its first claims end: it is now in its 30 s idle wait
-            published_at = time.time()
-            message = publisher.publish("order.created", {"id": 1})
-            wait_for(lambda: receiver.requests_to("/wake"), 10, "the idle worker to deliver")
-            latency = receiver.requests_to("/wake")[0].at - published_at
-            print(f"publish -> received across processes: {latency * 1000:.0f} ms")
-            assert receiver.requests_to("/wake")[0].webhook_id == message.id
-            assert latency < 5, "woken by the poll, not by NOTIFY"
-        finally:
-            process.kill()
-            process.wait(timeout=10)
+        wait_for(listening, 120, "the worker to LISTEN")
+        time.sleep(1.0)  # let its first claims end: it is now in its long idle wait
+        published_at = time.time()
+        message = publisher.publish("order.created", {"id": 1})
+        wait_for(lambda: receiver.requests_to("/wake"), POLL / 2, "the idle worker to deliver")
+        latency = receiver.requests_to("/wake")[0].at - published_at
+        print(f"publish -> received across processes: {latency * 1000:.0f} ms")
+        assert receiver.requests_to("/wake")[0].webhook_id == message.id
+        assert latency < POLL / 2, "woken by the poll, not by NOTIFY"
 
 
 # -- builders -----------------------------------------------------------------------------

@@ -153,51 +153,106 @@ class Scripts:
 
 
 # -- processes -----------------------------------------------------------------------------
+# How long a run takes depends on the machine's load; whether it still moves does not. A
+# wait fails when its progress (requests received, publishes made) stood still for STALL
+# seconds; LIMIT is only a safety net against work that moves forever.
+STALL = 120.0
+LIMIT = 3600.0
+
 _started: list[subprocess.Popen[bytes]] = []
+
+
+def start_process(args: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """A subprocess in its own process group, killed with it by `kill_leftover_workers`."""
+    process = subprocess.Popen(args, start_new_session=True, **options)
+    _started.append(process)
+    return process
 
 
 def start_worker(**options: Any) -> subprocess.Popen[bytes]:
     options.setdefault("delays", DELAYS)
     options.setdefault("per_subscription", options.get("concurrency", 64))
-    process = subprocess.Popen(
+    return start_process(
         [sys.executable, str(WORKER_SCRIPT), json.dumps(options, default=str)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=HERE,
     )
-    _started.append(process)
-    return process
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process's group (a leader that exited may leave children) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def kill_leftover_workers() -> None:
-    """Kill the worker processes this module started that still run (a failed scenario)."""
+    """Kill every process group this module started (those of a failed scenario still
+    run), and reap the leaders."""
     while _started:
         process = _started.pop()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        kill(process)
+        with contextlib.suppress(ValueError, OSError, subprocess.TimeoutExpired):
+            process.communicate(timeout=10)  # closes the pipes
 
 
-def finish(process: subprocess.Popen[bytes], timeout: float = 240) -> str:
+def finish(
+    process: subprocess.Popen[bytes],
+    progress: Callable[[], object],
+    *,
+    sample: Callable[[], None] | None = None,
+) -> str:
+    """Wait for the worker to exit by itself while ``progress()`` keeps changing, reading
+    its output meanwhile (a full pipe would stall it) and calling ``sample()`` every
+    tenth of a second; assert it exited 0, and return its output."""
+    outputs: list[bytes] = []
+
+    def exited() -> bool:
+        if sample is not None:
+            sample()
+        try:
+            output, _ = process.communicate(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            return False  # what it wrote so far is kept for the next call
+        outputs.append(output)
+        return True
+
     try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        wait_for(exited, "the worker to finish", progress=progress, interval=0)
+    except AssertionError as exc:
+        kill(process)
         output, _ = process.communicate()
-        raise AssertionError(
-            "worker timed out:\n" + output.decode(errors="replace")[-3000:]
-        ) from None
-    text = output.decode(errors="replace")
+        raise AssertionError(f"{exc}:\n{output.decode(errors='replace')[-3000:]}") from None
+    text = outputs[0].decode(errors="replace")
     assert process.returncode == 0, f"worker exited {process.returncode}:\n{text[-3000:]}"
     return text
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    *,
+    progress: Callable[[], object] | None = None,
+    stall: float = STALL,
+    limit: float = LIMIT,
+    interval: float = 0.01,
+) -> None:
+    """Wait until ``condition()``; fail when ``progress()`` has not changed for ``stall``
+    seconds, or after ``limit`` seconds in all (without ``progress``, only ``limit``)."""
+    started = moved = time.monotonic()
+    seen = progress() if progress is not None else None
     while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+        now = time.monotonic()
+        if progress is not None:
+            current = progress()
+            if current != seen:
+                seen, moved = current, now
+            if now - moved > stall:
+                raise AssertionError(f"no progress for {stall:g}s waiting for {what} ({seen})")
+        if now - started > limit:
+            raise AssertionError(f"still waiting for {what} after {limit:g}s ({seen})")
+        time.sleep(interval)
 
 
 def rss_kib(pid: int) -> int | None:
@@ -392,7 +447,7 @@ def receivers(workdir: Path, *, messages: int = 5000, seed: int = 1) -> Result:
         with wd.Dispatcher(store, allow_private_networks=True) as dispatcher:
             setup.publish(dispatcher, "chaos.event", list(range(messages)))
         started = time.monotonic()
-        finish(start_worker(store=store))
+        finish(start_worker(store=store), progress=lambda: len(setup.receiver))
         result.figures["seconds"] = round(time.monotonic() - started, 1)
         log = setup.receiver.snapshot()
         result.messages = messages
@@ -429,13 +484,13 @@ def worker_kills(workdir: Path, *, messages: int = 3000, kills: int = 4, seed: i
             goal = len(setup.receiver) + point
             wait_for(
                 lambda goal=goal: len(setup.receiver) >= goal,  # type: ignore[misc]
-                120,
                 f"{point} more requests",
+                progress=lambda: len(setup.receiver),
             )
             time.sleep(rng.random() * 0.05)
             assert victim.poll() is None, "the worker finished before it could be killed"
             os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=10)
+            victim.wait(timeout=60)
             with contextlib.closing(sqlite3.connect(path)) as db:
                 held = [
                     row[0]
@@ -447,7 +502,7 @@ def worker_kills(workdir: Path, *, messages: int = 3000, kills: int = 4, seed: i
                 ]
             in_flight.update(held)
             held_at_kill.append(len(held))
-        finish(start_worker(store=store, lease=3.0))
+        finish(start_worker(store=store, lease=3.0), progress=lambda: len(setup.receiver))
         result.messages = messages
         audit(
             result,
@@ -495,6 +550,10 @@ class Publisher(threading.Thread):
                     self.returned.append((message, n))
                 time.sleep(self.pause)
 
+    def made(self) -> int:
+        """How many publishes returned or raised so far: its progress."""
+        return len(self.returned) + len(self.raised)
+
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=60)
@@ -524,8 +583,12 @@ def sqlite_locked(
         publisher = Publisher(setup, publisher_store, first=messages, pause=0.01)
         publisher.start()
         try:
-            wait_for(lambda: len(setup.receiver) >= messages // 5, 60, "deliveries to start")
-            locker = subprocess.Popen(
+            wait_for(
+                lambda: len(setup.receiver) >= messages // 5,
+                "deliveries to start",
+                progress=lambda: len(setup.receiver),
+            )
+            locker = start_process(
                 [
                     sys.executable,
                     "-c",
@@ -543,13 +606,13 @@ def sqlite_locked(
             assert locker.stdout is not None
             assert locker.stdout.readline().strip() == b"locked"
             received_at_lock = len(setup.receiver)
-            locker.wait(timeout=lock_seconds + 30)
+            locker.wait(timeout=lock_seconds + LIMIT)
             received_during_lock = len(setup.receiver) - received_at_lock
             time.sleep(0.5)
         finally:
             publisher.stop()
             done.touch()
-        output = finish(worker)
+        output = finish(worker, progress=lambda: len(setup.receiver))
         publisher_store.close()
         result.messages = messages + len(publisher.returned)
         audit(
@@ -662,22 +725,34 @@ def disk_full(
             worker = start_worker(store=store, done_file=done, busy_timeout=2.0)
             publisher = Publisher(setup, store, first=messages, pause=0.002)
             try:
-                wait_for(lambda: len(setup.receiver) >= messages // 5, 60, "deliveries")
+                wait_for(
+                    lambda: len(setup.receiver) >= messages // 5,
+                    "deliveries",
+                    progress=lambda: len(setup.receiver),
+                )
                 ballast = mountpoint / "ballast"
                 _fill(ballast, leave=96 * 1024)
                 publisher.start()
-                wait_for(lambda: len(publisher.raised) >= 20, 60, "publishes to fail: disk full")
+                wait_for(
+                    lambda: len(publisher.raised) >= 20,
+                    "publishes to fail: disk full",
+                    progress=publisher.made,
+                )
                 received_when_full = len(setup.receiver)
                 time.sleep(1.0)  # the worker meets the full disk too
                 received_while_full = len(setup.receiver) - received_when_full
                 ballast.unlink()
                 freed_at = len(publisher.returned)
-                wait_for(lambda: len(publisher.returned) >= freed_at + 50, 60, "publishes")
+                wait_for(
+                    lambda: len(publisher.returned) >= freed_at + 50,
+                    "publishes",
+                    progress=publisher.made,
+                )
             finally:
                 if publisher.is_alive():
                     publisher.stop()
                 done.touch()
-            output = finish(worker)
+            output = finish(worker, progress=lambda: len(setup.receiver))
             result.messages = messages + len(publisher.returned)
             audit(
                 result,
@@ -717,11 +792,19 @@ def _disk_full_injected(workdir: Path, *, messages: int, seed: int) -> Result:
                 setup.publish(dispatcher, "chaos.event", list(range(messages)))
                 publisher = Publisher(setup, store, first=messages, pause=0.005)
                 dispatcher.start()
-                wait_for(lambda: len(setup.receiver) >= messages // 5, 60, "deliveries")
+                wait_for(
+                    lambda: len(setup.receiver) >= messages // 5,
+                    "deliveries",
+                    progress=lambda: len(setup.receiver),
+                )
                 publisher.start()
                 time.sleep(0.2)
                 store.full = True
-                wait_for(lambda: len(publisher.raised) >= 20, 60, "publishes to fail")
+                wait_for(
+                    lambda: len(publisher.raised) >= 20,
+                    "publishes to fail",
+                    progress=publisher.made,
+                )
                 time.sleep(1.0)
                 store.full = False
                 time.sleep(0.5)
@@ -731,8 +814,8 @@ def _disk_full_injected(workdir: Path, *, messages: int, seed: int) -> Result:
                         not store.list_deliveries(status=wd.DeliveryStatus.PENDING, limit=1)
                         and not store.list_deliveries(status=wd.DeliveryStatus.DELIVERING, limit=1)
                     ),
-                    120,
                     "the worker to finish",
+                    progress=lambda: len(setup.receiver),
                 )
                 dispatcher.stop()
             result.messages = messages + len(publisher.returned)
@@ -756,7 +839,7 @@ def postgres_unavailable_reason() -> str | None:
         return f"set {POSTGRES_ENV} to run the PostgreSQL restart"
     if os.geteuid() != 0:
         return "restarting PostgreSQL needs root"
-    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
         return "restarting PostgreSQL needs pg_ctlcluster (Debian's postgresql-common)"
     try:
         import psycopg
@@ -765,18 +848,36 @@ def postgres_unavailable_reason() -> str | None:
     host = psycopg.conninfo.conninfo_to_dict(dsn).get("host", "")
     if host not in ("127.0.0.1", "localhost", "::1", ""):
         return f"the test server ({host}) is not on this machine"
+    if _local_cluster(dsn) is None:
+        return "no pg_ctlcluster cluster listens on the test server's port"
+    return None
+
+
+def _local_cluster(dsn: str) -> tuple[str, str] | None:
+    """The (version, name) of the pg_ctlcluster cluster listening on the DSN's port."""
+    import psycopg
+
+    port = str(psycopg.conninfo.conninfo_to_dict(dsn).get("port") or 5432)
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=120
+    )
+    for line in listing.stdout.splitlines():
+        version, name, cluster_port, *_ = [*line.split(), "", "", ""]
+        if cluster_port == port:
+            return version, name
     return None
 
 
 def _restart_postgres(dsn: str) -> None:
     import psycopg
 
-    version = sorted(os.listdir("/etc/postgresql"))[0]
+    cluster = _local_cluster(dsn)
+    assert cluster is not None
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"],
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=300,  # a safety net: the restart waits for the server to stop and start
     )
 
     def up() -> bool:
@@ -787,7 +888,7 @@ def _restart_postgres(dsn: str) -> None:
             return False
         return True
 
-    wait_for(up, 30, "PostgreSQL to come back")
+    wait_for(up, "PostgreSQL to come back", limit=300)
 
 
 def postgres_restart(workdir: Path, *, messages: int = 2000, seed: int = 5) -> Result:
@@ -808,14 +909,18 @@ def postgres_restart(workdir: Path, *, messages: int = 2000, seed: int = 5) -> R
             publisher = Publisher(setup, store, first=messages, pause=0.005)
             publisher.start()
             try:
-                wait_for(lambda: len(setup.receiver) >= messages // 5, 60, "deliveries")
+                wait_for(
+                    lambda: len(setup.receiver) >= messages // 5,
+                    "deliveries",
+                    progress=lambda: len(setup.receiver),
+                )
                 received_at_restart = len(setup.receiver)
                 _restart_postgres(dsn)
                 time.sleep(1.0)
             finally:
                 publisher.stop()
                 done.touch()
-            outputs = [finish(worker) for worker in workers]
+            outputs = [finish(worker, progress=lambda: len(setup.receiver)) for worker in workers]
             result.messages = messages + len(publisher.returned)
             audit(
                 result,
@@ -913,16 +1018,19 @@ def clock_jumps(workdir: Path, *, messages: int = 600, seed: int = 6) -> Result:
             clock.set(max(start - timedelta(hours=6), clock.now() + jump))
             jumps += 1
             time.sleep(rng.random() * 0.02)
+
         # Then let time run forward until every retry has been played out.
-        settle_deadline = time.monotonic() + 60
-        while time.monotonic() < settle_deadline:
-            pending = dispatcher.deliveries(status="pending", limit=1) + dispatcher.deliveries(
+        def settled() -> bool:
+            left = dispatcher.deliveries(status="pending", limit=1) + dispatcher.deliveries(
                 status="delivering", limit=1
             )
-            if not pending:
-                break
-            clock.advance(timedelta(minutes=30))
-            time.sleep(0.02)
+            if left:
+                clock.advance(timedelta(minutes=30))
+            return not left
+
+        wait_for(
+            settled, "every retry to play out", progress=lambda: len(transport.log), interval=0.02
+        )
         dispatcher.stop()
     result.messages = messages
     audit(result, store, transport.log, expected=setup.expected, paths=setup.paths)
@@ -972,23 +1080,21 @@ def load(
 
         def run_phase(name: str) -> tuple[float, dict[str, float]]:
             first = len(setup.receiver)
-            # Never-answering endpoints drain two attempts at a time (the failing cap),
-            # one timeout each: at full size that alone is about 300 s.
+            # No deadline: never-answering endpoints drain two attempts at a time (the
+            # failing cap), one timeout each, about 300 s at full size; the wait below
+            # only needs requests to keep arriving.
             worker = start_worker(
-                store=store,
-                delays=delays,
-                concurrency=concurrency,
-                per_subscription="auto",
-                deadline=max(300, messages // 20),
+                store=store, delays=delays, concurrency=concurrency, per_subscription="auto"
             )
             samples: list[int] = []
             started = time.monotonic()
-            while worker.poll() is None:
+
+            def sample() -> None:
                 rss = rss_kib(worker.pid)
                 if rss is not None:
                     samples.append(rss)
-                time.sleep(0.1)
-            finish(worker)
+
+            finish(worker, progress=lambda: len(setup.receiver), sample=sample)
             elapsed = time.monotonic() - started
             log = setup.receiver.snapshot()[first:]
             healthy_log = [r for r in log if r.path.startswith("/healthy/")]

@@ -54,8 +54,8 @@ class MemoryStore(Store):
         self._publish_order = itertools.count()
         self._order: dict[str, int] = {}
         self._unfinished: dict[str, dict[str, int]] = {}
-        # Insertion order of subscriptions, messages and deliveries: what listings'
-        # cursors point into.
+        # Insertion order of subscriptions and messages: what their listings' cursors
+        # point into (deliveries' is their publish order).
         self._positions: dict[str, int] = {}
         self._next_position = itertools.count(1)
 
@@ -168,7 +168,6 @@ class MemoryStore(Store):
                 updated_at=now,
             )
             self._deliveries[delivery.id] = delivery
-            self._positions[delivery.id] = next(self._next_position)
             ids.append(delivery.id)
             order = self._order[delivery.id] = next(self._publish_order)
             self._unfinished.setdefault(subscription_id, {})[delivery.id] = order
@@ -411,7 +410,8 @@ class MemoryStore(Store):
         cursor: str | None = None,
     ) -> Page[Delivery]:
         """Deliveries matching every given filter, oldest first, a page at a time."""
-        after = decode_cursor(cursor, "deliveries") or 0
+        after = decode_cursor(cursor, "deliveries")
+        after = -1 if after is None else after
         wanted = check_limit(limit) + 1
         found: list[tuple[int, Delivery]] = []
         with self._lock:
@@ -422,7 +422,7 @@ class MemoryStore(Store):
             else:
                 pool = list(self._deliveries.values())
             for delivery in pool:
-                position = self._positions[delivery.id]
+                position = self._order[delivery.id]
                 if (
                     position > after
                     and (subscription_id is None or delivery.subscription_id == subscription_id)
@@ -507,7 +507,6 @@ class MemoryStore(Store):
                 for delivery_id in self._deliveries_by_message.pop(message_id, []):
                     del self._deliveries[delivery_id]
                     self._order.pop(delivery_id, None)
-                    self._positions.pop(delivery_id, None)
                 self._attempts.pop(message_id, None)
             return len(doomed)
 

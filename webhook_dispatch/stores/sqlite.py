@@ -525,13 +525,14 @@ class SQLiteStore(SQLStore):
                 f"lease_expires_at = ?, updated_at = ? WHERE id IN ({marks})",
                 (worker_id, to_us(lease_until), now_us, *chunk),
             )
-        matching, values = self._in("id", sorted({row[1] for row in rows}))
-        messages = {
-            row[0]: row
-            for row in db.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {matching}", (values,)
+        messages: dict[str, Any] = {}
+        for chunk, marks in _chunks(sorted({row[1] for row in rows})):
+            messages.update(
+                (row[0], row)
+                for row in db.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", chunk
+                )
             )
-        }
         subscriptions = _subscription_rows(db, {row[2] for row in rows})
         return rows, messages, subscriptions
 

@@ -18,7 +18,7 @@ import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
@@ -359,6 +359,9 @@ class SQLStore(Store):
     """
 
     codec: Codec
+    lock_rows: ClassVar[str] = ""
+    """Appended to a read whose rows the same transaction then updates (``" FOR UPDATE"``
+    where writers do not already hold the whole database)."""
 
     # -- what a backend supplies ---------------------------------------------------------
     @abc.abstractmethod
@@ -640,7 +643,8 @@ class SQLStore(Store):
             row[0]: row
             for row in self._run(
                 db,
-                f"SELECT {DELIVERY_COLUMNS} FROM {{schema}}.deliveries WHERE {matching}",
+                f"SELECT {DELIVERY_COLUMNS} FROM {{schema}}.deliveries WHERE {matching}"
+                f"{self.lock_rows}",
                 (values,),
             ).fetchall()
         }

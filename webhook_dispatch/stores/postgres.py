@@ -381,6 +381,7 @@ class PostgresStore(SQLStore):
 
     blocking = True
     atomic_round = True
+    lock_rows = " FOR UPDATE"
     codec = _CODEC
     transactional_outbox = True
     """`publish` and `publish_many` accept ``connection=`` (see `publish`)."""

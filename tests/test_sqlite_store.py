@@ -618,3 +618,39 @@ def test_claims_see_subscription_changes_at_once(db_path: Path) -> None:
         assert second.subscription == rotated
     finally:
         store.close()
+
+
+def test_the_wal_stays_near_its_bound_under_eight_publishing_threads(tmp_path: Path) -> None:
+    """8 threads x 500 publishes, one Dispatcher each, while another process's store
+    keeps the file open: the WAL once grew past 190 MB and kept that size (no
+    journal_size_limit, checkpoints never resetting it under readers)."""
+    import webhook_dispatch as wd
+    from webhook_dispatch.stores.sqlite import WAL_SIZE_LIMIT
+    from webhook_dispatch.testing import MockReceiver
+
+    path = tmp_path / "webhooks.db"
+    url = f"sqlite:///{path}"
+    wal = Path(f"{path}-wal")
+    with wd.Dispatcher(url, transport=MockReceiver()) as setup:
+        for n in range(3):
+            setup.subscribe(f"https://example.com/hook{n}")
+    bystander = SQLiteStore(path)  # an idle worker's store: the WAL is never removed
+
+    def publish_some() -> None:
+        with wd.Dispatcher(url, transport=MockReceiver()) as dispatcher:
+            for n in range(500):
+                dispatcher.publish("order.created", {"n": n, "pad": "x" * 2000})
+
+    try:
+        threads = [threading.Thread(target=publish_some) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert bystander.stats(datetime.now(timezone.utc)).pending == 8 * 500 * 3
+        # Once the publishers are gone, the WAL left for the open store is small.
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT
+        limit = bystander._rows("PRAGMA journal_size_limit")[0][0]
+        assert limit == WAL_SIZE_LIMIT
+    finally:
+        bystander.close()

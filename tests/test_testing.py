@@ -9,7 +9,7 @@ import pytest
 import respx
 
 import webhook_dispatch as wd
-from webhook_dispatch.testing import FakeClock, MockReceiver, drain
+from webhook_dispatch.testing import FakeClock, MockReceiver, drain, drain_async
 
 
 def test_fixtures_come_from_the_plugin(
@@ -159,3 +159,57 @@ def test_drain_plays_out_an_ordered_subscriptions_retries() -> None:
         assert drain(dispatcher, clock, max_steps=10) == 4
     sent = [request.headers["webhook-id"] for request in receiver.requests]
     assert sent == [messages[0].id, messages[0].id, messages[1].id, messages[2].id]
+
+
+async def test_drain_async_plays_out_retries_on_the_async_face() -> None:
+    clock = FakeClock()
+    receiver = MockReceiver([500, 503, 200], clock=clock)
+    async with wd.AsyncDispatcher(
+        clock=clock, transport=receiver, retry=wd.RetryPolicy.fixed([0, 60, 3600])
+    ) as dispatcher:
+        await dispatcher.subscribe("https://example.com/hooks")
+        message = await dispatcher.publish("order.created", {"id": 1})
+        start = clock.now()
+
+        assert await drain_async(dispatcher, clock) == 3
+
+        [delivery] = await dispatcher.deliveries(message_id=message.id)
+        assert delivery.status is wd.DeliveryStatus.SUCCEEDED
+        assert clock.now() - start >= timedelta(seconds=3660)
+        assert [r.status_code for r in await dispatcher.attempts(message.id)] == [500, 503, 200]
+
+
+async def test_drain_async_reports_work_left_after_max_steps() -> None:
+    clock = FakeClock()
+    async with wd.AsyncDispatcher(
+        clock=clock,
+        transport=MockReceiver([500] * 10, clock=clock),
+        retry=wd.RetryPolicy.fixed([0, 60, 60, 60]),
+    ) as dispatcher:
+        await dispatcher.subscribe("https://example.com/hooks")
+        await dispatcher.publish("order.created", {})
+        with pytest.raises(wd.DrainIncomplete) as raised:
+            await drain_async(dispatcher, clock, max_steps=2)
+        assert raised.value.attempts == 2
+
+
+async def test_each_drain_refuses_the_other_face_with_a_typed_error() -> None:
+    clock = FakeClock()
+    async with wd.AsyncDispatcher(clock=clock, transport=MockReceiver()) as async_face:
+        with pytest.raises(wd.ConfigurationError, match="drain_async"):
+            drain(async_face, clock)  # type: ignore[arg-type]
+    with (
+        wd.Dispatcher(clock=clock, transport=MockReceiver()) as sync_face,
+        pytest.raises(wd.ConfigurationError, match="drain\\(dispatcher"),
+    ):
+        await drain_async(sync_face, clock)  # type: ignore[arg-type]
+
+
+async def test_the_plugins_async_dispatcher_fixture_delivers(
+    async_dispatcher: wd.AsyncDispatcher, mock_receiver: MockReceiver, fake_clock: FakeClock
+) -> None:
+    await async_dispatcher.subscribe("https://example.com/hooks")
+    await async_dispatcher.publish("order.created", {"id": "ord_1"})
+    assert await drain_async(async_dispatcher, fake_clock) == 1
+    [request] = mock_receiver.requests
+    assert request.json()["data"] == {"id": "ord_1"}

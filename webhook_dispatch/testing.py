@@ -7,6 +7,7 @@ automatically once the package is installed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import threading
@@ -22,9 +23,9 @@ from .errors import ConfigurationError, DrainIncomplete, InvalidSignature
 from .signing import verify
 
 if TYPE_CHECKING:
-    from .dispatcher import Dispatcher
+    from .dispatcher import AsyncDispatcher, Dispatcher
 
-__all__ = ["FakeClock", "MockReceiver", "ReceivedRequest", "Reply", "drain"]
+__all__ = ["FakeClock", "MockReceiver", "ReceivedRequest", "Reply", "drain", "drain_async"]
 
 
 class FakeClock:
@@ -238,8 +239,13 @@ def drain(
 
     Hours of retries play out at once. Returns the number of attempts made; stops early
     when ``until()`` turns true. Raises `DrainIncomplete` (a `RuntimeError`) if work
-    remains after ``max_steps``.
+    remains after ``max_steps``. For an `AsyncDispatcher`, await `drain_async`.
     """
+    if inspect.iscoroutinefunction(getattr(dispatcher, "run_until_idle", None)):
+        raise ConfigurationError(
+            "drain() drives a Dispatcher; for an AsyncDispatcher use "
+            "'await drain_async(dispatcher, clock)'"
+        )
     attempts = 0
     for _ in range(max_steps):
         attempts += dispatcher.run_until_idle()
@@ -250,7 +256,38 @@ def drain(
             return attempts
         if due > clock.now():
             clock.set(due)
-    raise DrainIncomplete(
+    raise _incomplete(max_steps, attempts)
+
+
+async def drain_async(
+    dispatcher: AsyncDispatcher,
+    clock: FakeClock,
+    *,
+    max_steps: int = 1000,
+    until: Callable[[], bool] | None = None,
+) -> int:
+    """`drain` for an `AsyncDispatcher`, on the running event loop: deliver until nothing
+    is pending, jumping ``clock`` to each next due time, and return the attempts made."""
+    if not inspect.iscoroutinefunction(getattr(dispatcher, "run_until_idle", None)):
+        raise ConfigurationError(
+            "drain_async() drives an AsyncDispatcher; for a Dispatcher use "
+            "'drain(dispatcher, clock)'"
+        )
+    attempts = 0
+    for _ in range(max_steps):
+        attempts += await dispatcher.run_until_idle()
+        if until is not None and until():
+            return attempts
+        due = await dispatcher.next_due_at()
+        if due is None:
+            return attempts
+        if due > clock.now():
+            clock.set(due)
+    raise _incomplete(max_steps, attempts)
+
+
+def _incomplete(max_steps: int, attempts: int) -> DrainIncomplete:
+    return DrainIncomplete(
         f"deliveries still pending after {max_steps} steps ({attempts} attempts made)",
         max_steps=max_steps,
         attempts=attempts,

@@ -287,6 +287,8 @@ class SQLiteStore(SQLStore):
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self._path}: cannot switch to WAL mode (got {mode!r})")
+            # Without a limit a WAL that grew under load keeps its size for good.
+            connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         # In WAL mode, NORMAL loses no committed transaction when the process crashes
         # (only an OS crash or power cut can drop the last commits), and saves an fsync
         # per commit.
@@ -805,6 +807,12 @@ class SQLiteStore(SQLStore):
             with self._translate():
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("PRAGMA optimize")
+                if self._path != ":memory:":
+                    # Leave the WAL small for the processes still using the file (the
+                    # last connection to close removes it anyway); never wait long.
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute(f"PRAGMA busy_timeout = {_TRUNCATE_WAIT_MS}")
+                        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 connection.close()
 
 
@@ -813,6 +821,14 @@ _CHECKPOINT_EVERY = 8
 
 _BACKSTOP_PAGES = 4_000
 """WAL size (pages, 16 MB at 4 KiB) past which a commit checkpoints in its own thread."""
+
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+"""Bytes of WAL file kept after a checkpoint (``journal_size_limit``), and the size past
+which the background checkpoint truncates the WAL instead of only copying it back."""
+
+_TRUNCATE_WAIT_MS = 100
+"""How long a truncating checkpoint waits for readers and writers (milliseconds): it
+holds up other writers meanwhile, so it never waits for long."""
 
 
 class _Checkpointer:
@@ -836,6 +852,8 @@ class _Checkpointer:
         self._guard = threading.Lock()
         self.runs = 0
         """Checkpoints completed (for tests and curious operators)."""
+        self.truncations = 0
+        """Checkpoints that truncated a WAL grown past `WAL_SIZE_LIMIT`."""
 
     def committed(self) -> None:
         """Count a commit; every few, ask for a checkpoint (starting the thread once)."""
@@ -869,6 +887,9 @@ class _Checkpointer:
         except sqlite3.Error:
             return  # SQLite's own checkpoints carry on
         try:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+                connection.execute(f"PRAGMA busy_timeout = {_TRUNCATE_WAIT_MS}")
             while True:
                 self._wanted.wait()
                 self._wanted.clear()
@@ -877,6 +898,11 @@ class _Checkpointer:
                 with contextlib.suppress(sqlite3.Error):  # busy or failing: next time
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.runs += 1
+                    if _wal_size(self._path) > WAL_SIZE_LIMIT:
+                        # Readers kept the passive checkpoint from resetting the WAL, so
+                        # it grew: wait briefly for them, then start it over, truncated.
+                        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                        self.truncations += 1
         finally:
             connection.close()
 
@@ -891,6 +917,14 @@ class _Checkpointer:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def _wal_size(path: str) -> int:
+    """The size of the database's WAL file in bytes (0 when there is none)."""
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
+
+
 def _check_path(path: str) -> None:
     """Refuse unusable paths with a clear error, and create a missing file owner-only."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -7,11 +7,10 @@ automatically once the package is installed.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Union
 
@@ -241,22 +240,22 @@ def drain(
     when ``until()`` turns true. Raises `DrainIncomplete` (a `RuntimeError`) if work
     remains after ``max_steps``. For an `AsyncDispatcher`, await `drain_async`.
     """
-    if inspect.iscoroutinefunction(getattr(dispatcher, "run_until_idle", None)):
+    from .dispatcher import Dispatcher
+
+    if not isinstance(dispatcher, Dispatcher):
         raise ConfigurationError(
             "drain() drives a Dispatcher; for an AsyncDispatcher use "
             "'await drain_async(dispatcher, clock)'"
         )
-    attempts = 0
-    for _ in range(max_steps):
-        attempts += dispatcher.run_until_idle()
-        if until is not None and until():
-            return attempts
-        due = dispatcher.next_due_at()
-        if due is None:
-            return attempts
-        if due > clock.now():
-            clock.set(due)
-    raise _incomplete(max_steps, attempts)
+    steps = _drain_steps(clock, max_steps, until)
+    answer: Any = None
+    try:
+        while True:
+            wanted = steps.send(answer)
+            answer = dispatcher.run_until_idle() if wanted == "run" else dispatcher.next_due_at()
+    except StopIteration as done:
+        attempts: int = done.value
+        return attempts
 
 
 async def drain_async(
@@ -268,26 +267,43 @@ async def drain_async(
 ) -> int:
     """`drain` for an `AsyncDispatcher`, on the running event loop: deliver until nothing
     is pending, jumping ``clock`` to each next due time, and return the attempts made."""
-    if not inspect.iscoroutinefunction(getattr(dispatcher, "run_until_idle", None)):
+    from .dispatcher import AsyncDispatcher
+
+    if not isinstance(dispatcher, AsyncDispatcher):
         raise ConfigurationError(
             "drain_async() drives an AsyncDispatcher; for a Dispatcher use "
             "'drain(dispatcher, clock)'"
         )
+    steps = _drain_steps(clock, max_steps, until)
+    answer: Any = None
+    try:
+        while True:
+            wanted = steps.send(answer)
+            answer = await (
+                dispatcher.run_until_idle() if wanted == "run" else dispatcher.next_due_at()
+            )
+    except StopIteration as done:
+        attempts: int = done.value
+        return attempts
+
+
+def _drain_steps(
+    clock: FakeClock, max_steps: int, until: Callable[[], bool] | None
+) -> Generator[str, Any, int]:
+    """The drain loop once for both faces, sans I/O: it yields ``"run"`` (send back the
+    attempts `run_until_idle` made) or ``"due"`` (send back `next_due_at`)."""
     attempts = 0
     for _ in range(max_steps):
-        attempts += await dispatcher.run_until_idle()
+        made: int = yield "run"
+        attempts += made
         if until is not None and until():
             return attempts
-        due = await dispatcher.next_due_at()
+        due = yield "due"
         if due is None:
             return attempts
         if due > clock.now():
             clock.set(due)
-    raise _incomplete(max_steps, attempts)
-
-
-def _incomplete(max_steps: int, attempts: int) -> DrainIncomplete:
-    return DrainIncomplete(
+    raise DrainIncomplete(
         f"deliveries still pending after {max_steps} steps ({attempts} attempts made)",
         max_steps=max_steps,
         attempts=attempts,

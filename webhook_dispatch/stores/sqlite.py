@@ -819,12 +819,12 @@ class SQLiteStore(SQLStore):
 _CHECKPOINT_EVERY = 8
 """Commits between two background checkpoints."""
 
-_BACKSTOP_PAGES = 4_000
-"""WAL size (pages, 16 MB at 4 KiB) past which a commit checkpoints in its own thread."""
-
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 """Bytes of WAL file kept after a checkpoint (``journal_size_limit``), and the size past
 which the background checkpoint truncates the WAL instead of only copying it back."""
+
+_BACKSTOP_PAGES = WAL_SIZE_LIMIT // 4096
+"""WAL size (pages of 4 KiB) past which a commit checkpoints in its own thread."""
 
 _TRUNCATE_WAIT_MS = 100
 """How long a truncating checkpoint waits for readers and writers (milliseconds): it

@@ -128,6 +128,8 @@ def test_schema_tables_indexes_and_repr(postgres_dsn: str, postgres_schema: str)
         "messages",
         "deliveries",
         "attempts",
+        "tenants",
+        "subscription_changes",
     }
     [(kind, default)] = _sql(
         postgres_dsn,
@@ -145,6 +147,8 @@ def test_schema_tables_indexes_and_repr(postgres_dsn: str, postgres_schema: str)
     )
     assert "WHERE (status = 'pending'::text)" in indexes["deliveries_due"]
     assert "WHERE (status = 'delivering'::text)" in indexes["deliveries_lease"]
+    assert "(tenant, next_attempt_at, seq)" in indexes["deliveries_tenant_due"]
+    assert "UNIQUE" in indexes["messages_idempotency"]
     [(version,)] = _sql(
         postgres_dsn,
         f"SELECT value FROM {postgres_schema}.webhook_dispatch_meta WHERE key = 'schema_version'",
@@ -164,6 +168,7 @@ def test_version_2_schema_is_migrated_and_ordered_claims_still_work(
         first = dispatcher.publish("order.created", {"n": 1})
         second = dispatcher.publish("order.created", {"n": 2})
     schema = postgres_schema
+    undo_version_5(postgres_dsn, schema)
     _sql(postgres_dsn, f"DROP INDEX {schema}.deliveries_ordered")
     _sql(postgres_dsn, f"ALTER TABLE {schema}.deliveries DROP COLUMN ordered")
     _sql(
@@ -202,9 +207,40 @@ def test_version_2_schema_is_migrated_and_ordered_claims_still_work(
             postgres_dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
         )
     }
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
+
+
+def undo_version_5(dsn: str, schema: str) -> None:
+    """Put a current schema back in its version-4 shape: no tenants."""
+    for table in ("subscriptions", "messages", "deliveries"):
+        _sql(dsn, f"ALTER TABLE {schema}.{table} DROP COLUMN tenant")
+    _sql(
+        dsn,
+        f"ALTER TABLE {schema}.messages ADD CONSTRAINT messages_idempotency_key_key "
+        "UNIQUE (idempotency_key)",
+    )
+    _sql(dsn, f"DROP TABLE {schema}.tenants")
+    _sql(dsn, f"DROP TABLE {schema}.subscription_changes")
+    _sql(dsn, f"UPDATE {schema}.webhook_dispatch_meta SET value = 4 WHERE key = 'schema_version'")
+
+
+def test_version_4_schema_keeps_working_untenanted(
+    postgres_url: str, postgres_dsn: str, postgres_schema: str
+) -> None:
+    """A version-4 schema's rows become untenanted; keys become unique per tenant."""
+    with wd.Dispatcher(postgres_url, transport=MockReceiver([200])) as dispatcher:
+        subscription = dispatcher.subscribe("https://example.com/hook")
+        keyed = dispatcher.publish("order.created", {"n": 1}, idempotency_key="k1")
+    undo_version_5(postgres_dsn, postgres_schema)
+    with wd.Dispatcher(postgres_url, transport=MockReceiver([200])) as dispatcher:
+        assert dispatcher.get_subscription(subscription.id).tenant is None
+        again = dispatcher.publish("order.created", {"n": 1}, idempotency_key="k1")
+        assert again.id == keyed.id and again.tenant is None
+        other = dispatcher.publish("order.created", {"n": 1}, idempotency_key="k1", tenant="a")
+        assert other.id != keyed.id and other.tenant == "a"
+        assert dispatcher.run_until_idle() == 1
 
 
 def test_default_schema_name() -> None:

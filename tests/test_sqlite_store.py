@@ -50,13 +50,16 @@ def make_subscription(**changes: Any) -> Subscription:
     return Subscription(**fields)
 
 
-def make_message(key: str | None = None) -> Message:
+def make_message(
+    key: str | None = None, *, idempotency_key: str | None = None, tenant: str | None = None
+) -> Message:
     return Message(
         id=new_id("msg"),
         event_type="order.created",
         payload=b"{}",
         created_at=T0,
-        idempotency_key=key,
+        idempotency_key=key or idempotency_key,
+        tenant=tenant,
     )
 
 
@@ -160,6 +163,51 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
     store.close()
 
 
+def undo_version_5(connection: sqlite3.Connection) -> None:
+    """Put a current file back in its version-4 shape: no tenants."""
+    for index in (
+        "subscriptions_tenant",
+        "messages_tenant",
+        "messages_idempotency",
+        "deliveries_tenant",
+        "deliveries_tenant_due",
+    ):
+        connection.execute(f"DROP INDEX {index}")
+    for table in ("subscriptions", "messages", "deliveries"):
+        connection.execute(f"ALTER TABLE {table} DROP COLUMN tenant")
+    connection.execute("CREATE UNIQUE INDEX messages_key ON messages (idempotency_key)")
+    connection.execute("DROP TABLE tenants")
+    connection.execute("DROP TABLE subscription_changes")
+    connection.execute("UPDATE webhook_dispatch_meta SET value = 4 WHERE key = 'schema_version'")
+
+
+def test_version_4_file_keeps_working_untenanted(db_path: Path) -> None:
+    """Version 5 adds tenants: a version-4 file's subscriptions, messages and keys
+    become untenanted, and its unique keys become unique per tenant."""
+    store = SQLiteStore(db_path)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    keyed = make_message(idempotency_key="k1")
+    store.publish(keyed, [subscription.id], T0)
+    store.close()
+    connection = sqlite3.connect(db_path)
+    with connection:
+        undo_version_5(connection)
+    connection.close()
+    reopened = SQLiteStore(db_path)
+    try:
+        assert reopened.get_subscription(subscription.id).tenant is None
+        assert reopened.get_message(keyed.id).tenant is None
+        again = reopened.publish(make_message(idempotency_key="k1"), [subscription.id], T0)
+        assert not again.created and again.message.id == keyed.id
+        other = make_message(idempotency_key="k1", tenant="acme")
+        assert reopened.publish(other, [], T0).created
+        assert [c.delivery.message_id for c in claim(reopened)] == [keyed.id]
+        assert [s.id for s in reopened.list_subscriptions(tenant=None)] == [subscription.id]
+    finally:
+        reopened.close()
+
+
 def test_version_3_headers_become_name_value_pairs(db_path: Path) -> None:
     """Version 4 keeps headers as ``[[name, value], ...]``, PostgreSQL's form: a
     version-3 file's JSON-object headers are rewritten in order, and read back alike."""
@@ -169,6 +217,7 @@ def test_version_3_headers_become_name_value_pairs(db_path: Path) -> None:
     store.close()
     connection = sqlite3.connect(db_path)
     with connection:
+        undo_version_5(connection)
         connection.execute(
             "UPDATE subscriptions SET headers = ? WHERE id = ?",
             ('{"X-Zeta":"1","X-Alpha":"2"}', subscription.id),
@@ -212,6 +261,7 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
     # Put the file back in its version-2 shape.
     connection = sqlite3.connect(db_path)
     with connection:
+        undo_version_5(connection)
         connection.execute("DROP INDEX deliveries_ordered")
         connection.execute("ALTER TABLE deliveries DROP COLUMN ordered")
         connection.execute(
@@ -243,7 +293,7 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
         "SELECT next_attempt_at FROM deliveries WHERE status = 'succeeded'"
     ).fetchall()
     connection.close()
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
     assert finished == [(None,)]

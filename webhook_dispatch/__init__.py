@@ -34,6 +34,7 @@ from .errors import (
     InvalidSecret,
     InvalidSignature,
     InvalidStoreURL,
+    InvalidTenant,
     InvalidURL,
     NotFound,
     PayloadTooLarge,
@@ -41,12 +42,14 @@ from .errors import (
     StopTimeout,
     StoreError,
     StoreUnavailable,
+    TenantLimitExceeded,
     WebhookDispatchError,
 )
 from .events import Hooks, OperationalEvent
 from .health import AutoDisable
 from .metrics import PrometheusMetrics
 from .models import (
+    ALL_TENANTS,
     Attempt,
     AttemptTrigger,
     Delivery,
@@ -55,6 +58,7 @@ from .models import (
     Message,
     RetrySchedule,
     Subscription,
+    Tenant,
 )
 from .netguard import NetworkPolicy
 from .options import DispatcherOptions, EndpointOptions
@@ -72,6 +76,7 @@ from .signing import (
 from .stores import Stats, Store, open_store
 
 __all__ = [
+    "ALL_TENANTS",
     "ApiKeyHeader",
     "AsyncDispatcher",
     "Attempt",
@@ -100,6 +105,7 @@ __all__ = [
     "InvalidSecret",
     "InvalidSignature",
     "InvalidStoreURL",
+    "InvalidTenant",
     "InvalidURL",
     "JWTAuth",
     "Message",
@@ -122,6 +128,8 @@ __all__ = [
     "StoreUnavailable",
     "Subscription",
     "SystemClock",
+    "Tenant",
+    "TenantLimitExceeded",
     "WebhookDispatchError",
     "__version__",
     "generate_keypair",

@@ -14,7 +14,7 @@ from numbers import Real
 
 import httpx
 
-from .errors import ConfigurationError, InvalidHeader, InvalidURL
+from .errors import ConfigurationError, InvalidHeader, InvalidTenant, InvalidURL
 
 __all__ = [
     "MAX_HEADERS",
@@ -24,6 +24,7 @@ __all__ = [
     "MAX_URL_LENGTH",
     "RESERVED_HEADERS",
     "validate_headers",
+    "validate_tenant",
     "validate_timeout",
     "validate_url",
 ]
@@ -291,6 +292,28 @@ def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         seen[folded] = name
         checked[name] = _check_header_value(name, raw_value)
     return checked
+
+
+_TENANT = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
+
+
+def validate_tenant(value: object) -> str | None:
+    """A tenant id as given (1 to 255 characters of ``[A-Za-z0-9_.:-]``), or None;
+    anything else raises `InvalidTenant` (the message shows a short, escaped echo)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidTenant(f"tenant must be a string or None, got {type(value).__name__}")
+    if not _TENANT.fullmatch(value):
+        if not value:
+            raise InvalidTenant("tenant must not be empty (None means no tenant)")
+        if len(value) > 255:
+            raise InvalidTenant(f"tenant is {len(value)} characters long; at most 255 are allowed")
+        raise InvalidTenant(
+            f"tenant {_echo(value)} has characters outside [A-Za-z0-9_.:-] "
+            "(letters, digits, '_', '.', ':' and '-')"
+        )
+    return value
 
 
 def validate_timeout(value: object) -> float:

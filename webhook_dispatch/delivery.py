@@ -62,4 +62,5 @@ def next_state(
             else None
         ),
         event_type=claim.message.event_type,
+        tenant=claim.message.tenant,
     )

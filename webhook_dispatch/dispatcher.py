@@ -12,32 +12,40 @@ import inspect
 import json
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 import attrs
 import httpx
 
-from ._validation import validate_url
+from ._validation import validate_tenant, validate_url
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
 from .errors import (
     ConfigurationError,
     InvalidHeader,
     InvalidPayload,
+    InvalidTenant,
     InvalidURL,
+    NotFound,
     PayloadTooLarge,
     StopTimeout,
 )
 from .events import OPERATIONAL_PREFIX, OperationalEvent
 from .models import (
+    ALL_TENANTS,
+    AllTenants,
     Attempt,
     Delivery,
     DeliveryStatus,
     Message,
     RetiredSecret,
     Subscription,
+    Tenant,
+    TenantFilter,
     new_id,
 )
 from .netguard import parse_host_literal
@@ -85,9 +93,16 @@ P = ParamSpec("P")
 PURGE_BATCH = 1000
 """Messages deleted per store transaction by `Dispatcher.purge` and the worker."""
 
-EventSpec = tuple[str, Any] | tuple[str, Any, str | None]
-"""What `Dispatcher.publish_many` takes: ``(event_type, payload)`` or
-``(event_type, payload, idempotency_key)``."""
+EventSpec = tuple[str, Any] | tuple[str, Any, str | None] | tuple[str, Any, str | None, str | None]
+"""What `Dispatcher.publish_many` takes: ``(event_type, payload)``,
+``(event_type, payload, idempotency_key)`` or
+``(event_type, payload, idempotency_key, tenant)``."""
+
+TENANT_CACHE_SIZE = 10_000
+"""Tenants whose matching index a publishing process keeps (least recently used go)."""
+
+TENANT_DELETE_BATCH = 1000
+"""Messages deleted per store transaction by `Dispatcher.delete_tenant`."""
 
 _PUBLISH_KEYS = frozenset(PublishKwargs.__annotations__)
 _PAGE_KEYS = frozenset(PageKwargs.__annotations__)
@@ -172,7 +187,9 @@ class _Core:
         )
         self.engine = Engine(transport, self.clock)
         self.worker = self._build_worker(spans)
-        self._registry = Registry()
+        # One matching index per tenant, loaded on its first publish and dropped when the
+        # store's change log says that tenant's subscriptions changed.
+        self._registries: OrderedDict[str | None, Registry] = OrderedDict()
         self._registry_version: int | None = None
         self._registry_lock = threading.Lock()
 
@@ -263,19 +280,28 @@ class _Core:
             payload,
             idempotency_key=options.get("idempotency_key"),
             content_type=options.get("content_type"),
+            tenant=options.get("tenant"),
         )
 
     def messages_for(self, events: Iterable[EventSpec]) -> list[Message]:
         """`new_message` for each of `publish_many`'s tuples (all before any is stored)."""
-        return [
-            self.new_message(
-                event[0],
-                event[1],
-                idempotency_key=event[2] if len(event) > 2 else None,
-                content_type=None,
+        messages = []
+        for event in events:
+            if not isinstance(event, tuple) or not 2 <= len(event) <= 4:
+                raise InvalidPayload(
+                    "publish_many takes (event_type, payload[, idempotency_key[, tenant]]) "
+                    f"tuples, got {type(event).__name__}"
+                )
+            messages.append(
+                self.new_message(
+                    event[0],
+                    event[1],
+                    idempotency_key=event[2] if len(event) > 2 else None,
+                    content_type=None,
+                    tenant=event[3] if len(event) > 3 else None,
+                )
             )
-            for event in events
-        ]
+        return messages
 
     def new_message(
         self,
@@ -284,9 +310,11 @@ class _Core:
         *,
         idempotency_key: str | None,
         content_type: str | None,
+        tenant: str | None = None,
     ) -> Message:
         event_type = validate_event_type(event_type)
         idempotency_key = _check_idempotency_key(idempotency_key)
+        tenant = validate_tenant(tenant)
         now = self.clock.now()
         if isinstance(payload, (bytes, bytearray, memoryview)) or content_type is not None:
             if content_type is None:
@@ -326,29 +354,59 @@ class _Core:
             content_type=content_type,
             created_at=now,
             idempotency_key=idempotency_key,
+            tenant=tenant,
         )
 
-    def match(self, event_type: str) -> list[str]:
-        """Ids of the enabled subscriptions matching ``event_type`` (index rebuilt when
-        any subscription changed, in this process or another)."""
+    def match(self, event_type: str, tenant: str | None = None) -> list[str]:
+        """Ids of the tenant's enabled subscriptions matching ``event_type``."""
+        return self.registry(tenant).match(event_type)
+
+    def registry(self, tenant: str | None) -> Registry:
+        """The tenant's matching index: cached, and reloaded (that tenant's subscriptions
+        only) when the store says they changed, in this process or another."""
         version = self.store.subscriptions_version()
-        if version != self._registry_version:
-            with self._registry_lock:
-                if version != self._registry_version:
-                    registry = Registry()
-                    for subscription in self.store.list_subscriptions():
-                        if subscription.enabled:
-                            registry.add(subscription.id, subscription.event_types)
-                    self._registry = registry
-                    self._registry_version = version
-        return self._registry.match(event_type)
+        with self._registry_lock:
+            if version != self._registry_version:
+                changed = (
+                    None
+                    if self._registry_version is None
+                    else self.store.changed_tenants(self._registry_version)
+                )
+                if changed is None:
+                    self._registries.clear()
+                else:
+                    for name in changed:
+                        self._registries.pop(name, None)
+                self._registry_version = version
+            registry = self._registries.get(tenant)
+            if registry is not None:
+                self._registries.move_to_end(tenant)
+                return registry
+        # Read after the version: a change committed meanwhile is in it, or bumps the
+        # version again (and this index is not kept).
+        registry = Registry()
+        for subscription in self.store.list_subscriptions(tenant=tenant):
+            if subscription.enabled:
+                registry.add(subscription.id, subscription.event_types)
+        with self._registry_lock:
+            if self._registry_version == version:
+                self._registries[tenant] = registry
+                if len(self._registries) > TENANT_CACHE_SIZE:
+                    self._registries.popitem(last=False)
+        return registry
 
     # -- store operations (sync; the async face runs them through `call`) ---------
     def subscribe(
-        self, url: str, options: EndpointOptions | None, overrides: EndpointKwargs
+        self,
+        url: str,
+        options: EndpointOptions | None,
+        overrides: EndpointKwargs,
+        tenant: str | None = None,
     ) -> Subscription:
-        subscription = self.new_subscription(
-            url, with_overrides(EndpointOptions, options, overrides)
+        tenant = validate_tenant(tenant)
+        subscription = attrs.evolve(
+            self.new_subscription(url, with_overrides(EndpointOptions, options, overrides)),
+            tenant=tenant,
         )
         self.store.add_subscription(subscription)
         return subscription
@@ -368,8 +426,10 @@ class _Core:
     def disable(self, subscription_id: str, reason: str) -> Subscription:
         return self.update(subscription_id, enabled=False, disabled_reason=reason)
 
-    def subscriptions(self, page: PageKwargs) -> Page[Subscription]:
-        return self.store.list_subscriptions(**_page("subscriptions", page))
+    def subscriptions(self, tenant: TenantFilter, page: PageKwargs) -> Page[Subscription]:
+        return self.store.list_subscriptions(
+            tenant=_tenant_filter(tenant), **_page("subscriptions", page)
+        )
 
     def publish_event(self, event_type: str, payload: Any, options: PublishKwargs) -> Message:
         message = self.message_for(event_type, payload, options)
@@ -378,7 +438,7 @@ class _Core:
     def publish(self, message: Message, connection: Any = None) -> Message:
         result = self.store.publish(
             message,
-            self.match(message.event_type),
+            self.match(message.event_type, message.tenant),
             self.clock.now(),
             **self._outbox(connection),
         )
@@ -390,7 +450,7 @@ class _Core:
         return self.publish_many(self.messages_for(events), connection)
 
     def publish_many(self, messages: Sequence[Message], connection: Any = None) -> list[Message]:
-        items = [(message, self.match(message.event_type)) for message in messages]
+        items = [(message, self.match(message.event_type, message.tenant)) for message in messages]
         results = self.store.publish_many(items, self.clock.now(), **self._outbox(connection))
         if any(result.deliveries for result in results):
             self.worker.wake()
@@ -434,7 +494,9 @@ class _Core:
         """`publish_many` inside an async psycopg connection's open transaction."""
         self._outbox(connection)
         items = await asyncio.to_thread(
-            lambda: [(message, self.match(message.event_type)) for message in messages]
+            lambda: [
+                (message, self.match(message.event_type, message.tenant)) for message in messages
+            ]
         )
         results = await self.store.publish_many_async(
             items, self.clock.now(), connection=connection
@@ -443,31 +505,41 @@ class _Core:
 
     def publish_operational(self, events: list[OperationalEvent]) -> None:
         """Publish operational events to the subscriptions that asked for them by name
-        (a pattern starting ``webhook_dispatch.``): never to catch-all subscriptions,
-        which belong to customers who must not see each other's troubles."""
+        (a pattern starting ``webhook_dispatch.``): the operator's untenanted ones, and
+        the subscriptions of the tenant whose endpoint the event is about. Never to
+        catch-all subscriptions, nor to any other tenant's: customers must not see each
+        other's troubles."""
         items: list[tuple[Message, Sequence[str]]] = []
         for event in events:
-            matched = self.match(event.type)
-            wanted = [
-                subscription_id
-                for subscription_id in matched
-                if any(
-                    pattern.startswith(OPERATIONAL_PREFIX)
-                    for pattern in self._registry.patterns(subscription_id)
-                )
-            ]
-            if wanted:
-                message = self.new_message(
-                    event.type, event.payload(), idempotency_key=None, content_type=None
-                )
-                items.append((message, wanted))
+            audiences = [None] if event.tenant is None else [None, event.tenant]
+            for tenant in audiences:
+                registry = self.registry(tenant)
+                wanted = [
+                    subscription_id
+                    for subscription_id in registry.match(event.type)
+                    if any(
+                        pattern.startswith(OPERATIONAL_PREFIX)
+                        for pattern in registry.patterns(subscription_id)
+                    )
+                ]
+                if wanted:
+                    message = self.new_message(
+                        event.type,
+                        event.payload(),
+                        idempotency_key=None,
+                        content_type=None,
+                        tenant=tenant,
+                    )
+                    items.append((message, wanted))
         if items:
             results = self.store.publish_many(items, self.clock.now())
             if any(result.deliveries for result in results):
                 self.worker.wake()
 
-    def stats(self) -> Stats:
-        return self.stats_with_age()[0]
+    def stats(self, tenant: TenantFilter = ALL_TENANTS) -> Stats:
+        if isinstance(tenant, AllTenants):
+            return self.stats_with_age()[0]
+        return self.store.stats(self.clock.now(), tenant=_tenant_filter(tenant))
 
     def stats_with_age(self) -> tuple[Stats, float | None]:
         now = self.clock.now()
@@ -538,17 +610,73 @@ class _Core:
         message_id: str | None,
         subscription_id: str | None,
         status: DeliveryStatus | str | None,
+        tenant: TenantFilter,
         page: PageKwargs,
     ) -> Page[Delivery]:
         return self.store.list_deliveries(
             message_id=message_id,
             subscription_id=subscription_id,
             status=_status(status),
+            tenant=_tenant_filter(tenant),
             **_page("deliveries", page),
         )
 
-    def messages(self, event_type: str | None, page: PageKwargs) -> Page[Message]:
-        return self.store.list_messages(event_type=event_type, **_page("messages", page))
+    def messages(
+        self, event_type: str | None, tenant: TenantFilter, page: PageKwargs
+    ) -> Page[Message]:
+        return self.store.list_messages(
+            event_type=event_type, tenant=_tenant_filter(tenant), **_page("messages", page)
+        )
+
+    # -- tenants -------------------------------------------------------------------
+    def set_tenant(self, tenant_id: str, changes: dict[str, Any]) -> Tenant:
+        tenant_id = _required_tenant(tenant_id)
+        now = self.clock.now()
+        try:
+            current = self.store.get_tenant(tenant_id)
+        except NotFound:
+            current = Tenant(id=tenant_id, created_at=now, updated_at=now)
+        if "metadata" in changes:
+            changes["metadata"] = _tenant_metadata(changes["metadata"])
+        try:
+            updated = attrs.evolve(current, updated_at=now, **changes)
+        except ConfigurationError as exc:
+            raise InvalidTenant(str(exc)) from None
+        return self.store.save_tenant(updated)
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        return self.store.get_tenant(_required_tenant(tenant_id))
+
+    def tenants(self, page: PageKwargs) -> Page[Tenant]:
+        return self.store.list_tenants(**_page("tenants", page))
+
+    def delete_tenant(
+        self, tenant_id: str, on_progress: Callable[[int], object] | None, wait: float
+    ) -> int:
+        """Close the tenant, then delete its rows in batches; attempts already claimed
+        (by any worker) are waited for, up to the longest a lease lasts, so nothing of
+        the tenant is sent once this returns."""
+        tenant_id = _required_tenant(tenant_id)
+        self.store.close_tenant(tenant_id, self.clock.now())
+        total = 0
+        deadline = time.monotonic() + wait
+        while True:
+            removed, held = self.store.purge_tenant(
+                tenant_id, self.clock.now(), limit=TENANT_DELETE_BATCH
+            )
+            total += removed
+            if removed and on_progress is not None:
+                on_progress(total)
+            if not removed and not held:
+                return total
+            if not removed:
+                if time.monotonic() > deadline:
+                    raise StopTimeout(
+                        f"tenant {tenant_id!r}: {held} attempts still under a live lease after "
+                        f"{wait:.0f} s; its subscriptions are gone, call delete_tenant again",
+                        timeout=wait,
+                    )
+                time.sleep(0.05)  # attempts under way: their worker records them soon
 
     def next_due_at(self) -> datetime | None:
         return self.store.next_due_at()
@@ -557,6 +685,45 @@ class _Core:
         self.worker.close()
         if self.owns_store:
             self.store.close()
+
+
+def _tenant_filter(tenant: object) -> TenantFilter:
+    """A listing's ``tenant=``, validated: `ALL_TENANTS`, None or a tenant id."""
+    if isinstance(tenant, AllTenants):
+        return tenant
+    return validate_tenant(tenant)
+
+
+def _required_tenant(tenant: object) -> str:
+    """A tenant id where None (no tenant) makes no sense."""
+    checked = validate_tenant(tenant)
+    if checked is None:
+        raise InvalidTenant("a tenant id is needed here (None means no tenant)")
+    return checked
+
+
+def _tenant_metadata(value: object) -> dict[str, str]:
+    """A tenant's metadata: at most 50 string keys and values."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or len(value) > 50:
+        raise InvalidTenant("tenant metadata must be a mapping of at most 50 entries")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str) or not key:
+            raise InvalidTenant("tenant metadata keys and values must be strings")
+        if len(key) > 255 or len(item) > 2048:
+            raise InvalidTenant("tenant metadata keys are at most 255, values 2048 characters")
+    return dict(value)
+
+
+_TENANT_SETTINGS = frozenset({"rate_limit", "max_in_flight", "max_subscriptions", "metadata"})
+
+
+def _tenant_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """`set_tenant`'s keyword arguments, refused when unknown."""
+    if not settings.keys() <= _TENANT_SETTINGS:
+        raise _unexpected("set_tenant", settings, _TENANT_SETTINGS)
+    return settings
 
 
 def _status(status: DeliveryStatus | str | None) -> DeliveryStatus | None:
@@ -643,6 +810,14 @@ class _Face(Generic[R]):
         """The options this dispatcher was built with."""
         return self._core.options
 
+    def _delete_wait(self, wait: float | None) -> float:
+        """`delete_tenant`'s ``wait``: by default as long as a lease lasts, plus 10 s."""
+        if wait is None:
+            return self.options.lease.total_seconds() + 10
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ConfigurationError("wait must be a number of seconds, 0 or more")
+        return float(wait)
+
     def _check_idle(self) -> None:
         if self._running is not None and not self._running.done():
             raise ConfigurationError("the worker is already running (start()); stop() it first")
@@ -706,7 +881,12 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
     # -- subscriptions -------------------------------------------------------------
     @spelled_out(EndpointKwargs, EndpointOptions)
     def subscribe(
-        self, url: str, options: EndpointOptions | None = None, **overrides: Unpack[EndpointKwargs]
+        self,
+        url: str,
+        options: EndpointOptions | None = None,
+        *,
+        tenant: str | None = None,
+        **overrides: Unpack[EndpointKwargs],
     ) -> Subscription:
         """Register an endpoint for the event types matching ``event_types``.
 
@@ -732,8 +912,13 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         ``ordered=True`` delivers strictly in publish order, one at a time. ``retry``
         gives this endpoint its own schedule (``RetryPolicy.fixed([0, 10, 60])`` or the
         delays), stored with it.
+
+        ``tenant`` names the customer the endpoint belongs to (1 to 255 characters of
+        ``[A-Za-z0-9_.:-]``): it receives only events published with that ``tenant=``.
+        None (the default) is the application's own endpoint, which gets only untenanted
+        events. A tenant's ``max_subscriptions`` (`set_tenant`) is enforced here.
         """
-        return self._core.subscribe(url, options, overrides)
+        return self._core.subscribe(url, options, overrides, tenant)
 
     def unsubscribe(self, subscription_id: str) -> None:
         """Remove a subscription; its unfinished deliveries are cancelled."""
@@ -764,10 +949,13 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         return self._core.rotate_secret(subscription_id, grace, secret)
 
     @spelled_out(PageKwargs, _PAGE_DEFAULTS)
-    def subscriptions(self, **page: Unpack[PageKwargs]) -> Page[Subscription]:
+    def subscriptions(
+        self, *, tenant: TenantFilter = ALL_TENANTS, **page: Unpack[PageKwargs]
+    ) -> Page[Subscription]:
         """Subscriptions, oldest first, a `Page` of at most ``limit`` (default 100); pass
-        its ``next_cursor`` as ``cursor=`` for the next page."""
-        return self._core.subscriptions(page)
+        its ``next_cursor`` as ``cursor=`` for the next page. ``tenant="acme"`` lists only
+        acme's, ``tenant=None`` only the untenanted ones (default: all)."""
+        return self._core.subscriptions(tenant, page)
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """One subscription by id (`NotFound` otherwise)."""
@@ -786,13 +974,17 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         ``connection=`` (PostgreSQL store only) takes a psycopg 3 connection with an open
         transaction: the event is written in that transaction and not committed, so it
         is delivered if and only if the caller commits (the transactional outbox).
+
+        ``tenant="acme"`` sends the event only to acme's matching subscriptions (and
+        scopes ``idempotency_key`` to acme); None, the default, only to untenanted ones.
         """
         return self._core.publish_event(event_type, payload, options)
 
     def publish_many(self, events: Iterable[EventSpec], *, connection: Any = None) -> list[Message]:
-        """Publish ``(event_type, payload)`` or ``(event_type, payload, idempotency_key)``
-        tuples in one store transaction; all are validated before any is stored.
-        ``connection=`` joins the caller's transaction, as in `publish`."""
+        """Publish ``(event_type, payload)``, ``(event_type, payload, idempotency_key)``
+        or ``(event_type, payload, idempotency_key, tenant)`` tuples in one store
+        transaction; all are validated before any is stored. ``connection=`` joins the
+        caller's transaction, as in `publish`."""
         return self._core.publish_events(events, connection)
 
     # -- delivering ----------------------------------------------------------------
@@ -855,11 +1047,14 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | str | None = None,
+        *,
+        tenant: TenantFilter = ALL_TENANTS,
         **page: Unpack[PageKwargs],
     ) -> Page[Delivery]:
-        """Deliveries matching every given filter, oldest first, a `Page` of at most
-        ``limit`` (default 100); pass its ``next_cursor`` as ``cursor=`` for the next page."""
-        return self._core.deliveries(message_id, subscription_id, status, page)
+        """Deliveries matching every given filter (``tenant`` as in `subscriptions`),
+        oldest first, a `Page` of at most ``limit`` (default 100); pass its
+        ``next_cursor`` as ``cursor=`` for the next page."""
+        return self._core.deliveries(message_id, subscription_id, status, tenant, page)
 
     def get_message(self, message_id: str) -> Message:
         """One message by id (`NotFound` otherwise)."""
@@ -867,11 +1062,16 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
 
     @spelled_out(PageKwargs, _PAGE_DEFAULTS)
     def messages(
-        self, *, event_type: str | None = None, **page: Unpack[PageKwargs]
+        self,
+        *,
+        event_type: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
+        **page: Unpack[PageKwargs],
     ) -> Page[Message]:
-        """The newest messages first, a `Page` of at most ``limit`` (default 100); pass its
+        """The newest messages first (of one event type, of one tenant as in
+        `subscriptions`), a `Page` of at most ``limit`` (default 100); pass its
         ``next_cursor`` as ``cursor=`` for the next page."""
-        return self._core.messages(event_type, page)
+        return self._core.messages(event_type, tenant, page)
 
     def retry(self, delivery_id: str) -> Delivery:
         """Make one manual attempt of a delivery as soon as the worker runs (whatever its
@@ -901,10 +1101,50 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         """When the next pending attempt is due, or None if nothing is pending."""
         return self._core.next_due_at()
 
-    def stats(self) -> Stats:
+    def stats(self, *, tenant: TenantFilter = ALL_TENANTS) -> Stats:
         """Pending and in-flight deliveries, the oldest pending one's creation time
-        (``.oldest_pending_age(now)``), and subscriptions by state (`Stats`)."""
-        return self._core.stats()
+        (``.oldest_pending_age(now)``), and subscriptions by state (`Stats`), of one
+        tenant (``tenant=``, as in `subscriptions`) or of all."""
+        return self._core.stats(tenant)
+
+    # -- tenants -------------------------------------------------------------------
+    def set_tenant(self, tenant: str, **settings: Any) -> Tenant:
+        """Create a tenant, or change its settings, and return it (`Tenant`).
+
+        ``rate_limit`` (requests per second), ``max_in_flight`` (attempts at once) and
+        ``max_subscriptions`` hold across all of the tenant's endpoints and every worker
+        sharing the store; None lifts a limit. ``metadata`` is your own labels (at most
+        50 strings). Settings not given keep their value. A tenant also comes to exist
+        with its first subscription, without limits."""
+        return self._core.set_tenant(tenant, _tenant_settings(settings))
+
+    def get_tenant(self, tenant: str) -> Tenant:
+        """One tenant, with its limits and counts (`NotFound` otherwise)."""
+        return self._core.get_tenant(tenant)
+
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
+    def tenants(self, **page: Unpack[PageKwargs]) -> Page[Tenant]:
+        """Tenants in the order they came to exist, with their counts, a `Page` of at
+        most ``limit`` (default 100); pass its ``next_cursor`` as ``cursor=``."""
+        return self._core.tenants(page)
+
+    def delete_tenant(
+        self,
+        tenant: str,
+        *,
+        on_progress: Callable[[int], object] | None = None,
+        wait: float | None = None,
+    ) -> int:
+        """Remove a tenant with its subscriptions, messages, deliveries and attempts
+        (customer off-boarding, erasure requests); return how many messages went.
+
+        First its subscriptions go, in one transaction, so nothing more is published or
+        claimed for it; then its rows are deleted in batches of `TENANT_DELETE_BATCH`
+        (``on_progress`` gets the running total). Attempts that workers had already
+        claimed are waited for (at most ``wait`` seconds, default the lease plus 10),
+        so once this returns nothing of the tenant is sent. `StopTimeout` if some are
+        still under a live lease by then (call it again)."""
+        return self._core.delete_tenant(tenant, on_progress, self._delete_wait(wait))
 
     # -- lifecycle -----------------------------------------------------------------
     def close(self) -> None:
@@ -935,10 +1175,15 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
 
     @spelled_out(EndpointKwargs, EndpointOptions)
     async def subscribe(
-        self, url: str, options: EndpointOptions | None = None, **overrides: Unpack[EndpointKwargs]
+        self,
+        url: str,
+        options: EndpointOptions | None = None,
+        *,
+        tenant: str | None = None,
+        **overrides: Unpack[EndpointKwargs],
     ) -> Subscription:
         """See `Dispatcher.subscribe`."""
-        return await self._core.call(self._core.subscribe, url, options, overrides)
+        return await self._core.call(self._core.subscribe, url, options, overrides, tenant)
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """See `Dispatcher.unsubscribe`."""
@@ -965,9 +1210,11 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
         return await self._core.call(self._core.rotate_secret, subscription_id, grace, secret)
 
     @spelled_out(PageKwargs, _PAGE_DEFAULTS)
-    async def subscriptions(self, **page: Unpack[PageKwargs]) -> Page[Subscription]:
+    async def subscriptions(
+        self, *, tenant: TenantFilter = ALL_TENANTS, **page: Unpack[PageKwargs]
+    ) -> Page[Subscription]:
         """See `Dispatcher.subscriptions`."""
-        return await self._core.call(self._core.subscriptions, page)
+        return await self._core.call(self._core.subscriptions, tenant, page)
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
         """See `Dispatcher.get_subscription`."""
@@ -1020,11 +1267,13 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
         message_id: str | None = None,
         subscription_id: str | None = None,
         status: DeliveryStatus | str | None = None,
+        *,
+        tenant: TenantFilter = ALL_TENANTS,
         **page: Unpack[PageKwargs],
     ) -> Page[Delivery]:
         """See `Dispatcher.deliveries`."""
         return await self._core.call(
-            self._core.deliveries, message_id, subscription_id, status, page
+            self._core.deliveries, message_id, subscription_id, status, tenant, page
         )
 
     async def get_message(self, message_id: str) -> Message:
@@ -1033,10 +1282,14 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
 
     @spelled_out(PageKwargs, _PAGE_DEFAULTS)
     async def messages(
-        self, *, event_type: str | None = None, **page: Unpack[PageKwargs]
+        self,
+        *,
+        event_type: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
+        **page: Unpack[PageKwargs],
     ) -> Page[Message]:
         """See `Dispatcher.messages`."""
-        return await self._core.call(self._core.messages, event_type, page)
+        return await self._core.call(self._core.messages, event_type, tenant, page)
 
     async def retry(self, delivery_id: str) -> Delivery:
         """See `Dispatcher.retry`."""
@@ -1061,9 +1314,35 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
         """See `Dispatcher.next_due_at`."""
         return await self._core.call(self._core.next_due_at)
 
-    async def stats(self) -> Stats:
+    async def stats(self, *, tenant: TenantFilter = ALL_TENANTS) -> Stats:
         """See `Dispatcher.stats`."""
-        return await self._core.call(self._core.stats)
+        return await self._core.call(self._core.stats, tenant)
+
+    async def set_tenant(self, tenant: str, **settings: Any) -> Tenant:
+        """See `Dispatcher.set_tenant`."""
+        return await self._core.call(self._core.set_tenant, tenant, _tenant_settings(settings))
+
+    async def get_tenant(self, tenant: str) -> Tenant:
+        """See `Dispatcher.get_tenant`."""
+        return await self._core.call(self._core.get_tenant, tenant)
+
+    @spelled_out(PageKwargs, _PAGE_DEFAULTS)
+    async def tenants(self, **page: Unpack[PageKwargs]) -> Page[Tenant]:
+        """See `Dispatcher.tenants`."""
+        return await self._core.call(self._core.tenants, page)
+
+    async def delete_tenant(
+        self,
+        tenant: str,
+        *,
+        on_progress: Callable[[int], object] | None = None,
+        wait: float | None = None,
+    ) -> int:
+        """See `Dispatcher.delete_tenant` (runs in a thread: it waits for claimed
+        attempts, which this process's worker may be making on this loop)."""
+        return await asyncio.to_thread(
+            self._core.delete_tenant, tenant, on_progress, self._delete_wait(wait)
+        )
 
     async def aclose(self) -> None:
         """Stop the worker, close connections and the store. Idempotent."""

@@ -7,6 +7,8 @@ WebhookDispatchError
 │   ├── InvalidHeader                      CR/LF, bad name, reserved name
 │   ├── InvalidSecret                      not a usable signing secret
 │   ├── InvalidEventType                   not dotted [A-Za-z0-9_] segments / bad pattern
+│   ├── InvalidTenant                      tenant id not 1-255 of [A-Za-z0-9_.:-], bad limits
+│   ├── TenantLimitExceeded                the tenant's max_subscriptions reached .tenant .limit
 │   ├── InvalidPayload                     not JSON-serializable, or bytes without content type
 │   │   └── PayloadTooLarge                over the size cap                  .size .limit
 │   ├── InvalidAuth                        unusable endpoint authentication settings
@@ -53,6 +55,7 @@ __all__ = [
     "InvalidSecret",
     "InvalidSignature",
     "InvalidStoreURL",
+    "InvalidTenant",
     "InvalidURL",
     "NotFound",
     "PayloadTooLarge",
@@ -60,6 +63,7 @@ __all__ = [
     "StopTimeout",
     "StoreError",
     "StoreUnavailable",
+    "TenantLimitExceeded",
     "WebhookDispatchError",
 ]
 
@@ -107,6 +111,33 @@ class InvalidSecret(ConfigurationError):
 
 class InvalidEventType(ConfigurationError):
     """An event type or event-type pattern does not follow the dotted syntax."""
+
+
+class InvalidTenant(ConfigurationError):
+    """A tenant id is not 1 to 255 characters of ``[A-Za-z0-9_.:-]``, or a tenant's
+    limits are unusable."""
+
+
+class TenantLimitExceeded(ConfigurationError):
+    """A tenant already has as many subscriptions as its ``max_subscriptions`` allows."""
+
+    tenant: str | None
+    """The tenant whose limit was reached."""
+    limit: int | None
+    """Its ``max_subscriptions``."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        tenant: str | None = None,
+        limit: int | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.tenant = tenant
+        self.limit = limit
 
 
 class InvalidPayload(ConfigurationError):

@@ -62,6 +62,9 @@ class OperationalEvent:
     reason: str | None = None
     event_type: str | None = None
     """The event type of the message concerned, when there is one."""
+    tenant: str | None = None
+    """The tenant of the subscription concerned (its published webhook goes only to that
+    tenant's subscriptions that ask for it, and to untenanted ones), or None."""
 
     def payload(self) -> dict[str, Any]:
         """The JSON-ready ``data`` of the webhook published for this event."""

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .auth import EndpointAuth
 
 __all__ = [
+    "ALL_TENANTS",
+    "AllTenants",
     "Attempt",
     "AttemptTrigger",
     "Delivery",
@@ -29,6 +31,8 @@ __all__ = [
     "RetiredSecret",
     "RetrySchedule",
     "Subscription",
+    "Tenant",
+    "TenantFilter",
     "new_id",
     "options_document",
     "options_fields",
@@ -53,6 +57,20 @@ def new_id(prefix: str) -> str:
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(value or {}))
+
+
+class AllTenants(enum.Enum):
+    """The type of `ALL_TENANTS`."""
+
+    ALL = "all"
+
+
+ALL_TENANTS = AllTenants.ALL
+"""A listing's default ``tenant=``: every tenant's rows and the untenanted ones
+(``tenant=None`` means only the rows that belong to no tenant)."""
+
+TenantFilter = str | None | AllTenants
+"""What a listing's ``tenant=`` takes: a tenant id, None (no tenant) or `ALL_TENANTS`."""
 
 
 class DeliveryStatus(str, enum.Enum):
@@ -189,6 +207,8 @@ class Subscription:
     """When the current run of failed attempts began; None after a success."""
     consecutive_failures: int = 0
     """Failed attempts since the last success (auto-disable counts these)."""
+    tenant: str | None = None
+    """The customer this endpoint belongs to, or None for the application's own."""
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets that sign a request sent at ``now``: current first, then unexpired old."""
@@ -212,6 +232,8 @@ class Message:
     content_type: str = "application/json"
     created_at: datetime
     idempotency_key: str | None = None
+    tenant: str | None = None
+    """The tenant it was published to (only that tenant's endpoints get it), or None."""
 
     def json(self) -> Any:
         """The payload decoded as JSON (the Standard Webhooks envelope by default)."""
@@ -270,6 +292,38 @@ class Attempt:
     def succeeded(self) -> bool:
         """True when the endpoint answered 2xx."""
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@attrs.frozen(kw_only=True)
+class Tenant:
+    """One customer of the application, with the limits that hold across all of its
+    endpoints and every worker (`Dispatcher.set_tenant`).
+
+    A tenant exists once it has a subscription or `Dispatcher.set_tenant` named it. The
+    counts are read with the tenant (`Dispatcher.get_tenant`, `Dispatcher.tenants`).
+    """
+
+    id: str
+    rate_limit: float | None = attrs.field(
+        default=None, validator=_optional_positive(float, "rate_limit")
+    )
+    """Most requests per second to all of the tenant's endpoints together, or None."""
+    max_in_flight: int | None = attrs.field(
+        default=None, validator=_optional_positive(int, "max_in_flight")
+    )
+    """Most attempts in flight at once to all of its endpoints together, or None."""
+    max_subscriptions: int | None = attrs.field(
+        default=None, validator=_optional_positive(int, "max_subscriptions")
+    )
+    """Most subscriptions the tenant may have, or None."""
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    """Your own labels (a plan name, an account id)."""
+    created_at: datetime
+    updated_at: datetime
+    subscriptions: int = 0
+    """How many subscriptions it has (when read from a store)."""
+    pending: int = 0
+    """How many of its deliveries wait for an attempt (when read from a store)."""
 
 
 # Subscription settings that stores keep in one JSON "options" document rather than

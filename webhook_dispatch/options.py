@@ -442,6 +442,7 @@ class PublishKwargs(TypedDict, total=False):
     idempotency_key: str | None
     content_type: str | None
     connection: Any
+    tenant: str | None
 
 
 class PageKwargs(TypedDict, total=False):

@@ -559,10 +559,12 @@ class Worker:
         """Log, call back and (optionally) publish what this batch changed."""
         events: list[OperationalEvent] = []
         event_types: dict[str, str] = {}  # subscription -> event type of its last message
+        tenants: dict[str, str | None] = {}  # subscription -> its tenant
         for record in batch:
             attempt, delivery = record.attempt, record.delivery
             event_type = record.event_type
             event_types[attempt.subscription_id] = event_type or ""
+            tenants[attempt.subscription_id] = record.tenant
             made = OperationalEvent(
                 type=ATTEMPT_MADE,
                 subscription_id=attempt.subscription_id,
@@ -570,6 +572,7 @@ class Worker:
                 delivery=delivery,
                 attempt=attempt,
                 event_type=event_type,
+                tenant=record.tenant,
             )
             events.append(made)
             final = _FINAL_EVENTS.get(delivery.status)
@@ -590,6 +593,7 @@ class Worker:
                     at=now,
                     reason=reason,
                     event_type=event_types.get(subscription_id) or None,
+                    tenant=tenants.get(subscription_id),
                 )
             )
         for subscription_id in result.recovered:
@@ -604,6 +608,7 @@ class Worker:
                     subscription_id=subscription_id,
                     at=now,
                     event_type=event_types.get(subscription_id) or None,
+                    tenant=tenants.get(subscription_id),
                 )
             )
         if self.hooks is not None:

@@ -118,6 +118,7 @@ class WebhookDispatch:
         idempotency_key: str | None = None,
         content_type: str | None = None,
         connection: Any = None,
+        tenant: str | None = None,
     ) -> Message:
         """`Dispatcher.publish` on the current application's dispatcher."""
         return self.dispatcher.publish(
@@ -126,6 +127,7 @@ class WebhookDispatch:
             idempotency_key=idempotency_key,
             content_type=content_type,
             connection=connection,
+            tenant=tenant,
         )
 
     def publish_many(self, events: Iterable[EventSpec], *, connection: Any = None) -> list[Message]:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Protocol
 
 import attrs
 
-from ..errors import NotFound
+from ..errors import InvalidTenant, NotFound, TenantLimitExceeded
 from ..models import (
+    ALL_TENANTS,
+    AllTenants,
     Attempt,
     AttemptTrigger,
     Delivery,
@@ -32,6 +34,8 @@ from ..models import (
     Message,
     RetiredSecret,
     Subscription,
+    Tenant,
+    TenantFilter,
     options_document,
     options_fields,
 )
@@ -40,7 +44,7 @@ from .base import PublishResult, Stats, Store
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The logical schema version both SQL stores write; a newer one is refused."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -52,12 +56,18 @@ DELIVERY_COLUMNS = (
     "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
     "next_trigger, created_at, updated_at, last_status_code, last_error"
 )
-MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key"
+MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key, tenant"
 SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
     "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
-    "consecutive_failures"
+    "consecutive_failures, tenant"
 )
+TENANT_COLUMNS = (
+    "id, rate_limit, max_in_flight, max_subscriptions, metadata, created_at, updated_at"
+)
+
+CHANGES_KEPT = 10_000
+"""Subscription changes remembered for `SQLStore.changed_tenants` (older: reload all)."""
 ATTEMPT_COLUMNS = (
     "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
     "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
@@ -145,6 +155,24 @@ class TextCodec:
         return tuple(json.loads(value))
 
 
+def tenant_key(tenant: str | None) -> str:
+    """A tenant as stored: its id, or ``''`` for no tenant (a NOT NULL column keeps the
+    per-tenant unique index on idempotency keys whole)."""
+    return "" if tenant is None else tenant
+
+
+def tenant_of(value: str) -> str | None:
+    """A stored tenant column as the API gives it."""
+    return value or None
+
+
+def tenant_filter(tenant: TenantFilter, column: str = "tenant") -> tuple[str, Any]:
+    """A listing's ``tenant=`` as a `where_clause` filter (no filter for every tenant)."""
+    if isinstance(tenant, AllTenants):
+        return (column, None)
+    return (column, tenant_key(tenant))
+
+
 # -- rows --------------------------------------------------------------------------------
 def subscription_row(codec: Codec, s: Subscription) -> tuple[Any, ...]:
     """The `SUBSCRIPTION_COLUMNS` values of a subscription. Headers are a list of
@@ -165,6 +193,7 @@ def subscription_row(codec: Codec, s: Subscription) -> tuple[Any, ...]:
         codec.document(options_document(s)),
         None if s.failing_since is None else codec.time(s.failing_since),
         s.consecutive_failures,
+        tenant_key(s.tenant),
     )
 
 
@@ -188,6 +217,7 @@ def subscription(codec: Codec, row: Sequence[Any]) -> Subscription:
         updated_at=codec.from_time(row[11]),
         failing_since=None if row[13] is None else codec.from_time(row[13]),
         consecutive_failures=row[14],
+        tenant=row[15] or None,
         **options_fields(codec.from_document(row[12])),
     )
 
@@ -201,6 +231,7 @@ def message_row(codec: Codec, m: Message) -> tuple[Any, ...]:
         m.content_type,
         codec.time(m.created_at),
         m.idempotency_key,
+        tenant_key(m.tenant),
     )
 
 
@@ -213,6 +244,7 @@ def message(codec: Codec, row: Sequence[Any]) -> Message:
         content_type=row[3],
         created_at=codec.from_time(row[4]),
         idempotency_key=row[5],
+        tenant=row[6] or None,
     )
 
 
@@ -290,21 +322,45 @@ def open_due(state: Delivery) -> datetime | None:
     return state.next_attempt_at or state.updated_at
 
 
+def tenant_from_row(codec: Codec, row: Sequence[Any], subscriptions: int, pending: int) -> Tenant:
+    """The tenant of a `TENANT_COLUMNS` row, with its counts."""
+    return Tenant(
+        id=row[0],
+        rate_limit=row[1],
+        max_in_flight=row[2],
+        max_subscriptions=row[3],
+        metadata=codec.from_document(row[4]),
+        created_at=codec.from_time(row[5]),
+        updated_at=codec.from_time(row[6]),
+        subscriptions=subscriptions,
+        pending=pending,
+    )
+
+
 # -- publishing --------------------------------------------------------------------------
+def idempotency_keys(items: Sequence[tuple[Message, Sequence[str]]]) -> list[tuple[str, str]]:
+    """The batch's ``(tenant, key)`` pairs, sorted, each once."""
+    return sorted(
+        {(tenant_key(m.tenant), m.idempotency_key) for m, _ in items if m.idempotency_key}
+    )
+
+
 def plan_publish(
-    items: Sequence[tuple[Message, Sequence[str]]], stored: Mapping[str, Message]
+    items: Sequence[tuple[Message, Sequence[str]]],
+    stored: Mapping[tuple[str, str], Message],
 ) -> tuple[list[PublishResult], list[Message]]:
     """Idempotency for a batch: the results in input order, and the messages to insert.
 
-    A message whose key is already ``stored`` (key -> message) returns that one with
-    ``created=False``; so does a later message of the batch repeating an earlier key.
+    A message whose ``(tenant, key)`` is already ``stored`` returns that message with
+    ``created=False``; so does a later message of the batch repeating an earlier one.
+    Keys are scoped per tenant: one key under two tenants makes two messages.
     """
     seen = dict(stored)
     results: list[PublishResult] = []
     new_messages: list[Message] = []
     for candidate, subscription_ids in items:
-        key = candidate.idempotency_key
-        if key is not None:
+        if candidate.idempotency_key is not None:
+            key = (tenant_key(candidate.tenant), candidate.idempotency_key)
             if key in seen:
                 results.append(PublishResult(seen[key], False, 0))
                 continue
@@ -399,12 +455,48 @@ class SQLStore(Store):
             (flag, subscription.id, flag),
         )
 
-    def _bump_subscriptions_version(self, db: Connection) -> None:
+    def _bump_subscriptions_version(self, db: Connection, tenants: Iterable[str | None]) -> None:
+        """Count a subscription change, and log which tenants it touched (for the
+        publishers' per-tenant caches, `changed_tenants`)."""
         self._run(
             db,
             "UPDATE {schema}.webhook_dispatch_meta SET value = value + 1 "
             "WHERE key = 'subscriptions_version'",
         )
+        (version,) = self._run(
+            db,
+            "SELECT value FROM {schema}.webhook_dispatch_meta WHERE key = 'subscriptions_version'",
+        ).fetchone()
+        keys = sorted({tenant_key(tenant) for tenant in tenants})
+        for key in keys:
+            self._run(
+                db,
+                "INSERT INTO {schema}.subscription_changes (version, tenant) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (version, key),
+            )
+        if version % 100 == 0:
+            self._run(
+                db,
+                "DELETE FROM {schema}.subscription_changes WHERE version <= ?",
+                (version - CHANGES_KEPT,),
+            )
+
+    def changed_tenants(self, since: int) -> set[str | None] | None:
+        """The tenants whose subscriptions changed after version ``since`` (from the
+        change log), or None when the log no longer reaches back that far."""
+        with self._reading() as db:
+            (oldest,) = self._run(
+                db, "SELECT MIN(version) FROM {schema}.subscription_changes"
+            ).fetchone()
+            if oldest is None or oldest > since + 1:
+                return None  # changes before the log began, or pruned since
+            rows = self._run(
+                db,
+                "SELECT DISTINCT tenant FROM {schema}.subscription_changes WHERE version > ?",
+                (since,),
+            ).fetchall()
+        return {tenant_of(row[0]) for row in rows}
 
     def _run(self, db: Connection, text: str, parameters: Sequence[Any] = ()) -> Cursor:
         cursor: Cursor = db.execute(self._sql(text), parameters)
@@ -416,9 +508,12 @@ class SQLStore(Store):
 
     # -- subscriptions -------------------------------------------------------------------
     def add_subscription(self, subscription: Subscription) -> None:
-        """Store a new subscription."""
+        """Store a new subscription (its tenant comes to exist with it), refused with
+        `TenantLimitExceeded` when the tenant has ``max_subscriptions`` already."""
         marks = ", ".join("?" * len(SUBSCRIPTION_COLUMNS.split(",")))
         with self._writing() as db:
+            if subscription.tenant is not None:
+                self._admit_subscription(db, subscription)
             self._run(
                 db,
                 f"INSERT INTO {{schema}}.subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ({marks})",
@@ -426,7 +521,39 @@ class SQLStore(Store):
             )
             # An id used before may have open deliveries (retried after its removal).
             self._follow_ordered(db, subscription)
-            self._bump_subscriptions_version(db)
+            self._bump_subscriptions_version(db, [subscription.tenant])
+
+    def _admit_subscription(self, db: Connection, subscription: Subscription) -> None:
+        """Create the subscription's tenant if new, and hold its ``max_subscriptions``
+        (the tenant's row stays locked until the commit, so concurrent adds take turns)."""
+        moment = self.codec.time(subscription.created_at)
+        self._run(
+            db,
+            "INSERT INTO {schema}.tenants (id, metadata, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (subscription.tenant, self.codec.document({}), moment, moment),
+        )
+        (limit, deleting) = self._run(
+            db,
+            f"SELECT max_subscriptions, deleting FROM {{schema}}.tenants WHERE id = ?"
+            f"{self.lock_rows}",
+            (subscription.tenant,),
+        ).fetchone()
+        if deleting:
+            raise InvalidTenant(f"tenant {subscription.tenant!r} is being deleted")
+        if limit is not None:
+            (count,) = self._run(
+                db,
+                "SELECT COUNT(*) FROM {schema}.subscriptions WHERE tenant = ?",
+                (subscription.tenant,),
+            ).fetchone()
+            if count >= limit:
+                raise TenantLimitExceeded(
+                    f"tenant {subscription.tenant!r} has {count} subscriptions, its "
+                    f"max_subscriptions; remove one or raise the limit with set_tenant()",
+                    tenant=subscription.tenant,
+                    limit=limit,
+                )
 
     def save_subscription(self, subscription: Subscription) -> None:
         """Replace a stored subscription by id; `NotFound` if it does not exist."""
@@ -442,17 +569,19 @@ class SQLStore(Store):
             if not changed:
                 raise NotFound(f"no subscription with id {subscription.id!r}")
             self._follow_ordered(db, subscription)
-            self._bump_subscriptions_version(db)
+            self._bump_subscriptions_version(db, [subscription.tenant])
             if subscription.enabled:
                 self._notify(db)  # its held deliveries may be due
 
     def remove_subscription(self, subscription_id: str, now: datetime) -> None:
         """Delete a subscription; its unfinished deliveries become ``cancelled``."""
         with self._writing() as db:
-            if not self._run(
-                db, "DELETE FROM {schema}.subscriptions WHERE id = ?", (subscription_id,)
-            ).rowcount:
+            found = self._run(
+                db, "SELECT tenant FROM {schema}.subscriptions WHERE id = ?", (subscription_id,)
+            ).fetchall()
+            if not found:
                 raise NotFound(f"no subscription with id {subscription_id!r}")
+            self._run(db, "DELETE FROM {schema}.subscriptions WHERE id = ?", (subscription_id,))
             self._run(
                 db,
                 "UPDATE {schema}.deliveries SET status = 'cancelled', next_attempt_at = NULL, "
@@ -461,7 +590,7 @@ class SQLStore(Store):
                 f"AND status IN {UNFINISHED}",
                 (self.codec.time(now), subscription_id),
             )
-            self._bump_subscriptions_version(db)
+            self._bump_subscriptions_version(db, [tenant_of(found[0][0])])
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """The subscription with this id; `NotFound` otherwise."""
@@ -474,17 +603,22 @@ class SQLStore(Store):
         return subscription(self.codec, rows[0])
 
     def list_subscriptions(
-        self, *, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Subscription]:
-        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
-        after = decode_cursor(cursor, "subscriptions") or 0
-        text = f"SELECT seq, {SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions WHERE seq > ?"
-        parameters: list[Any] = [after]
+        """Subscriptions, oldest first (of one tenant): a page of ``limit``, or all (None)."""
+        conditions, parameters = where_clause(
+            ("seq >", decode_cursor(cursor, "subscriptions") or 0), tenant_filter(tenant)
+        )
+        text = f"SELECT seq, {SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions {conditions}"
         if limit is not None:
-            text += " ORDER BY seq LIMIT ?"
+            text += "ORDER BY seq LIMIT ?"
             parameters.append(check_limit(limit) + 1)
         else:
-            text += " ORDER BY seq"
+            text += "ORDER BY seq"
         found = [
             (row[0], subscription(self.codec, row[1:])) for row in self._rows(text, parameters)
         ]
@@ -513,10 +647,14 @@ class SQLStore(Store):
         event_type: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Message]:
-        """The newest messages first, optionally of one event type, a page at a time."""
+        """The newest messages first, optionally of one event type and one tenant, a page
+        at a time."""
         conditions, parameters = where_clause(
-            ("event_type", event_type), ("seq <", decode_cursor(cursor, "messages"))
+            tenant_filter(tenant),
+            ("event_type", event_type),
+            ("seq <", decode_cursor(cursor, "messages")),
         )
         parameters.append(check_limit(limit) + 1)
         rows = self._rows(
@@ -543,9 +681,11 @@ class SQLStore(Store):
         status: DeliveryStatus | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Delivery]:
         """Deliveries matching every given filter, oldest first, a page at a time."""
         conditions, parameters = where_clause(
+            tenant_filter(tenant),
             ("message_id", message_id),
             ("subscription_id", subscription_id),
             ("status", None if status is None else DeliveryStatus(status).value),
@@ -693,15 +833,22 @@ class SQLStore(Store):
         with self._writing() as db:
             return self._run(db, text + ")", parameters).rowcount
 
-    def stats(self, now: datetime) -> Stats:
-        """Counts of unfinished deliveries (from the partial indexes) and subscriptions."""
+    def stats(self, now: datetime, *, tenant: TenantFilter = ALL_TENANTS) -> Stats:
+        """Counts of unfinished deliveries (from the partial indexes) and subscriptions,
+        of one tenant or of all."""
+        scoped = "" if isinstance(tenant, AllTenants) else " AND tenant = ?"
+        where = "" if isinstance(tenant, AllTenants) else "WHERE tenant = ?"
+        key = () if isinstance(tenant, AllTenants) else (tenant_key(tenant),)
         [(pending, oldest, delivering, total, disabled, failing)] = self._rows(
-            "SELECT (SELECT COUNT(*) FROM {schema}.deliveries WHERE status = 'pending'), "
-            "(SELECT MIN(created_at) FROM {schema}.deliveries WHERE status = 'pending'), "
-            "(SELECT COUNT(*) FROM {schema}.deliveries WHERE status = 'delivering'), "
+            "SELECT (SELECT COUNT(*) FROM {schema}.deliveries WHERE status = 'pending'"
+            f"{scoped}), "
+            "(SELECT MIN(created_at) FROM {schema}.deliveries WHERE status = 'pending'"
+            f"{scoped}), "
+            f"(SELECT COUNT(*) FROM {{schema}}.deliveries WHERE status = 'delivering'{scoped}), "
             "COUNT(*), COALESCE(SUM(CASE WHEN enabled THEN 0 ELSE 1 END), 0), "
             "COALESCE(SUM(CASE WHEN enabled AND consecutive_failures > 0 THEN 1 ELSE 0 END), 0) "
-            "FROM {schema}.subscriptions"
+            f"FROM {{schema}}.subscriptions {where}",
+            key * 4,
         )
         return Stats(
             pending=pending,
@@ -711,3 +858,110 @@ class SQLStore(Store):
             disabled_subscriptions=disabled,
             failing_subscriptions=failing,
         )
+
+    # -- tenants ---------------------------------------------------------------------------
+    _TENANT_COUNTS = (
+        "(SELECT COUNT(*) FROM {schema}.subscriptions AS s WHERE s.tenant = t.id), "
+        "(SELECT COUNT(*) FROM {schema}.deliveries AS d WHERE d.status = 'pending' "
+        "AND d.tenant = t.id)"
+    )
+
+    def save_tenant(self, tenant: Tenant) -> Tenant:
+        """Create or replace a tenant's limits and metadata; ``created_at`` stays the
+        first save's (or its first subscription's)."""
+        with self._writing() as db:
+            self._run(
+                db,
+                f"INSERT INTO {{schema}}.tenants ({TENANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET rate_limit = excluded.rate_limit, "
+                "max_in_flight = excluded.max_in_flight, "
+                "max_subscriptions = excluded.max_subscriptions, "
+                "metadata = excluded.metadata, updated_at = excluded.updated_at",
+                (
+                    tenant.id,
+                    tenant.rate_limit,
+                    tenant.max_in_flight,
+                    tenant.max_subscriptions,
+                    self.codec.document(dict(tenant.metadata)),
+                    self.codec.time(tenant.created_at),
+                    self.codec.time(tenant.updated_at),
+                ),
+            )
+            self._notify(db)  # a raised limit may free held deliveries
+        return self.get_tenant(tenant.id)
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        """The tenant with its counts; `NotFound` unless it exists."""
+        rows = self._rows(
+            f"SELECT {prefixed('t', TENANT_COLUMNS)}, {self._TENANT_COUNTS} "
+            "FROM {schema}.tenants AS t WHERE t.id = ? AND NOT t.deleting",
+            (tenant_id,),
+        )
+        if not rows:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return tenant_from_row(self.codec, rows[0][:7], rows[0][7], rows[0][8])
+
+    def list_tenants(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Tenant]:
+        """Tenants in the order they came to exist, with their counts, a page at a time."""
+        rows = self._rows(
+            f"SELECT t.seq, {prefixed('t', TENANT_COLUMNS)}, {self._TENANT_COUNTS} "
+            "FROM {schema}.tenants AS t WHERE t.seq > ? AND NOT t.deleting "
+            "ORDER BY t.seq LIMIT ?",
+            (decode_cursor(cursor, "tenants") or 0, check_limit(limit) + 1),
+        )
+        found = [(row[0], tenant_from_row(self.codec, row[1:8], row[8], row[9])) for row in rows]
+        return page_of(found, limit, "tenants")
+
+    def close_tenant(self, tenant_id: str, now: datetime) -> None:
+        """Mark the tenant as being deleted, remove its subscriptions and cancel its
+        pending deliveries, in one transaction."""
+        moment = self.codec.time(now)
+        with self._writing() as db:
+            self._run(
+                db,
+                "INSERT INTO {schema}.tenants (id, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (tenant_id, self.codec.document({}), moment, moment),
+            )
+            self._run(
+                db, "UPDATE {schema}.tenants SET deleting = ? WHERE id = ?", (True, tenant_id)
+            )
+            self._run(db, "DELETE FROM {schema}.subscriptions WHERE tenant = ?", (tenant_id,))
+            self._cancel_tenant(db, tenant_id, moment)
+            self._bump_subscriptions_version(db, [tenant_id])
+
+    def _cancel_tenant(self, db: Connection, tenant_id: str, moment: Any) -> None:
+        """Cancel the tenant's unfinished deliveries that no live lease holds."""
+        self._run(
+            db,
+            "UPDATE {schema}.deliveries SET status = 'cancelled', next_attempt_at = NULL, "
+            "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+            "WHERE tenant = ? AND next_attempt_at IS NOT NULL "
+            "AND (status = 'pending' OR (status = 'delivering' AND lease_expires_at <= ?))",
+            (moment, tenant_id, moment),
+        )
+
+    def purge_tenant(self, tenant_id: str, now: datetime, *, limit: int) -> tuple[int, int]:
+        """Cancel what no live lease holds, delete up to ``limit`` of the tenant's
+        messages that no live lease holds; the tenant's row goes with the last batch."""
+        moment = self.codec.time(now)
+        with self._writing() as db:
+            self._cancel_tenant(db, tenant_id, moment)
+            removed = self._run(
+                db,
+                "DELETE FROM {schema}.messages WHERE id IN (SELECT m.id FROM {schema}.messages "
+                "AS m WHERE m.tenant = ? AND NOT EXISTS (SELECT 1 FROM {schema}.deliveries AS d "
+                f"WHERE d.message_id = m.id AND d.status IN {UNFINISHED}) ORDER BY m.seq LIMIT ?)",
+                (tenant_id, limit),
+            ).rowcount
+            (held,) = self._run(
+                db,
+                "SELECT COUNT(*) FROM {schema}.deliveries WHERE tenant = ? "
+                f"AND status IN {UNFINISHED}",
+                (tenant_id,),
+            ).fetchone()
+            if not removed and not held:
+                self._run(db, "DELETE FROM {schema}.tenants WHERE id = ?", (tenant_id,))
+            return removed, held

@@ -34,7 +34,16 @@ import attrs
 
 from ..errors import ConfigurationError
 from ..health import AutoDisable
-from ..models import Attempt, Delivery, DeliveryStatus, Message, Subscription
+from ..models import (
+    ALL_TENANTS,
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Message,
+    Subscription,
+    Tenant,
+    TenantFilter,
+)
 from ..paging import Page
 
 __all__ = [
@@ -46,6 +55,9 @@ __all__ = [
     "RecordResult",
     "Stats",
     "Store",
+    "TenantGate",
+    "ring_after",
+    "share_round_robin",
 ]
 
 
@@ -74,6 +86,8 @@ class AttemptRecord:
     event_type: str | None = None
     """The message's event type, for the operational events this record causes
     (stores do not write it)."""
+    tenant: str | None = None
+    """The message's tenant, for the same (operational events stay within it)."""
 
 
 @attrs.frozen
@@ -212,6 +226,110 @@ class ClaimPlan:
         self.closed.add(subscription_id)
 
 
+def share_round_robin(
+    tenants: Sequence[str], limit: int, take: Callable[[str, int], int]
+) -> str | None:
+    """Fair claiming: give ``limit`` slots to ``tenants`` in turn.
+
+    ``take(tenant, quota)`` claims at most ``quota`` of that tenant's due deliveries and
+    returns how many it took. Each tenant gets an equal share of what is left when its
+    turn comes (so a tenant with little due leaves its share to those after it); a
+    second pass offers what remains to the tenants that used their whole share, in the
+    same order, continuing where their first walk stopped. Returns the last tenant of
+    the first pass: the next claim's ring starts after it, so with more tenants due
+    than slots, every tenant gets its turn.
+    """
+    taken = 0
+    hungry: list[str] = []
+    last: str | None = None
+    for index, tenant in enumerate(tenants):
+        left = limit - taken
+        if left <= 0:
+            break
+        quota = -(-left // (len(tenants) - index))
+        got = take(tenant, quota)
+        taken += got
+        last = tenant
+        if got >= quota:
+            hungry.append(tenant)
+    for tenant in hungry:
+        left = limit - taken
+        if left <= 0:
+            break
+        taken += take(tenant, left)
+    return last
+
+
+def ring_after(tenants: Sequence[str], cursor: str | None, count: int) -> list[str]:
+    """Up to ``count`` of the sorted ``tenants``, starting after ``cursor`` and
+    wrapping around: the round-robin order of one claim."""
+    if cursor is None:
+        return list(tenants[:count])
+    start = next((i for i, tenant in enumerate(tenants) if tenant > cursor), len(tenants))
+    return [*tenants[start:], *tenants[:start]][:count]
+
+
+class TenantGate:
+    """Tenant-wide limits during one claim, across every endpoint of the tenant.
+
+    ``settings`` maps a tenant id to ``(max_in_flight, rate_limit, tat)``: the limits
+    of `Tenant` and the tenant's rate state (a GCRA theoretical arrival time in
+    microseconds, 0 when never used). ``in_flight`` counts the tenant's deliveries under
+    live leases. `room` is how many more deliveries the tenant may get in this claim;
+    `took` counts what it got; `tats` are the rate states to write back (in the claim's
+    transaction, so every worker sees them).
+
+    The rate limit lets a burst of one second's worth of requests (at least one) through,
+    then ``rate_limit`` per second.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, tuple[int | None, float | None, int]],
+        in_flight: Mapping[str, int],
+        now_us: int,
+    ) -> None:
+        self._settings = settings
+        self._in_flight = dict(in_flight)
+        self._now_us = now_us
+        self._taken: dict[str, int] = {}
+
+    def room(self, tenant: str) -> float:
+        """How many more of ``tenant``'s deliveries this claim may take."""
+        found = self._settings.get(tenant)
+        if found is None:
+            return float("inf")
+        max_in_flight, rate_limit, tat = found
+        taken = self._taken.get(tenant, 0)
+        room = float("inf")
+        if max_in_flight is not None:
+            room = max_in_flight - self._in_flight.get(tenant, 0) - taken
+        if rate_limit is not None:
+            interval = 1_000_000 / rate_limit
+            burst = max(1.0, rate_limit) * interval
+            start = max(tat, self._now_us - burst)
+            room = min(room, (self._now_us - start) // interval - taken)
+        return max(0.0, room)
+
+    def took(self, tenant: str, count: int) -> None:
+        """``count`` more of ``tenant``'s deliveries were taken."""
+        if count:
+            self._taken[tenant] = self._taken.get(tenant, 0) + count
+
+    def tats(self) -> dict[str, int]:
+        """The new rate state of each rate-limited tenant that got deliveries."""
+        new: dict[str, int] = {}
+        for tenant, count in self._taken.items():
+            found = self._settings.get(tenant)
+            if found is None or found[1] is None:
+                continue
+            interval = 1_000_000 / found[1]
+            burst = max(1.0, found[1]) * interval
+            start = max(found[2], self._now_us - burst)
+            new[tenant] = int(start + count * interval)
+        return new
+
+
 @attrs.frozen
 class PublishResult:
     """What `Store.publish` did: the stored message and whether it is new.
@@ -258,10 +376,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_subscriptions(
-        self, *, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Subscription]:
         """Subscriptions, oldest first: a page of ``limit`` after ``cursor``, or every
-        one (``limit=None``, for building the matching index)."""
+        one (``limit=None``, for building a tenant's matching index); ``tenant`` keeps
+        one tenant's (None: the untenanted ones)."""
 
     @abc.abstractmethod
     def subscriptions_version(self) -> int:
@@ -295,10 +418,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_messages(
-        self, *, event_type: str | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Message]:
-        """The newest messages first, optionally of one event type: a page of ``limit``
-        after ``cursor`` (a `Page.next_cursor` of the same listing)."""
+        """The newest messages first, optionally of one event type and one tenant: a
+        page of ``limit`` after ``cursor`` (a `Page.next_cursor` of the same listing)."""
 
     # -- deliveries --------------------------------------------------------------
     @abc.abstractmethod
@@ -373,6 +501,7 @@ class Store(abc.ABC):
         status: DeliveryStatus | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Delivery]:
         """Deliveries matching every given filter, oldest first: a page of ``limit``
         after ``cursor`` (a `Page.next_cursor` of the same listing)."""
@@ -405,8 +534,45 @@ class Store(abc.ABC):
         purge never holds the store's write lock for long."""
 
     @abc.abstractmethod
-    def stats(self, now: datetime) -> Stats:
-        """Counts of unfinished deliveries and of subscriptions by state (`Stats`)."""
+    def stats(self, now: datetime, *, tenant: TenantFilter = ALL_TENANTS) -> Stats:
+        """Counts of unfinished deliveries and of subscriptions by state (`Stats`), of
+        one tenant or of all."""
+
+    # -- tenants -------------------------------------------------------------------
+    @abc.abstractmethod
+    def save_tenant(self, tenant: Tenant) -> Tenant:
+        """Create or replace a tenant's limits and metadata (its counts are ignored);
+        return it as stored (``created_at`` kept from the first save)."""
+
+    @abc.abstractmethod
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        """The tenant with its counts; `NotFound` unless it was saved or has a
+        subscription."""
+
+    @abc.abstractmethod
+    def list_tenants(self, *, limit: int = 100, cursor: str | None = None) -> Page[Tenant]:
+        """Tenants by id, with their counts, a page of ``limit`` after ``cursor``."""
+
+    @abc.abstractmethod
+    def close_tenant(self, tenant_id: str, now: datetime) -> None:
+        """The first step of deleting a tenant, in one transaction: remove its
+        subscriptions (so nothing more is published or claimed for it) and cancel its
+        pending deliveries. Deliveries under a live lease stay until their attempt is
+        recorded or the lease expires (`purge_tenant` then removes them)."""
+
+    @abc.abstractmethod
+    def purge_tenant(self, tenant_id: str, now: datetime, *, limit: int) -> tuple[int, int]:
+        """One batch of a tenant's deletion: cancel its unfinished deliveries not under
+        a live lease, then delete up to ``limit`` of its messages with no live lease,
+        with their deliveries and attempts. Returns ``(messages deleted, deliveries
+        still under a live lease)``; once both are 0 the tenant itself is gone."""
+
+    def changed_tenants(self, since: int) -> set[str | None] | None:
+        """The tenants (None: the untenanted) whose subscriptions changed after
+        `subscriptions_version` was ``since``, or None when that is not known (every
+        cached tenant is then reloaded). The default never knows."""
+        del since
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

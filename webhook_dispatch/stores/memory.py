@@ -15,19 +15,48 @@ from datetime import datetime
 
 import attrs
 
-from ..errors import NotFound, StoreError
+from ..errors import InvalidTenant, NotFound, StoreError, TenantLimitExceeded
 from ..health import AutoDisable, settle_health
 from ..models import (
+    ALL_TENANTS,
+    AllTenants,
     Attempt,
     AttemptTrigger,
     Delivery,
     DeliveryStatus,
     Message,
     Subscription,
+    Tenant,
+    TenantFilter,
     new_id,
 )
 from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
-from .base import AttemptRecord, Claim, ClaimPlan, PublishResult, RecordResult, Stats, Store
+from .base import (
+    AttemptRecord,
+    Claim,
+    ClaimPlan,
+    PublishResult,
+    RecordResult,
+    Stats,
+    Store,
+    TenantGate,
+    ring_after,
+    share_round_robin,
+)
+
+_CHANGES_KEPT = 10_000
+"""Subscription changes remembered for `MemoryStore.changed_tenants`."""
+
+
+def _key(tenant: str | None) -> str:
+    """A tenant as the store keys it: '' for no tenant."""
+    return tenant or ""
+
+
+def _wanted(tenant: TenantFilter, value: str | None) -> bool:
+    """Whether a row of tenant ``value`` passes a listing's ``tenant=`` filter."""
+    return isinstance(tenant, AllTenants) or tenant == value
+
 
 __all__ = ["MemoryStore"]
 
@@ -42,12 +71,18 @@ class MemoryStore(Store):
         self._subscriptions: dict[str, Subscription] = {}
         self._subscriptions_version = 0
         self._messages: dict[str, Message] = {}
-        self._by_idempotency_key: dict[str, str] = {}
+        self._by_idempotency_key: dict[tuple[str, str], str] = {}
         self._deliveries: dict[str, Delivery] = {}
         self._deliveries_by_message: dict[str, list[str]] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._attempts: dict[str, list[Attempt]] = {}
-        self._due: list[tuple[datetime, int, str]] = []
+        # One heap of due times per tenant ('' for none): claims take tenants in turn.
+        self._due: dict[str, list[tuple[datetime, int, str]]] = {}
+        self._ring_cursor: str | None = None
+        self._tenants: dict[str, Tenant] = {}
+        self._deleting: set[str] = set()
+        self._rate_tats: dict[str, int] = {}
+        self._changes: list[tuple[int, str]] = []  # (version, tenant), oldest first
         self._sequence = itertools.count()
         # Publish order of every unfinished delivery, by subscription: an ordered
         # subscription delivers only its oldest (the smallest number).
@@ -68,9 +103,11 @@ class MemoryStore(Store):
         with self._lock:
             if subscription.id in self._subscriptions:
                 raise StoreError(f"a subscription with id {subscription.id!r} already exists")
+            if subscription.tenant is not None:
+                self._admit(subscription)
             self._subscriptions[subscription.id] = subscription
             self._positions[subscription.id] = next(self._next_position)
-            self._subscriptions_version += 1
+            self._bump([subscription.tenant])
             # An id used before may have open deliveries (retried after its removal).
             for delivery in self._deliveries.values():
                 if delivery.subscription_id == subscription.id and not delivery.status.is_final:
@@ -78,21 +115,58 @@ class MemoryStore(Store):
                         delivery.id
                     ]
 
+    def _admit(self, subscription: Subscription) -> None:
+        """Create the subscription's tenant if new, and hold its ``max_subscriptions``."""
+        tenant_id = _key(subscription.tenant)
+        if tenant_id in self._deleting:
+            raise InvalidTenant(f"tenant {tenant_id!r} is being deleted")
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            moment = subscription.created_at
+            tenant = self._tenants[tenant_id] = Tenant(
+                id=tenant_id, created_at=moment, updated_at=moment
+            )
+            self._positions["tenant:" + tenant_id] = next(self._next_position)
+        if tenant.max_subscriptions is not None:
+            count = sum(s.tenant == tenant_id for s in self._subscriptions.values())
+            if count >= tenant.max_subscriptions:
+                raise TenantLimitExceeded(
+                    f"tenant {tenant_id!r} has {count} subscriptions, its max_subscriptions; "
+                    "remove one or raise the limit with set_tenant()",
+                    tenant=tenant_id,
+                    limit=tenant.max_subscriptions,
+                )
+
+    def _bump(self, tenants: Sequence[str | None]) -> None:
+        """Count a subscription change and log the tenants it touched."""
+        self._subscriptions_version += 1
+        self._changes.extend((self._subscriptions_version, _key(t)) for t in set(tenants))
+        if len(self._changes) > 2 * _CHANGES_KEPT:
+            del self._changes[:-_CHANGES_KEPT]
+
+    def changed_tenants(self, since: int) -> set[str | None] | None:
+        """The tenants whose subscriptions changed after version ``since``, or None when
+        the log no longer reaches back that far."""
+        with self._lock:
+            if not self._changes or self._changes[0][0] > since + 1:
+                return None if since < self._subscriptions_version else set()
+            return {tenant or None for version, tenant in self._changes if version > since}
+
     def save_subscription(self, subscription: Subscription) -> None:
         """Replace a stored subscription by id; `NotFound` if it does not exist."""
         with self._lock:
             before = self._subscription(subscription.id)
             self._subscriptions[subscription.id] = subscription
-            self._subscriptions_version += 1
-            del before  # held deliveries stay in the due heap; enabling frees them
+            self._bump([before.tenant, subscription.tenant])
+            # held deliveries stay in the due heap; enabling frees them
 
     def remove_subscription(self, subscription_id: str, now: datetime) -> None:
         """Delete a subscription; its unfinished deliveries become ``cancelled``."""
         with self._lock:
-            self._subscription(subscription_id)
+            removed = self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
             self._positions.pop(subscription_id, None)
-            self._subscriptions_version += 1
+            self._bump([removed.tenant])
             for delivery in list(self._deliveries.values()):
                 if delivery.subscription_id == subscription_id and not delivery.status.is_final:
                     self._deliveries[delivery.id] = attrs.evolve(
@@ -110,15 +184,20 @@ class MemoryStore(Store):
             return self._subscription(subscription_id)
 
     def list_subscriptions(
-        self, *, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Subscription]:
-        """Subscriptions, oldest first: a page of ``limit``, or every one (None)."""
+        """Subscriptions, oldest first (of one tenant): a page of ``limit``, or all (None)."""
         after = decode_cursor(cursor, "subscriptions") or 0
         with self._lock:
             found = [
                 (position, subscription)
                 for subscription in self._subscriptions.values()
                 if (position := self._positions[subscription.id]) > after
+                and _wanted(tenant, subscription.tenant)
             ]
         return page_of(found, len(found) if limit is None else check_limit(limit), "subscriptions")
 
@@ -140,22 +219,21 @@ class MemoryStore(Store):
         """`publish` for a batch, all or nothing."""
         with self._lock:
             for message, subscription_ids in items:
-                if message.idempotency_key not in self._by_idempotency_key:
-                    for subscription_id in subscription_ids:
-                        self._subscription(subscription_id)  # all or nothing
+                key = (_key(message.tenant), message.idempotency_key or "")
+                if message.idempotency_key is None or key not in self._by_idempotency_key:
+                    self._check_owners(message, subscription_ids)  # all or nothing
             return [self._publish(message, ids, now) for message, ids in items]
 
     def _publish(
         self, message: Message, subscription_ids: Sequence[str], now: datetime
     ) -> PublishResult:
-        key = message.idempotency_key
-        if key is not None and key in self._by_idempotency_key:
+        key = (_key(message.tenant), message.idempotency_key or "")
+        if message.idempotency_key is not None and key in self._by_idempotency_key:
             return PublishResult(self._messages[self._by_idempotency_key[key]], False, 0)
-        for subscription_id in subscription_ids:
-            self._subscription(subscription_id)
+        self._check_owners(message, subscription_ids)
         self._messages[message.id] = message
         self._positions[message.id] = next(self._next_position)
-        if key is not None:
+        if message.idempotency_key is not None:
             self._by_idempotency_key[key] = message.id
         ids = self._deliveries_by_message.setdefault(message.id, [])
         for subscription_id in subscription_ids:
@@ -174,6 +252,16 @@ class MemoryStore(Store):
             self._push_due(delivery)
         return PublishResult(message, True, len(subscription_ids))
 
+    def _check_owners(self, message: Message, subscription_ids: Sequence[str]) -> None:
+        """`NotFound` unless every subscription exists and belongs to the message's
+        tenant (never another tenant's endpoint, even from a stale match)."""
+        for subscription_id in subscription_ids:
+            if self._subscription(subscription_id).tenant != message.tenant:
+                raise NotFound(
+                    f"no subscription with id {subscription_id!r} belongs to tenant "
+                    f"{message.tenant!r}"
+                )
+
     def get_message(self, message_id: str) -> Message:
         """The message with this id; `NotFound` otherwise."""
         with self._lock:
@@ -188,8 +276,10 @@ class MemoryStore(Store):
         event_type: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Message]:
-        """The newest messages first, optionally of one event type, a page at a time."""
+        """The newest messages first, optionally of one event type and one tenant, a page
+        at a time."""
         before = decode_cursor(cursor, "messages")
         wanted = check_limit(limit) + 1
         found: list[tuple[int, Message]] = []
@@ -198,7 +288,9 @@ class MemoryStore(Store):
                 position = self._positions[message.id]
                 if before is not None and position >= before:
                     continue
-                if event_type is None or message.event_type == event_type:
+                if (event_type is None or message.event_type == event_type) and _wanted(
+                    tenant, message.tenant
+                ):
                     found.append((position, message))
                     if len(found) == wanted:
                         break
@@ -221,6 +313,8 @@ class MemoryStore(Store):
         with self._lock:
             in_flight: Counter[str] = Counter()
             for delivery_id, (_, expires) in list(self._leases.items()):
+                if not self._deliverable(delivery_id, enabled_only=False):
+                    continue  # a deleted tenant's: its purge cancels it
                 if expires <= now and len(claims) < limit:
                     claims.append(self._lease(delivery_id, lease_until, worker_id, now))
                 elif expires > now:
@@ -233,38 +327,80 @@ class MemoryStore(Store):
                 in_flight=in_flight,
                 proven=proven,
             )
+            due = sorted(t for t, heap in self._due.items() if heap and heap[0][0] <= now)
+            order = ring_after(due, self._ring_cursor, plan.limit)
+            gate = self._gate(order, now, claims)
             skipped: list[tuple[datetime, int, str]] = []
-            while self._due and not plan.is_full() and self._due[0][0] <= now:
-                entry = heapq.heappop(self._due)
-                delivery_id = entry[2]
-                if self._is_stale(entry):
-                    continue  # the delivery moved on since this entry was pushed
-                skipped.append(entry)  # taken ones are not stale next time: dropped then
-                if not self._deliverable(delivery_id):
-                    continue  # held until the subscription is enabled again
-                subscription = self._subscriptions[self._deliveries[delivery_id].subscription_id]
-                is_head = True
-                if subscription.ordered:
-                    head = self._deliveries[self._head(subscription.id)]
-                    is_head = head.id == delivery_id
-                    if not is_head and (
-                        head.status is not DeliveryStatus.PENDING
-                        or head.next_attempt_at is None
-                        or head.next_attempt_at > now
-                    ):
-                        plan.close(subscription.id)
-                if plan.consider(
-                    subscription.id,
-                    max_in_flight=subscription.max_in_flight,
-                    ordered=subscription.ordered,
-                    is_head=is_head,
-                    failing=subscription.consecutive_failures > 0,
-                ):
-                    skipped.pop()
-                    claims.append(self._lease(delivery_id, lease_until, worker_id, now))
+
+            def take(tenant: str, quota: int) -> int:
+                if gate is not None:
+                    quota = int(min(quota, gate.room(tenant)))
+                got = 0
+                heap = self._due.get(tenant, [])
+                while heap and got < quota and not plan.is_full() and heap[0][0] <= now:
+                    entry = heapq.heappop(heap)
+                    if self._is_stale(entry):
+                        continue  # the delivery moved on since this entry was pushed
+                    skipped.append(entry)  # taken ones are not stale next time: dropped then
+                    if self._consider(plan, entry[2], now):
+                        skipped.pop()
+                        claims.append(self._lease(entry[2], lease_until, worker_id, now))
+                        got += 1
+                if gate is not None:
+                    gate.took(tenant, got)
+                return got
+
+            if order:
+                self._ring_cursor = share_round_robin(order, plan.limit, take)
+            if gate is not None:
+                self._rate_tats.update(gate.tats())
             for entry in skipped:
-                heapq.heappush(self._due, entry)
+                self._push_entry(entry)
         return claims
+
+    def _consider(self, plan: ClaimPlan, delivery_id: str, now: datetime) -> bool:
+        """Whether the plan takes this due delivery (held, ordered, capped: no)."""
+        if not self._deliverable(delivery_id):
+            return False  # held until the subscription is enabled again
+        subscription = self._subscriptions[self._deliveries[delivery_id].subscription_id]
+        is_head = True
+        if subscription.ordered:
+            head = self._deliveries[self._head(subscription.id)]
+            is_head = head.id == delivery_id
+            if not is_head and (
+                head.status is not DeliveryStatus.PENDING
+                or head.next_attempt_at is None
+                or head.next_attempt_at > now
+            ):
+                plan.close(subscription.id)
+        return plan.consider(
+            subscription.id,
+            max_in_flight=subscription.max_in_flight,
+            ordered=subscription.ordered,
+            is_head=is_head,
+            failing=subscription.consecutive_failures > 0,
+        )
+
+    def _gate(self, order: list[str], now: datetime, reclaimed: list[Claim]) -> TenantGate | None:
+        """The tenant-wide limits of this claim's tenants, or None when none has any."""
+        settings = {
+            t: (tenant.max_in_flight, tenant.rate_limit, self._rate_tats.get(t, 0))
+            for t in order
+            if (tenant := self._tenants.get(t)) is not None
+            and (tenant.max_in_flight is not None or tenant.rate_limit is not None)
+        }
+        if not settings:
+            return None
+        in_flight: Counter[str] = Counter(
+            self._tenant_of(delivery_id)
+            for delivery_id, (_, expires) in self._leases.items()
+            if expires > now
+        )
+        in_flight.update(self._tenant_of(claim.delivery.id) for claim in reclaimed)
+        return TenantGate(settings, in_flight, _us(now))
+
+    def _tenant_of(self, delivery_id: str) -> str:
+        return _key(self._messages[self._deliveries[delivery_id].message_id].tenant)
 
     def _head(self, subscription_id: str) -> str:
         unfinished = self._unfinished[subscription_id]
@@ -296,6 +432,8 @@ class MemoryStore(Store):
             gone: list[tuple[str, str]] = []
             for record in records:
                 attempt = record.attempt
+                if attempt.message_id not in self._messages:
+                    continue  # deleted meanwhile (its tenant was)
                 self._attempts.setdefault(attempt.message_id, []).append(attempt)
                 lease = self._leases.get(attempt.delivery_id)
                 if lease is None or lease[0] != worker_id:
@@ -328,7 +466,7 @@ class MemoryStore(Store):
                     disabled_reason=reason,
                     updated_at=at,
                 )
-                self._subscriptions_version += 1
+                self._bump([self._subscriptions[subscription_id].tenant])
         return RecordResult(
             tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
         )
@@ -359,17 +497,20 @@ class MemoryStore(Store):
             return min([*leases, *self._first_deliverable_due()], default=None)
 
     def _first_deliverable_due(self) -> list[datetime]:
-        while self._due and self._is_stale(self._due[0]):
-            heapq.heappop(self._due)
-        # Usually the head; a disabled subscription's held entries, or an ordered one's
-        # deliveries queued behind its head, force an ordered scan.
-        for entry in [self._due[0]] if self._due else []:
-            if self._claimable(entry[2]):
-                return [entry[0]]
-        for entry in sorted(self._due):
-            if not self._is_stale(entry) and self._claimable(entry[2]):
-                return [entry[0]]
-        return []
+        found: list[datetime] = []
+        for heap in self._due.values():
+            while heap and self._is_stale(heap[0]):
+                heapq.heappop(heap)
+            # Usually the head; a disabled subscription's held entries, or an ordered
+            # one's deliveries queued behind its head, force an ordered scan.
+            if heap and self._claimable(heap[0][2]):
+                found.append(heap[0][0])
+                continue
+            for entry in sorted(heap):
+                if not self._is_stale(entry) and self._claimable(entry[2]):
+                    found.append(entry[0])
+                    break
+        return [min(found)] if found else []
 
     def _claimable(self, delivery_id: str) -> bool:
         """On an enabled subscription and, for an ordered one, its oldest unfinished."""
@@ -388,9 +529,9 @@ class MemoryStore(Store):
             or delivery.next_attempt_at != entry[0]
         )
 
-    def _deliverable(self, delivery_id: str) -> bool:
+    def _deliverable(self, delivery_id: str, *, enabled_only: bool = True) -> bool:
         subscription = self._subscriptions.get(self._deliveries[delivery_id].subscription_id)
-        return subscription is not None and subscription.enabled
+        return subscription is not None and (subscription.enabled or not enabled_only)
 
     def get_delivery(self, delivery_id: str) -> Delivery:
         """The delivery with this id; `NotFound` otherwise."""
@@ -408,6 +549,7 @@ class MemoryStore(Store):
         status: DeliveryStatus | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         cursor: str | None = None,
+        tenant: TenantFilter = ALL_TENANTS,
     ) -> Page[Delivery]:
         """Deliveries matching every given filter, oldest first, a page at a time."""
         after = decode_cursor(cursor, "deliveries")
@@ -427,6 +569,7 @@ class MemoryStore(Store):
                     position > after
                     and (subscription_id is None or delivery.subscription_id == subscription_id)
                     and (status is None or delivery.status is status)
+                    and _wanted(tenant, self._messages[delivery.message_id].tenant)
                 ):
                     found.append((position, delivery))
                     if len(found) == wanted:
@@ -499,30 +642,38 @@ class MemoryStore(Store):
             ]
             if limit is not None:
                 doomed = doomed[:limit]
-            for message_id in doomed:
-                message = self._messages.pop(message_id)
-                self._positions.pop(message_id, None)
-                if message.idempotency_key is not None:
-                    self._by_idempotency_key.pop(message.idempotency_key, None)
-                for delivery_id in self._deliveries_by_message.pop(message_id, []):
-                    del self._deliveries[delivery_id]
-                    self._order.pop(delivery_id, None)
-                self._attempts.pop(message_id, None)
+            self._forget_messages(doomed)
             return len(doomed)
 
-    def stats(self, now: datetime) -> Stats:
-        """Counts of unfinished deliveries and of subscriptions by state."""
+    def _forget_messages(self, doomed: Sequence[str]) -> None:
+        """Delete these messages with their deliveries and attempts."""
+        for message_id in doomed:
+            message = self._messages.pop(message_id)
+            self._positions.pop(message_id, None)
+            if message.idempotency_key is not None:
+                self._by_idempotency_key.pop((_key(message.tenant), message.idempotency_key), None)
+            for delivery_id in self._deliveries_by_message.pop(message_id, []):
+                del self._deliveries[delivery_id]
+                self._order.pop(delivery_id, None)
+            self._attempts.pop(message_id, None)
+
+    def stats(self, now: datetime, *, tenant: TenantFilter = ALL_TENANTS) -> Stats:
+        """Counts of unfinished deliveries and of subscriptions by state (of one tenant)."""
         with self._lock:
             pending = [
-                self._deliveries[delivery_id]
+                delivery
                 for unfinished in self._unfinished.values()
                 for delivery_id in unfinished
-                if self._deliveries[delivery_id].status is DeliveryStatus.PENDING
+                if (delivery := self._deliveries[delivery_id]).status is DeliveryStatus.PENDING
+                and _wanted(tenant, self._messages[delivery.message_id].tenant)
             ]
-            subscriptions = list(self._subscriptions.values())
+            subscriptions = [s for s in self._subscriptions.values() if _wanted(tenant, s.tenant)]
             return Stats(
                 pending=len(pending),
-                delivering=len(self._leases),
+                delivering=sum(
+                    _wanted(tenant, self._tenant_of(delivery_id) or None)
+                    for delivery_id in self._leases
+                ),
                 oldest_pending_at=min((d.created_at for d in pending), default=None),
                 subscriptions=len(subscriptions),
                 disabled_subscriptions=sum(not s.enabled for s in subscriptions),
@@ -530,6 +681,109 @@ class MemoryStore(Store):
                     s.enabled and s.consecutive_failures > 0 for s in subscriptions
                 ),
             )
+
+    # -- tenants -------------------------------------------------------------------
+    def save_tenant(self, tenant: Tenant) -> Tenant:
+        """Create or replace a tenant's limits and metadata."""
+        with self._lock:
+            before = self._tenants.get(tenant.id)
+            if before is None:
+                self._positions["tenant:" + tenant.id] = next(self._next_position)
+            self._tenants[tenant.id] = attrs.evolve(
+                tenant,
+                created_at=tenant.created_at if before is None else before.created_at,
+                subscriptions=0,
+                pending=0,
+            )
+            self._deleting.discard(tenant.id)
+            return self._counted(tenant.id)
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        """The tenant with its counts; `NotFound` unless it exists."""
+        with self._lock:
+            if tenant_id not in self._tenants or tenant_id in self._deleting:
+                raise NotFound(f"no tenant {tenant_id!r}")
+            return self._counted(tenant_id)
+
+    def _counted(self, tenant_id: str) -> Tenant:
+        stats = self.stats(datetime.max, tenant=tenant_id)
+        return attrs.evolve(
+            self._tenants[tenant_id], subscriptions=stats.subscriptions, pending=stats.pending
+        )
+
+    def list_tenants(
+        self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[Tenant]:
+        """Tenants in the order they came to exist, with their counts, a page at a time."""
+        after = decode_cursor(cursor, "tenants") or 0
+        wanted = check_limit(limit) + 1
+        with self._lock:
+            found = sorted(
+                (position, tenant_id)
+                for tenant_id in self._tenants
+                if tenant_id not in self._deleting
+                and (position := self._positions["tenant:" + tenant_id]) > after
+            )[:wanted]
+            return page_of(
+                [(position, self._counted(tenant_id)) for position, tenant_id in found],
+                limit,
+                "tenants",
+            )
+
+    def close_tenant(self, tenant_id: str, now: datetime) -> None:
+        """Mark the tenant as being deleted, remove its subscriptions and cancel its
+        pending deliveries."""
+        with self._lock:
+            if tenant_id not in self._tenants:
+                self._tenants[tenant_id] = Tenant(id=tenant_id, created_at=now, updated_at=now)
+                self._positions["tenant:" + tenant_id] = next(self._next_position)
+            self._deleting.add(tenant_id)
+            for subscription in list(self._subscriptions.values()):
+                if subscription.tenant == tenant_id:
+                    del self._subscriptions[subscription.id]
+                    self._positions.pop(subscription.id, None)
+            self._cancel_tenant(tenant_id, now)
+            self._bump([tenant_id])
+
+    def _cancel_tenant(self, tenant_id: str, now: datetime) -> None:
+        for delivery in list(self._deliveries.values()):
+            if delivery.status.is_final or self._tenant_of(delivery.id) != tenant_id:
+                continue
+            lease = self._leases.get(delivery.id)
+            if lease is not None and lease[1] > now:
+                continue  # its attempt may be under way: waited for
+            self._leases.pop(delivery.id, None)
+            self._deliveries[delivery.id] = attrs.evolve(
+                delivery, status=DeliveryStatus.CANCELLED, next_attempt_at=None, updated_at=now
+            )
+            self._unfinished.get(delivery.subscription_id, {}).pop(delivery.id, None)
+
+    def purge_tenant(self, tenant_id: str, now: datetime, *, limit: int) -> tuple[int, int]:
+        """Cancel what no live lease holds, delete up to ``limit`` of the tenant's
+        messages that no live lease holds; the tenant goes with the last batch."""
+        with self._lock:
+            self._cancel_tenant(tenant_id, now)
+            doomed = [
+                m.id
+                for m in self._messages.values()
+                if m.tenant == tenant_id
+                and all(
+                    self._deliveries[i].status.is_final
+                    for i in self._deliveries_by_message.get(m.id, [])
+                )
+            ][:limit]
+            self._forget_messages(doomed)
+            held = sum(
+                not d.status.is_final and self._tenant_of(d.id) == tenant_id
+                for d in self._deliveries.values()
+            )
+            if not doomed and not held:
+                self._tenants.pop(tenant_id, None)
+                self._positions.pop("tenant:" + tenant_id, None)
+                self._deleting.discard(tenant_id)
+                self._rate_tats.pop(tenant_id, None)
+                self._due.pop(tenant_id, None)
+            return len(doomed), held
 
     def close(self) -> None:
         """Nothing to release."""
@@ -543,4 +797,12 @@ class MemoryStore(Store):
 
     def _push_due(self, delivery: Delivery) -> None:
         if delivery.status is DeliveryStatus.PENDING and delivery.next_attempt_at is not None:
-            heapq.heappush(self._due, (delivery.next_attempt_at, next(self._sequence), delivery.id))
+            self._push_entry((delivery.next_attempt_at, next(self._sequence), delivery.id))
+
+    def _push_entry(self, entry: tuple[datetime, int, str]) -> None:
+        heapq.heappush(self._due.setdefault(self._tenant_of(entry[2]), []), entry)
+
+
+def _us(moment: datetime) -> int:
+    """Integer microseconds since the epoch (the rate state's unit)."""
+    return int(moment.timestamp() * 1_000_000)

@@ -50,11 +50,14 @@ from webhook_dispatch.stores._core import (
     SQLStore,
     attempt_row,
     delivery,
+    idempotency_keys,
     message,
     open_due,
     plan_publish,
     prefixed,
     subscription,
+    tenant_key,
+    to_us,
 )
 from webhook_dispatch.stores.base import (
     AttemptRecord,
@@ -62,6 +65,8 @@ from webhook_dispatch.stores.base import (
     ClaimPlan,
     PublishResult,
     RecordResult,
+    TenantGate,
+    share_round_robin,
 )
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresStore"]
@@ -187,6 +192,37 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Version 4 stored SQLite's headers as [name, value] pairs, as here already.
     (),
+    (
+        # Tenants, as SQLite's version 5: '' is "no tenant", so the unique index on
+        # (tenant, idempotency_key) makes a key unique within each tenant.
+        "ALTER TABLE {schema}.subscriptions ADD COLUMN tenant text NOT NULL DEFAULT ''",
+        "CREATE INDEX subscriptions_tenant ON {schema}.subscriptions (tenant, seq)",
+        "ALTER TABLE {schema}.messages ADD COLUMN tenant text NOT NULL DEFAULT ''",
+        "ALTER TABLE {schema}.messages DROP CONSTRAINT IF EXISTS messages_idempotency_key_key",
+        "CREATE UNIQUE INDEX messages_idempotency ON {schema}.messages (tenant, idempotency_key)",
+        "CREATE INDEX messages_tenant ON {schema}.messages (tenant, seq)",
+        "ALTER TABLE {schema}.deliveries ADD COLUMN tenant text NOT NULL DEFAULT ''",
+        "CREATE INDEX deliveries_tenant ON {schema}.deliveries (tenant, seq)",
+        """CREATE INDEX deliveries_tenant_due ON {schema}.deliveries (tenant, next_attempt_at, seq)
+            WHERE status = 'pending'""",
+        """CREATE TABLE {schema}.tenants (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            rate_limit double precision,
+            max_in_flight integer,
+            max_subscriptions integer,
+            metadata jsonb NOT NULL DEFAULT '{}',
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL,
+            rate_tat bigint NOT NULL DEFAULT 0,
+            deleting boolean NOT NULL DEFAULT false
+        )""",
+        """CREATE TABLE {schema}.subscription_changes (
+            version bigint NOT NULL,
+            tenant text NOT NULL,
+            PRIMARY KEY (version, tenant)
+        )""",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -210,8 +246,9 @@ _MISSING_OBJECT = ("3F000", "42P01")  # invalid_schema_name, undefined_table
 # exact across workers. The last statement leases the chosen rows and returns them
 # joined to their messages and subscriptions.
 _CLAIM_EXPIRED = """
-SELECT seq, subscription_id FROM {schema}.deliveries
+SELECT seq, subscription_id FROM {schema}.deliveries AS d
 WHERE status = 'delivering' AND lease_expires_at <= %(now)s
+    AND EXISTS (SELECT 1 FROM {schema}.subscriptions AS s WHERE s.id = d.subscription_id)
 ORDER BY lease_expires_at LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
@@ -220,7 +257,8 @@ SELECT d.seq, d.subscription_id, d.next_attempt_at, (s.options->>'max_in_flight'
     coalesce((s.options->>'ordered')::boolean, false), s.consecutive_failures > 0
 FROM {schema}.deliveries AS d
 JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND s.enabled
+WHERE d.status = 'pending' AND d.tenant = %(tenant)s AND d.next_attempt_at <= %(now)s
+    AND s.enabled
     AND (%(after_at)s::timestamptz IS NULL
          OR (d.next_attempt_at, d.seq) > (%(after_at)s::timestamptz, %(after_seq)s::bigint))
     AND NOT (d.subscription_id = ANY(%(closed)s::text[]))
@@ -243,7 +281,32 @@ WHERE status = 'delivering' AND lease_expires_at > %s AND subscription_id = ANY(
 GROUP BY subscription_id
 """
 _CLAIM_ANYONE_LEFT = """
-SELECT EXISTS (SELECT 1 FROM {schema}.subscriptions WHERE enabled AND NOT (id = ANY(%s)))
+SELECT EXISTS (SELECT 1 FROM {schema}.subscriptions
+               WHERE tenant = %s AND enabled AND NOT (id = ANY(%s)))
+"""
+# One step per tenant with pending deliveries (each MIN is one index probe), each asked
+# whether it has any due now: the round-robin ring of a claim.
+_RING_SCAN = """
+WITH RECURSIVE ring (tenant) AS (
+    SELECT (SELECT min(tenant) FROM {schema}.deliveries
+            WHERE status = 'pending' AND tenant {operator} %s)
+    UNION ALL
+    SELECT (SELECT min(d.tenant) FROM {schema}.deliveries AS d
+            WHERE d.status = 'pending' AND d.tenant > ring.tenant)
+    FROM ring WHERE ring.tenant IS NOT NULL
+)
+SELECT tenant, EXISTS (SELECT 1 FROM {schema}.deliveries AS d
+    WHERE d.status = 'pending' AND d.tenant = ring.tenant AND d.next_attempt_at <= %s)
+FROM (SELECT tenant FROM ring LIMIT %s) AS ring WHERE tenant IS NOT NULL
+"""
+_TENANT_LIMITS = """
+SELECT id, max_in_flight, rate_limit, rate_tat FROM {schema}.tenants
+WHERE id = ANY(%s) AND (max_in_flight IS NOT NULL OR rate_limit IS NOT NULL)
+"""
+_TENANT_IN_FLIGHT = """
+SELECT tenant, count(*) FROM {schema}.deliveries
+WHERE status = 'delivering' AND (lease_expires_at > %s OR seq = ANY(%s)) AND tenant = ANY(%s)
+GROUP BY tenant
 """
 _CLAIM_HEADS = """
 SELECT DISTINCT ON (subscription_id) subscription_id, seq,
@@ -278,6 +341,9 @@ _RECORD = f"""
 WITH inserted AS (
     INSERT INTO {{schema}}.attempts ({ATTEMPT_COLUMNS})
     SELECT * FROM unnest({", ".join(f"%s::{kind}" for kind in _ATTEMPT_TYPES.split(", "))})
+        AS a ({ATTEMPT_COLUMNS})
+    -- A deleted tenant's delivery is gone: its late attempt is dropped with it.
+    WHERE EXISTS (SELECT 1 FROM {{schema}}.deliveries AS d WHERE d.id = a.delivery_id)
     ON CONFLICT (id) DO NOTHING
 ), next_state (id, status, attempt_count, next_attempt_at, next_trigger, last_status_code,
                last_error, updated_at, disable_reason) AS (
@@ -302,16 +368,16 @@ _INSERT_MESSAGES = f"""
 WITH inserted AS (
     INSERT INTO {{schema}}.messages ({MESSAGE_COLUMNS})
     SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[],
-                         %s::timestamptz[], %s::text[])
-    ON CONFLICT (idempotency_key) DO NOTHING
+                         %s::timestamptz[], %s::text[], %s::text[])
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id
 ), deliveries AS (
     INSERT INTO {{schema}}.deliveries (id, message_id, subscription_id, status,
-        attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered)
+        attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered, tenant)
     SELECT n.id, n.message_id, n.subscription_id, 'pending', 0, %s, 'scheduled', %s, %s,
-        n.ordered
-    FROM unnest(%s::text[], %s::text[], %s::text[], %s::boolean[])
-        AS n (id, message_id, subscription_id, ordered)
+        n.ordered, n.tenant
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::boolean[], %s::text[])
+        AS n (id, message_id, subscription_id, ordered, tenant)
     JOIN inserted ON inserted.id = n.message_id
 )
 SELECT id FROM inserted
@@ -422,6 +488,8 @@ class PostgresStore(SQLStore):
         self._closed = False
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
+        # The last tenant the previous claim served first-pass: the next starts after it.
+        self._ring_cursor: str | None = None
         with self._translate():
             with psycopg.connect(self._conninfo, autocommit=True) as connection:
                 self._migrate(connection)
@@ -647,30 +715,32 @@ class PostgresStore(SQLStore):
     ) -> _Steps:
         """The publish transaction as a sans-I/O generator: it yields the statements to
         run and receives their rows, so sync and async connections share one logic."""
-        keys = sorted({m.idempotency_key for m, _ in items if m.idempotency_key is not None})
-        stored: dict[str, Message] = {}
+        keys = idempotency_keys(items)
+        stored: dict[tuple[str, str], Message] = {}
         if keys:
             rows = yield _Query(
                 self._sql(
-                    f"SELECT {MESSAGE_COLUMNS} FROM {{schema}}.messages "
-                    "WHERE idempotency_key = ANY(%s)"
+                    f"SELECT {prefixed('m', MESSAGE_COLUMNS)} FROM unnest(%s::text[], %s::text[]) "
+                    "AS k (tenant, key) JOIN {schema}.messages AS m "
+                    "ON m.tenant = k.tenant AND m.idempotency_key = k.key"
                 ),
-                (keys,),
+                ([k[0] for k in keys], [k[1] for k in keys]),
                 True,
             )
-            stored.update((row[5], message(self.codec, row)) for row in rows)
+            stored.update(((row[6], row[5]), message(self.codec, row)) for row in rows)
         results, new_messages = plan_publish(items, stored)
         if not new_messages:
             return results
         by_id = {m.id: ids for m, ids in items}
-        wanted = sorted({s for m in new_messages for s in by_id[m.id]})
+        owners = {s: tenant_key(m.tenant) for m in new_messages for s in by_id[m.id]}
+        wanted = sorted(owners)
         ordered: set[str] = set()
         if wanted:
             # FOR SHARE: a concurrent removal waits for this commit, then cancels these.
             rows = yield _Query(
                 self._sql(
-                    f"SELECT id, {self._ordered_of('s')} FROM {{schema}}.subscriptions AS s "
-                    "WHERE id = ANY(%s) FOR SHARE"
+                    f"SELECT id, {self._ordered_of('s')}, tenant FROM {{schema}}.subscriptions "
+                    "AS s WHERE id = ANY(%s) FOR SHARE"
                 ),
                 (wanted,),
                 True,
@@ -678,9 +748,16 @@ class PostgresStore(SQLStore):
             missing = sorted(set(wanted) - {row[0] for row in rows})
             if missing:
                 raise NotFound(f"no subscription with id {missing[0]!r}")
+            for row in rows:
+                if row[2] != owners[row[0]]:
+                    # Never to another tenant's endpoint, even from a stale match.
+                    raise NotFound(
+                        f"no subscription with id {row[0]!r} belongs to tenant "
+                        f"{owners[row[0]] or None!r}"
+                    )
             ordered = {row[0] for row in rows if row[1]}
         deliveries = [
-            (new_id("dlv"), m.id, subscription_id)
+            (new_id("dlv"), m.id, subscription_id, tenant_key(m.tenant))
             for m in new_messages
             for subscription_id in by_id[m.id]
         ]
@@ -694,6 +771,7 @@ class PostgresStore(SQLStore):
                 [m.content_type for m in new_messages],
                 [_utc(m.created_at) for m in new_messages],
                 [m.idempotency_key for m in new_messages],
+                [tenant_key(m.tenant) for m in new_messages],
                 moment,
                 moment,
                 moment,
@@ -701,27 +779,28 @@ class PostgresStore(SQLStore):
                 [d[1] for d in deliveries],
                 [d[2] for d in deliveries],
                 [d[2] in ordered for d in deliveries],
+                [d[3] for d in deliveries],
             ),
             True,
         )
         inserted = {row[0] for row in rows}
-        lost = sorted(
-            {m.idempotency_key for m in new_messages if m.id not in inserted} - {None},
-            key=str,
-        )
+        lost = idempotency_keys([(m, ()) for m in new_messages if m.id not in inserted])
         if lost:
             # Another transaction committed these keys after our first look.
             rows = yield _Query(
                 self._sql(
-                    f"SELECT {MESSAGE_COLUMNS} FROM {{schema}}.messages "
-                    "WHERE idempotency_key = ANY(%s)"
+                    f"SELECT {prefixed('m', MESSAGE_COLUMNS)} FROM unnest(%s::text[], %s::text[]) "
+                    "AS k (tenant, key) JOIN {schema}.messages AS m "
+                    "ON m.tenant = k.tenant AND m.idempotency_key = k.key"
                 ),
-                (lost,),
+                ([k[0] for k in lost], [k[1] for k in lost]),
                 True,
             )
-            winners = {row[5]: message(self.codec, row) for row in rows}
+            winners = {(row[6], row[5]): message(self.codec, row) for row in rows}
             results = [
-                PublishResult(winners[r.message.idempotency_key], False, 0)
+                PublishResult(
+                    winners[(tenant_key(r.message.tenant), r.message.idempotency_key)], False, 0
+                )
                 if r.created and r.message.id not in inserted and r.message.idempotency_key
                 else r
                 for r in results
@@ -829,6 +908,8 @@ class PostgresStore(SQLStore):
         allowance: Mapping[str, int] | None,
         proven: Collection[str] | None = None,
     ) -> list[int]:
+        """Due pending deliveries this claim may take: tenants take turns (round robin,
+        `share_round_robin`), each walked oldest due first in pages."""
         plan = ClaimPlan(
             limit=limit - len(expired),
             default_max_in_flight=default_max_in_flight,
@@ -836,55 +917,158 @@ class PostgresStore(SQLStore):
             in_flight={},
             proven=proven,
         )
-        reclaimed: dict[str, int] = {}
+        order = self._ring(db, now, plan.limit)
+        if not order:
+            return []
+        gate = self._tenant_gate(db, order, now, expired)
+        state = _ClaimState(plan, {row[1]: 0 for row in expired})
         for _, subscription_id in expired:
-            reclaimed[subscription_id] = reclaimed.get(subscription_id, 0) + 1
-        locked: set[str] = set()
-        heads: dict[str, tuple[int, bool]] = {}
-        taken: list[int] = []
-        after: tuple[datetime | None, int] = (None, 0)
-        page_size = max(limit, 64)
-        while not plan.is_full():
+            state.reclaimed[subscription_id] += 1
+        walks: dict[str, _Walk] = {}
+
+        def take(tenant: str, quota: int) -> int:
+            if gate is not None:
+                quota = int(min(quota, gate.room(tenant)))
+            walk = walks.setdefault(tenant, _Walk())
+            if quota <= 0 or walk.done:
+                return 0
+            got = self._walk(db, state, walk, tenant, quota, now)
+            if gate is not None:
+                gate.took(tenant, got)
+            return got
+
+        self._ring_cursor = share_round_robin(order, plan.limit, take)
+        if gate is not None and (tats := gate.tats()):
+            db.execute(
+                self._sql(
+                    "UPDATE {schema}.tenants AS t SET rate_tat = u.tat "
+                    "FROM unnest(%s::text[], %s::bigint[]) AS u (id, tat) WHERE t.id = u.id"
+                ),
+                (list(tats), list(tats.values())),
+            )
+        return state.taken
+
+    def _ring(
+        self, db: psycopg.Connection[tuple[Any, ...]], now: datetime, count: int
+    ) -> list[str]:
+        """Up to ``count`` tenants with due deliveries, in round-robin order: those after
+        the previous claim's last tenant, then from the first (wrapping around)."""
+        cursor = self._ring_cursor
+        due: list[str] = []
+        passes = [(cursor, ">"), ("", ">=")] if cursor is not None else [("", ">=")]
+        for number, (bound, operator) in enumerate(passes):
+            while len(due) < count:
+                rows = db.execute(
+                    self._sql(_RING_SCAN.replace("{operator}", operator)),
+                    (bound, now, _RING_WINDOW),
+                ).fetchall()
+                scanned = 0
+                for tenant, is_due in rows:
+                    scanned += 1
+                    bound, operator = tenant, ">"
+                    if number and cursor is not None and tenant > cursor:
+                        scanned = 0  # wrapped around to where the first pass began
+                        break
+                    if is_due and len(due) < count:
+                        due.append(tenant)
+                if scanned < _RING_WINDOW:
+                    break
+        return due
+
+    def _tenant_gate(
+        self,
+        db: psycopg.Connection[tuple[Any, ...]],
+        order: list[str],
+        now: datetime,
+        expired: list[tuple[Any, ...]],
+    ) -> TenantGate | None:
+        """The tenant-wide limits of this claim's tenants, or None when none has any. A
+        limited tenant is claimed by one worker at a time (an advisory lock, tried and
+        never waited for, so the in-flight count and rate state are exact); one another
+        worker is claiming right now gets nothing from this claim."""
+        named = [tenant for tenant in order if tenant]
+        if not named:
+            return None
+        rows = db.execute(self._sql(_TENANT_LIMITS), (named,)).fetchall()
+        if not rows:
+            return None
+        limited = sorted(row[0] for row in rows)
+        busy = {
+            row[0]
+            for row in db.execute(
+                _CLAIM_LOCK, (limited, [self._lock_key(f"tenant:{t}") for t in limited])
+            )
+        }
+        settings: dict[str, tuple[int | None, float | None, int]] = {
+            row[0]: (0, None, 0) if row[0] in busy else (row[1], row[2], row[3]) for row in rows
+        }
+        in_flight: dict[str, int] = {}
+        if any(found[0] for found in settings.values()):
+            in_flight = dict(
+                db.execute(
+                    self._sql(_TENANT_IN_FLIGHT),
+                    (now, [row[0] for row in expired], limited),
+                ).fetchall()
+            )
+        return TenantGate(settings, in_flight, to_us(now))
+
+    def _walk(
+        self,
+        db: psycopg.Connection[tuple[Any, ...]],
+        state: _ClaimState,
+        walk: _Walk,
+        tenant: str,
+        quota: int,
+        now: datetime,
+    ) -> int:
+        """Take up to ``quota`` of one tenant's due deliveries into ``state``, walked
+        oldest due first from where this claim's previous walk of the tenant stopped."""
+        plan = state.plan
+        got = 0
+        page_size = max(quota, 64) if quota >= 32 else max(8, 2 * quota)
+        while not plan.is_full() and got < quota:
             page = db.execute(
                 self._sql(_CLAIM_PAGE),
                 {
                     "now": now,
-                    "after_at": after[0],
-                    "after_seq": after[1],
+                    "tenant": tenant,
+                    "after_at": walk.after[0],
+                    "after_seq": walk.after[1],
                     "closed": sorted(plan.closed),
                     "limit": page_size,
                 },
             ).fetchall()
-            fresh = sorted({row[1] for row in page} - locked - plan.closed)
+            fresh = sorted({row[1] for row in page} - state.locked - plan.closed)
             if fresh:
                 keys = [self._lock_key(s) for s in fresh]
                 busy: set[str] = set()
-                if not locked:
+                if not state.locked:
                     db.execute(_CLAIM_LOCK_WAIT, (keys,))
                 else:
                     busy = {row[0] for row in db.execute(_CLAIM_LOCK, (fresh, keys))}
                 for subscription_id in busy:
                     plan.close(subscription_id)  # another worker is claiming it right now
                 mine = [s for s in fresh if s not in busy]
-                locked.update(mine)
+                state.locked.update(mine)
                 counts = dict(
                     db.execute(self._sql(_CLAIM_IN_FLIGHT), (now, mine)).fetchall() if mine else []
                 )
                 for subscription_id in mine:
                     plan.in_flight[subscription_id] = counts.get(
                         subscription_id, 0
-                    ) + reclaimed.get(subscription_id, 0)
+                    ) + state.reclaimed.get(subscription_id, 0)
                 ordered = sorted({row[1] for row in page if row[4] and row[1] in mine})
                 if ordered:
-                    heads.update(
+                    state.heads.update(
                         (row[0], (row[1], bool(row[2])))
                         for row in db.execute(self._sql(_CLAIM_HEADS), (now, ordered))
                     )
+            stopped = False
             for seq, subscription_id, due_at, max_in_flight, ordered_flag, failing in page:
-                after = (due_at, seq)
+                walk.after = (due_at, seq)
                 is_head = True
-                if ordered_flag and subscription_id in heads:
-                    head_seq, head_due = heads[subscription_id]
+                if ordered_flag and subscription_id in state.heads:
+                    head_seq, head_due = state.heads[subscription_id]
                     is_head = head_seq == seq
                     if not head_due:
                         plan.close(subscription_id)
@@ -895,17 +1079,23 @@ class PostgresStore(SQLStore):
                     is_head=is_head,
                     failing=failing,
                 ):
-                    taken.append(seq)
-                if plan.is_full():
+                    state.taken.append(seq)
+                    got += 1
+                if plan.is_full() or got >= quota:
+                    stopped = True
                     break
-            if len(page) < page_size or plan.is_full():
+            if stopped:
+                break
+            if len(page) < page_size:
+                walk.done = True
                 break
             closed = sorted(plan.closed)
             if closed:
-                anyone = db.execute(self._sql(_CLAIM_ANYONE_LEFT), (closed,)).fetchone()
+                anyone = db.execute(self._sql(_CLAIM_ANYONE_LEFT), (tenant, closed)).fetchone()
                 if anyone is not None and not anyone[0]:
-                    break  # the rest of the walk could only find closed subscriptions' rows
-        return taken
+                    walk.done = True  # the rest could only find closed subscriptions' rows
+                    break
+        return got
 
     def _lock_key(self, subscription_id: str) -> int:
         digest = hashlib.sha256(f"{self._schema}:{subscription_id}".encode()).digest()
@@ -992,7 +1182,11 @@ class PostgresStore(SQLStore):
                 ),
                 tuple(list(column) for column in zip(*changes.disabled, strict=True)),
             )
-            self._bump_subscriptions_version(db)
+            tenants = db.execute(
+                self._sql("SELECT DISTINCT tenant FROM {schema}.subscriptions WHERE id = ANY(%s)"),
+                ([key for key, _, _ in changes.disabled],),
+            ).fetchall()
+            self._bump_subscriptions_version(db, {row[0] or None for row in tenants})
         return RecordResult(
             tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
         )
@@ -1145,9 +1339,37 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     connection.execute("SET TIME ZONE 'UTC'")
 
 
+class _Walk:
+    """Where one claim's walk of one tenant's due deliveries stands."""
+
+    __slots__ = ("after", "done")
+
+    def __init__(self) -> None:
+        self.after: tuple[datetime | None, int] = (None, 0)
+        """(due time, seq) of the last row seen."""
+        self.done = False
+        """The tenant has nothing more for this claim."""
+
+
+class _ClaimState:
+    """What one claim's walks share: the plan, the subscriptions locked and their
+    ordered heads, the leases it takes back, and the rows it chose."""
+
+    def __init__(self, plan: ClaimPlan, reclaimed: dict[str, int]) -> None:
+        self.plan = plan
+        self.reclaimed = reclaimed
+        self.locked: set[str] = set()
+        self.heads: dict[str, tuple[int, bool]] = {}
+        self.taken: list[int] = []
+
+
+_RING_WINDOW = 256
+"""Tenants with pending deliveries one ring query looks at."""
+
+
 def _claims(rows: list[tuple[Any, ...]]) -> list[Claim]:
     """Claims from leased rows joined to their messages and subscriptions."""
-    width_d, width_m = 11, 6
+    width_d, width_m = 11, 7
     return [
         Claim(
             delivery(_CODEC, row[:width_d]),

@@ -39,11 +39,13 @@ from webhook_dispatch.stores._core import (
     delivery,
     dumps,
     from_us,
+    idempotency_keys,
     message,
     message_row,
     plan_publish,
     prefixed,
     subscription,
+    tenant_key,
     to_us,
 )
 from webhook_dispatch.stores.base import (
@@ -52,6 +54,8 @@ from webhook_dispatch.stores.base import (
     ClaimPlan,
     PublishResult,
     RecordResult,
+    TenantGate,
+    share_round_robin,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -182,6 +186,57 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "json_array(key, value)) FROM json_each(subscriptions.headers)), '[]') "
         "WHERE json_type(headers) = 'object'",
     ),
+    (
+        # Tenants. '' is "no tenant": NOT NULL columns keep the unique index on
+        # (tenant, idempotency_key) whole, so a key is unique within each tenant.
+        "ALTER TABLE subscriptions ADD COLUMN tenant TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX subscriptions_tenant ON subscriptions (tenant, seq)",
+        # The key's UNIQUE column constraint cannot be dropped: the table is rebuilt
+        # (foreign keys are off during migrations, so deliveries keep pointing at it).
+        """CREATE TABLE messages_v5 (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            content_type TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            idempotency_key TEXT,
+            tenant TEXT NOT NULL DEFAULT ''
+        )""",
+        "INSERT INTO messages_v5 (seq, id, event_type, payload, content_type, created_at, "
+        "idempotency_key) SELECT seq, id, event_type, payload, content_type, created_at, "
+        "idempotency_key FROM messages",
+        "DROP TABLE messages",
+        "ALTER TABLE messages_v5 RENAME TO messages",
+        "CREATE INDEX messages_event_type ON messages (event_type)",
+        "CREATE INDEX messages_created_at ON messages (created_at)",
+        "CREATE INDEX messages_tenant ON messages (tenant, seq)",
+        "CREATE UNIQUE INDEX messages_idempotency ON messages (tenant, idempotency_key)",
+        "ALTER TABLE deliveries ADD COLUMN tenant TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX deliveries_tenant ON deliveries (tenant, seq)",
+        # Fair claiming walks each tenant's due deliveries in turn.
+        """CREATE INDEX deliveries_tenant_due ON deliveries (tenant, next_attempt_at, seq)
+            WHERE status = 'pending'""",
+        """CREATE TABLE tenants (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            rate_limit REAL,
+            max_in_flight INTEGER,
+            max_subscriptions INTEGER,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            -- The tenant-wide rate limit's state: a GCRA theoretical arrival time (µs).
+            rate_tat INTEGER NOT NULL DEFAULT 0,
+            deleting INTEGER NOT NULL DEFAULT 0
+        )""",
+        # Which tenants each subscriptions_version touched: publishers reload only those.
+        """CREATE TABLE subscription_changes (
+            version INTEGER NOT NULL,
+            tenant TEXT NOT NULL,
+            PRIMARY KEY (version, tenant)
+        ) WITHOUT ROWID""",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -218,6 +273,8 @@ class SQLiteStore(SQLStore):
         self._connection: sqlite3.Connection | None = None
         # subscription id -> (its row when decoded, the Subscription)
         self._subscription_cache: dict[str, tuple[tuple[Any, ...], Subscription]] = {}
+        # The last tenant the previous claim served first-pass: the next starts after it.
+        self._ring_cursor: str | None = None
         if self._path != ":memory:":
             _check_path(self._path)
         with self._translate(opening=True):
@@ -282,7 +339,6 @@ class SQLiteStore(SQLStore):
         connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         # Inspect before changing anything: a foreign or newer file must stay untouched.
         self._schema_version(connection)
-        connection.execute("PRAGMA foreign_keys = ON")
         if self._path != ":memory:":
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -310,6 +366,8 @@ class SQLiteStore(SQLStore):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+        # After migrating: a step may rebuild a table other tables point at.
+        connection.execute("PRAGMA foreign_keys = ON")
 
     def _schema_version(self, connection: sqlite3.Connection) -> int:
         tables = {
@@ -409,34 +467,49 @@ class SQLiteStore(SQLStore):
             return []
         now_us = to_us(now)
         with self._writing() as db:
-            keys = sorted({m.idempotency_key for m, _ in items if m.idempotency_key is not None})
-            stored: dict[str, Message] = {}
+            stored: dict[tuple[str, str], Message] = {}
+            keys = idempotency_keys(items)
             if keys:
-                matching, values = self._in("idempotency_key", keys)
+                # CROSS JOIN: the few keys are the outer loop, each looked up in the
+                # (tenant, idempotency_key) index.
                 rows = db.execute(
-                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {matching}", (values,)
+                    f"SELECT {prefixed('m', MESSAGE_COLUMNS)} FROM json_each(?) AS k "
+                    "CROSS JOIN messages AS m ON m.tenant = json_extract(k.value, '$[0]') "
+                    "AND m.idempotency_key = json_extract(k.value, '$[1]')",
+                    (dumps(keys),),
                 )
-                stored.update((row[5], message(self.codec, row)) for row in rows)
+                stored.update(((row[6], row[5]), message(self.codec, row)) for row in rows)
             results, new_messages = plan_publish(items, stored)
             if not new_messages:
                 return results
             by_id = {m.id: ids for m, ids in items}
             deliveries = [
-                (new_id("dlv"), m.id, subscription_id, now_us, now_us, now_us, 0)
+                (
+                    new_id("dlv"),
+                    m.id,
+                    subscription_id,
+                    now_us,
+                    now_us,
+                    now_us,
+                    0,
+                    tenant_key(m.tenant),
+                )
                 for m in new_messages
                 for subscription_id in by_id[m.id]
             ]
-            ordered = _require_subscriptions(db, {row[2] for row in deliveries})
+            ordered = _require_subscriptions(db, {(row[2], row[7]) for row in deliveries})
             if ordered:
-                deliveries = [(*row[:6], 1) if row[2] in ordered else row for row in deliveries]
+                deliveries = [
+                    (*row[:6], 1, row[7]) if row[2] in ordered else row for row in deliveries
+                ]
             db.executemany(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [message_row(self.codec, m) for m in new_messages],
             )
             db.executemany(
                 "INSERT INTO deliveries (id, message_id, subscription_id, status, "
-                "attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered) "
-                "VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?, ?)",
+                "attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered, "
+                "tenant) VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?, ?, ?)",
                 deliveries,
             )
         return results
@@ -511,6 +584,8 @@ class SQLiteStore(SQLStore):
         rows = db.execute(
             f"SELECT {DELIVERY_COLUMNS} FROM deliveries "
             "WHERE status = 'delivering' AND lease_expires_at <= ? "
+            # A deleted tenant's expired leases stay until its purge cancels them.
+            "AND subscription_id IN (SELECT id FROM subscriptions) "
             "ORDER BY lease_expires_at LIMIT ?",
             (now_us, limit),
         ).fetchall()
@@ -580,8 +655,9 @@ class SQLiteStore(SQLStore):
         allowance: Mapping[str, int] | None,
         proven: Collection[str] | None = None,
     ) -> list[Any]:
-        """Due pending deliveries this claim may take, walked oldest due first in pages;
-        subscriptions that can give no more are left out of the next page's query."""
+        """Due pending deliveries this claim may take: tenants take turns (round robin,
+        `share_round_robin`), each walked oldest due first in pages; subscriptions that
+        can give no more are left out of the next page's query."""
         (counts,) = db.execute(
             # INDEXED BY: left to itself the planner walks the subscription index to
             # group, scanning every delivery ever made instead of the few in flight.
@@ -601,30 +677,125 @@ class SQLiteStore(SQLStore):
             in_flight=in_flight,
             proven=proven,
         )
+        order = self._ring(db, now_us, plan.limit)
+        if not order:
+            return []
+        gate = self._tenant_gate(db, order, now_us, reclaimed)
         heads: dict[str, tuple[int, bool]] = {}  # ordered subscription -> (seq, due)
+        walks: dict[str, _Walk] = {}
         taken: list[Any] = []
-        after: tuple[int, int] | None = None
-        page_size = 64
+
+        def take(tenant: str, quota: int) -> int:
+            quota = int(min(quota, gate.room(tenant))) if gate is not None else quota
+            walk = walks.setdefault(tenant, _Walk())
+            if quota <= 0 or walk.done:
+                return 0
+            got = self._walk(db, plan, heads, walk, tenant, quota, now_us)
+            taken.extend(got)
+            if gate is not None:
+                gate.took(tenant, len(got))
+            return len(got)
+
+        self._ring_cursor = share_round_robin(order, plan.limit, take)
+        if gate is not None:
+            for tenant, tat in gate.tats().items():
+                db.execute("UPDATE tenants SET rate_tat = ? WHERE id = ?", (tat, tenant))
+        return taken
+
+    def _ring(self, db: sqlite3.Connection, now_us: int, count: int) -> list[str]:
+        """Up to ``count`` tenants with due deliveries, in round-robin order: those after
+        the previous claim's last tenant, then from the first (wrapping around). Tenants
+        are found by skipping through the due index, a probe per tenant with pending
+        deliveries, however many deliveries each has."""
+        cursor = self._ring_cursor
+        due: list[str] = []
+        passes = [(cursor, ">"), ("", ">=")] if cursor is not None else [("", ">=")]
+        for number, (bound, operator) in enumerate(passes):
+            while len(due) < count:
+                rows = db.execute(
+                    _RING_SCAN.format(operator=operator), (bound, _RING_WINDOW, now_us)
+                )
+                scanned = 0
+                for tenant, is_due in rows:
+                    scanned += 1
+                    bound, operator = tenant, ">"
+                    if number and cursor is not None and tenant > cursor:
+                        scanned = 0  # wrapped around to where the first pass began
+                        break
+                    if is_due and len(due) < count:
+                        due.append(tenant)
+                if scanned < _RING_WINDOW:
+                    break
+        return due
+
+    def _tenant_gate(
+        self, db: sqlite3.Connection, order: list[str], now_us: int, reclaimed: list[Any]
+    ) -> TenantGate | None:
+        """The tenant-wide limits of the tenants in this claim, or None when none has any
+        (the common case costs one indexed lookup)."""
+        named = [tenant for tenant in order if tenant]
+        if not named:
+            return None
+        settings = {
+            tenant: (max_in_flight, rate_limit, tat)
+            for tenant, max_in_flight, rate_limit, tat in db.execute(
+                "SELECT id, max_in_flight, rate_limit, rate_tat FROM tenants "
+                "WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND (max_in_flight IS NOT NULL OR rate_limit IS NOT NULL)",
+                (dumps(named),),
+            )
+        }
+        if not settings:
+            return None
+        in_flight: dict[str, int] = {}
+        if any(found[0] is not None for found in settings.values()):
+            ids = [row[0] for row in reclaimed]
+            in_flight = dict(
+                db.execute(
+                    "SELECT tenant, COUNT(*) FROM deliveries INDEXED BY deliveries_lease "
+                    "WHERE status = 'delivering' AND (lease_expires_at > ? "
+                    "OR id IN (SELECT value FROM json_each(?))) GROUP BY tenant",
+                    (now_us, dumps(ids)),
+                ).fetchall()
+            )
+        return TenantGate(settings, in_flight, now_us)
+
+    def _walk(
+        self,
+        db: sqlite3.Connection,
+        plan: ClaimPlan,
+        heads: dict[str, tuple[int, bool]],
+        walk: _Walk,
+        tenant: str,
+        quota: int,
+        now_us: int,
+    ) -> list[Any]:
+        """Up to ``quota`` of one tenant's due deliveries, walked oldest due first from
+        where this claim's previous walk of the tenant stopped."""
+        taken: list[Any] = []
+        page_size = 64 if quota >= 32 else max(8, 2 * quota)
         width = len(DELIVERY_COLUMNS.split(","))
-        while not plan.is_full():
+        while not plan.is_full() and len(taken) < quota:
             closed = sorted(plan.closed)
-            # CROSS JOIN keeps deliveries as the outer loop, walking the due index in
-            # order; disabled subscriptions' deliveries are skipped (held), not taken.
-            # The page comes back as one JSON array (one step of the statement, see
-            # _MAX_VARIABLES), its rows re-sorted here as the order of an aggregate's
-            # input is not promised.
+            # CROSS JOIN keeps deliveries as the outer loop, walking the tenant's due
+            # index in order; disabled subscriptions' deliveries are skipped (held), not
+            # taken. The page comes back as one JSON array (one step of the statement,
+            # see _MAX_VARIABLES), its rows re-sorted here as the order of an
+            # aggregate's input is not promised.
             sql = (
                 "SELECT json_group_array(json(r)) FROM (SELECT json_array("
                 f"{prefixed('d', DELIVERY_COLUMNS)}, d.seq, "
                 "json_extract(s.options, '$.max_in_flight'), "
                 "json_extract(s.options, '$.ordered'), s.consecutive_failures) AS r "
-                "FROM deliveries AS d CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
-                "WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND s.enabled "
+                "FROM deliveries AS d INDEXED BY deliveries_tenant_due "
+                "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
+                "WHERE d.status = 'pending' AND d.tenant = ? AND d.next_attempt_at <= ? "
+                "AND s.enabled "
             )
-            parameters: list[Any] = [now_us]
-            if after is not None:
+            parameters: list[Any] = [tenant, now_us]
+            if walk.after is not None:
                 sql += "AND d.next_attempt_at >= ? AND (d.next_attempt_at > ? OR d.seq > ?) "
-                parameters += [after[0], after[0], after[1]]
+                parameters += [walk.after[0], walk.after[0], walk.after[1]]
             if closed:
                 sql += f"AND d.subscription_id NOT IN ({', '.join('?' * len(closed))}) "
                 parameters += closed
@@ -634,24 +805,10 @@ class SQLiteStore(SQLStore):
             page = sorted((tuple(row) for row in json.loads(found)), key=_due_order(width))
             unknown = {row[2] for row in page if row[width + 2] and row[2] not in heads}
             for subscription_id in unknown:
-                head = db.execute(
-                    "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
-                    "FROM deliveries INDEXED BY deliveries_ordered "
-                    "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL AND ordered "
-                    f"AND status IN {UNFINISHED} ORDER BY seq LIMIT 1",
-                    (now_us, subscription_id),
-                ).fetchone()
-                if head is None:  # its flag disagrees with the index: ask without it
-                    head = db.execute(
-                        "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
-                        "FROM deliveries WHERE subscription_id = ? "
-                        f"AND next_attempt_at IS NOT NULL AND status IN {UNFINISHED} "
-                        "ORDER BY seq LIMIT 1",
-                        (now_us, subscription_id),
-                    ).fetchone()
-                heads[subscription_id] = (head[0], bool(head[1]))
+                heads[subscription_id] = _ordered_head(db, subscription_id, now_us)
+            stopped = False
             for row in page:
-                after = (row[5], row[width])
+                walk.after = (row[5], row[width])
                 subscription_id, ordered = row[2], bool(row[width + 2])
                 is_head = True
                 if ordered:
@@ -667,12 +824,16 @@ class SQLiteStore(SQLStore):
                     failing=row[width + 3] > 0,
                 ):
                     taken.append(row[:width])
-                if plan.is_full():
+                if plan.is_full() or len(taken) >= quota:
+                    stopped = True
                     break
-            if len(page) < page_size or plan.is_full():
+            if stopped:
                 break
-            if _nobody_left(db, plan.closed):
-                break  # the rest of the walk could only find closed subscriptions' rows
+            if len(page) < page_size or _nobody_left(db, tenant, plan.closed):
+                # The tenant has nothing more for this claim (the rest of its walk could
+                # only find closed subscriptions' rows).
+                walk.done = True
+                break
         return taken
 
     def record(
@@ -699,7 +860,12 @@ class SQLiteStore(SQLStore):
     ) -> RecordResult:
         """`SQLiteStore.record` inside the caller's write transaction."""
         _insert_rows(
-            db, "attempts", ATTEMPT_COLUMNS, [attempt_row(self.codec, r.attempt) for r in records]
+            db,
+            "attempts",
+            ATTEMPT_COLUMNS,
+            [attempt_row(self.codec, r.attempt) for r in records],
+            # A deleted tenant's delivery is gone: its late attempt is dropped with it.
+            where="column2 IN (SELECT id FROM deliveries)",
         )
         # Only a record asking to disable its subscription needs to know, before the
         # update, whether this worker still held the lease; the update checks it itself.
@@ -769,7 +935,9 @@ class SQLiteStore(SQLStore):
                 "WHERE id = ? AND enabled",
                 [(reason, to_us(at), key) for key, reason, at in changes.disabled],
             )
-            self._bump_subscriptions_version(db)
+            self._bump_subscriptions_version(
+                db, _tenants_of(db, [key for key, _, _ in changes.disabled])
+            )
         return RecordResult(
             tuple((key, reason) for key, reason, _ in changes.disabled), changes.recovered
         )
@@ -967,17 +1135,84 @@ def _translate_error(
     return StoreError(f"{path}: {text}", path=path)
 
 
-def _nobody_left(db: sqlite3.Connection, closed: set[str]) -> bool:
-    """Whether every enabled subscription is closed for this claim (one with a large
-    backlog at its in-flight cap, say), so walking further pages is wasted work."""
+class _Walk:
+    """Where one claim's walk of one tenant's due deliveries stands."""
+
+    __slots__ = ("after", "done")
+
+    def __init__(self) -> None:
+        self.after: tuple[int, int] | None = None
+        """(due time, seq) of the last row seen."""
+        self.done = False
+        """The tenant has nothing more for this claim."""
+
+
+_RING_WINDOW = 256
+"""Tenants with pending deliveries one ring query looks at."""
+
+# One step per tenant with pending deliveries (the MIN of an index range is one probe),
+# each asked whether it has any due now.
+_RING_SCAN = """
+WITH RECURSIVE ring (tenant) AS (
+    SELECT (SELECT MIN(tenant) FROM deliveries WHERE status = 'pending' AND tenant {operator} ?)
+    UNION ALL
+    SELECT (SELECT MIN(d.tenant) FROM deliveries AS d
+            WHERE d.status = 'pending' AND d.tenant > ring.tenant)
+    FROM ring WHERE ring.tenant IS NOT NULL
+    LIMIT ?
+)
+SELECT tenant, EXISTS (SELECT 1 FROM deliveries AS d
+    WHERE d.status = 'pending' AND d.tenant = ring.tenant AND d.next_attempt_at <= ?)
+FROM ring WHERE tenant IS NOT NULL
+"""
+
+
+def _ordered_head(db: sqlite3.Connection, subscription_id: str, now_us: int) -> tuple[int, bool]:
+    """An ordered subscription's oldest unfinished delivery: its seq, and whether it is
+    pending and due."""
+    head = db.execute(
+        "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
+        "FROM deliveries INDEXED BY deliveries_ordered "
+        "WHERE subscription_id = ? AND next_attempt_at IS NOT NULL AND ordered "
+        f"AND status IN {UNFINISHED} ORDER BY seq LIMIT 1",
+        (now_us, subscription_id),
+    ).fetchone()
+    if head is None:  # its flag disagrees with the index: ask without it
+        head = db.execute(
+            "SELECT seq, status = 'pending' AND next_attempt_at <= ? "
+            "FROM deliveries WHERE subscription_id = ? "
+            f"AND next_attempt_at IS NOT NULL AND status IN {UNFINISHED} "
+            "ORDER BY seq LIMIT 1",
+            (now_us, subscription_id),
+        ).fetchone()
+    return head[0], bool(head[1])
+
+
+def _nobody_left(db: sqlite3.Connection, tenant: str, closed: set[str]) -> bool:
+    """Whether every enabled subscription of the tenant is closed for this claim (one
+    with a large backlog at its in-flight cap, say), so walking further pages is wasted
+    work."""
     if not closed or len(closed) > _CHUNK:
         return False
     marks = ", ".join("?" * len(closed))
     row = db.execute(
-        f"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE enabled AND id NOT IN ({marks}))",
-        sorted(closed),
+        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE tenant = ? AND enabled "
+        f"AND id NOT IN ({marks}))",
+        [tenant, *sorted(closed)],
     ).fetchone()
     return not row[0]
+
+
+def _tenants_of(db: sqlite3.Connection, subscription_ids: Sequence[str]) -> set[str | None]:
+    """The tenants of these subscriptions."""
+    return {
+        row[0] or None
+        for row in db.execute(
+            "SELECT DISTINCT tenant FROM subscriptions "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (dumps(list(subscription_ids)),),
+        )
+    }
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[tuple[Sequence[Any], str]]:
@@ -1004,20 +1239,27 @@ def _subscription_rows(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, 
     return found
 
 
-def _require_subscriptions(db: sqlite3.Connection, ids: set[str]) -> set[str]:
-    """Raise `NotFound` unless every subscription exists; return the ordered ones."""
+def _require_subscriptions(db: sqlite3.Connection, wanted: set[tuple[str, str]]) -> set[str]:
+    """Raise `NotFound` unless every ``(subscription id, tenant)`` names a stored
+    subscription of that tenant (a message never reaches another tenant's endpoint, even
+    from a stale match); return the ordered ones."""
+    tenants = dict(wanted)
     known: set[str] = set()
     ordered: set[str] = set()
-    for chunk, marks in _chunks(sorted(ids)):
-        for key, is_ordered in db.execute(
-            f"SELECT id, json_extract(options, '$.ordered') FROM subscriptions "
+    for chunk, marks in _chunks(sorted(tenants)):
+        for key, tenant, is_ordered in db.execute(
+            f"SELECT id, tenant, json_extract(options, '$.ordered') FROM subscriptions "
             f"WHERE id IN ({marks})",
             chunk,
         ):
+            if tenants[key] != tenant:
+                raise NotFound(
+                    f"no subscription with id {key!r} belongs to tenant {tenants[key] or None!r}"
+                )
             known.add(key)
             if is_ordered:
                 ordered.add(key)
-    missing = sorted(ids - known)
+    missing = sorted(set(tenants) - known)
     if missing:
         raise NotFound(f"no subscription with id {missing[0]!r}")
     return ordered
@@ -1063,13 +1305,25 @@ def _batches(rows: Sequence[tuple[Any, ...]], width: int) -> Iterator[tuple[list
 
 
 def _insert_rows(
-    db: sqlite3.Connection, table: str, columns: str, rows: Sequence[tuple[Any, ...]]
+    db: sqlite3.Connection,
+    table: str,
+    columns: str,
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    where: str | None = None,
 ) -> None:
-    """Insert ``rows`` several to a statement."""
+    """Insert ``rows`` several to a statement; with ``where`` (on the ``VALUES`` columns
+    ``column1``, ``column2``, ...), only the rows it keeps."""
     if not rows:
         return
     for parameters, values in _batches(rows, len(rows[0])):
-        db.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", parameters)
+        if where is None:
+            db.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", parameters)
+        else:
+            db.execute(
+                f"INSERT INTO {table} ({columns}) SELECT * FROM (VALUES {values}) WHERE {where}",
+                parameters,
+            )
 
 
 def _update_deliveries(

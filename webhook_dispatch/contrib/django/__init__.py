@@ -201,6 +201,7 @@ class DjangoDispatcher(Dispatcher):
         idempotency_key: str | None = None,
         content_type: str | None = None,
         connection: Any = None,
+        tenant: str | None = None,
         using: str | None = None,
     ) -> Message:
         """Publish an event, or, inside ``atomic()``, arrange for it to be published if
@@ -215,6 +216,7 @@ class DjangoDispatcher(Dispatcher):
                 idempotency_key=idempotency_key,
                 content_type=content_type,
                 connection=connection,
+                tenant=tenant,
             )
         raw = self._outbox_connection(alias)
         if raw is not None:
@@ -224,9 +226,14 @@ class DjangoDispatcher(Dispatcher):
                 idempotency_key=idempotency_key,
                 content_type=content_type,
                 connection=raw,
+                tenant=tenant,
             )
         message = self._core.new_message(
-            event_type, payload, idempotency_key=idempotency_key, content_type=content_type
+            event_type,
+            payload,
+            idempotency_key=idempotency_key,
+            content_type=content_type,
+            tenant=tenant,
         )
         transaction.on_commit(lambda: self._core.publish(message), using=alias)
         return message

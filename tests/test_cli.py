@@ -591,3 +591,35 @@ def test_store_errors_from_every_command_hide_the_password(cli: Runner, url: str
         code, out, err = cli(*command, "--store", url, store=False)
         assert code == 2 and err.startswith("error: "), (command, err)
         assert STORE_PASSWORD not in out + err
+
+
+def test_tenant_commands_and_filters(cli: Runner, store: str) -> None:
+    code, out, err = cli(
+        "tenants", "set", "acme", "--max-subscriptions", "2", "--metadata", "plan=pro"
+    )
+    assert code == 0, err
+    assert json.loads(out)["max_subscriptions"] == 2
+    code, out, _ = cli("subscriptions", "add", "https://acme.example/h", "--tenant", "acme")
+    assert code == 0 and "tenant:      acme" in out
+    cli("subscriptions", "add", "https://ops.example/h")
+    with wd.Dispatcher(store, transport=MockReceiver()) as dispatcher:
+        dispatcher.publish("order.created", {}, tenant="acme")
+        dispatcher.publish("order.created", {})
+    assert [s["url"] for s in cli.json("subscriptions", "list", "--tenant", "acme")] == [
+        "https://acme.example/h"
+    ]
+    assert len(cli.json("messages", "list", "--tenant", "acme")) == 1
+    assert len(cli.json("deliveries", "list", "--tenant", "acme")) == 1
+    assert len(cli.json("messages", "list")) == 2
+    (listed,) = cli.json("tenants", "list")
+    assert (listed["id"], listed["subscriptions"], listed["pending"]) == ("acme", 1, 1)
+    code, out, _ = cli("stats", "--tenant", "acme", "--json")
+    assert json.loads(out)["pending"] == 1
+    code, _, err = cli("tenants", "delete", "acme")
+    assert code == 2 and "without --yes" in err
+    code, out, err = cli("tenants", "delete", "acme", "--yes")
+    assert code == 0 and "1 messages" in out and "deleting tenant acme" in err
+    assert cli.json("tenants", "list") == []
+    assert len(cli.json("messages", "list")) == 1
+    code, _, err = cli("subscriptions", "list", "--tenant", "bad id")
+    assert code == 2 and "characters outside" in err

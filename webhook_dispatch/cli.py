@@ -32,7 +32,7 @@ from ._version import __version__
 from .auth import auth_to_document
 from .dispatcher import PURGE_BATCH, Dispatcher
 from .errors import ConfigurationError, WebhookDispatchError
-from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription
+from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant
 from .paging import DEFAULT_PAGE_SIZE, Page
 from .retry import RetryPolicy
 from .signing import generate_secret, public_key, signer_names
@@ -290,7 +290,9 @@ def _open(args: argparse.Namespace) -> Dispatcher:
 
 def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
-        subscriptions = dispatcher.subscriptions(limit=args.limit, cursor=args.cursor)
+        subscriptions = dispatcher.subscriptions(
+            limit=args.limit, cursor=args.cursor, **_tenant_filter(args)
+        )
     _more(subscriptions)
     if args.json:
         _print_json([_subscription_json(s) for s in subscriptions])
@@ -313,6 +315,15 @@ def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
         if not s.enabled:
             print(f"{s.id} disabled: {s.disabled_reason or 'no reason given'}")
     return 0
+
+
+def _tenant_filter(args: argparse.Namespace) -> dict[str, Any]:
+    """``tenant=`` for a listing from ``--tenant`` (absent: every tenant)."""
+    return {} if args.tenant is None else {"tenant": args.tenant}
+
+
+def _tenant_option(parser: argparse.ArgumentParser, what: str = "only this tenant's") -> None:
+    parser.add_argument("--tenant", metavar="ID", help=what)
 
 
 def _more(page: Page[Any]) -> None:
@@ -347,8 +358,11 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             max_in_flight=args.max_in_flight,
             ordered=args.ordered,
+            tenant=args.tenant,
         )
     print(f"created subscription {subscription.id}")
+    if subscription.tenant is not None:
+        print(f"  tenant:      {subscription.tenant}")
     print(f"  url:         {subscription.url}")
     print(f"  event types: {', '.join(subscription.event_types)}")
     if headers:
@@ -363,7 +377,7 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
-        stats = dispatcher.stats()
+        stats = dispatcher.stats(**_tenant_filter(args))
         now = dispatcher.clock.now()
     age = stats.oldest_pending_age(now)
     summary = {
@@ -385,6 +399,109 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         shown = "-" if value is None else f"{value:.1f}" if isinstance(value, float) else value
         print(f"{key.replace('_', ' '):<{width}}  {shown}")
     return 0
+
+
+def _tenant_json(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "rate_limit": tenant.rate_limit,
+        "max_in_flight": tenant.max_in_flight,
+        "max_subscriptions": tenant.max_subscriptions,
+        "metadata": dict(tenant.metadata),
+        "created_at": _iso(tenant.created_at),
+        "updated_at": _iso(tenant.updated_at),
+        "subscriptions": tenant.subscriptions,
+        "pending": tenant.pending,
+    }
+
+
+def _cmd_tenants_list(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        tenants = dispatcher.tenants(limit=args.limit, cursor=args.cursor)
+    _more(tenants)
+    if args.json:
+        _print_json([_tenant_json(t) for t in tenants])
+        return 0
+    if not tenants:
+        print("no tenants")
+        return 0
+    rows = [
+        (
+            _shorten(t.id, 32),
+            t.subscriptions,
+            t.pending,
+            "-" if t.rate_limit is None else f"{t.rate_limit:g}/s",
+            "-" if t.max_in_flight is None else t.max_in_flight,
+        )
+        for t in tenants
+    ]
+    header = ("TENANT", "SUBSCRIPTIONS", "PENDING", "RATE", "IN FLIGHT")
+    for line in format_table(header, rows, right={1, 2}):
+        print(line)
+    return 0
+
+
+def _cmd_tenants_show(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        tenant = dispatcher.get_tenant(args.id)
+    print(json.dumps(_tenant_json(tenant), indent=2))
+    return 0
+
+
+def _cmd_tenants_set(args: argparse.Namespace) -> int:
+    settings: dict[str, Any] = {}
+    for name in ("rate_limit", "max_in_flight", "max_subscriptions"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = None if value == 0 else value
+    if args.metadata:
+        settings["metadata"] = dict(args.metadata)
+    with _open(args) as dispatcher:
+        tenant = dispatcher.set_tenant(args.id, **settings)
+    print(json.dumps(_tenant_json(tenant), indent=2))
+    return 0
+
+
+def _cmd_tenants_delete(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        tenant = dispatcher.get_tenant(args.id)
+        if not args.yes:
+            print(
+                f"refusing to delete tenant {tenant.id} ({tenant.subscriptions} subscriptions, "
+                f"{tenant.pending} pending deliveries) without --yes",
+                file=sys.stderr,
+            )
+            return 2
+        progress = _Progress(f"deleting tenant {tenant.id}")
+        removed = dispatcher.delete_tenant(args.id, on_progress=progress.update)
+        progress.done()
+    print(f"deleted tenant {args.id}: {removed} messages with their deliveries and attempts")
+    return 0
+
+
+class _Progress:
+    """A one-line progress count on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._tty = sys.stderr.isatty()
+        self._shown = False
+
+    def update(self, total: int) -> None:
+        end = "\r" if self._tty else "\n"
+        print(f"{self._label}: {total} messages removed", end=end, file=sys.stderr, flush=True)
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown and self._tty:
+            print(file=sys.stderr)
+
+
+def _metadata_item(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
 
 
 def _cmd_subscriptions_disable(args: argparse.Namespace) -> int:
@@ -412,7 +529,7 @@ def _cmd_subscriptions_remove(args: argparse.Namespace) -> int:
 def _cmd_messages_list(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         messages = dispatcher.messages(
-            event_type=args.event_type, limit=args.limit, cursor=args.cursor
+            event_type=args.event_type, limit=args.limit, cursor=args.cursor, **_tenant_filter(args)
         )
     _more(messages)
     if args.json:
@@ -437,6 +554,7 @@ def _cmd_deliveries_list(args: argparse.Namespace) -> int:
             status=args.status,
             limit=args.limit,
             cursor=args.cursor,
+            **_tenant_filter(args),
         )
         now = dispatcher.clock.now()
     _more(deliveries)
@@ -849,10 +967,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     actions = subscriptions.add_subparsers(dest="action", metavar="ACTION", required=True)
     list_subscriptions = _command(actions, "list", _cmd_subscriptions_list, "list subscriptions")
+    _tenant_option(list_subscriptions)
     _page_options(list_subscriptions)
     _json_option(list_subscriptions)
     add = _command(actions, "add", _cmd_subscriptions_add, "subscribe an endpoint")
     add.add_argument("url", help="the endpoint URL (http or https)")
+    _tenant_option(add, "the tenant (customer) the endpoint belongs to")
     add.add_argument(
         "--event-type",
         action="append",
@@ -909,11 +1029,51 @@ def build_parser() -> argparse.ArgumentParser:
         "pending deliveries, age of the oldest, disabled and failing subscriptions",
     )
     stats.add_argument("--json", action="store_true", help="print a JSON object")
+    _tenant_option(stats, "only this tenant's deliveries and subscriptions")
+
+    tenants = commands.add_parser("tenants", help="list, show, set or delete tenants")
+    tenant_actions = tenants.add_subparsers(dest="action", metavar="ACTION", required=True)
+    list_tenants = _command(tenant_actions, "list", _cmd_tenants_list, "tenants with counts")
+    _page_options(list_tenants)
+    _json_option(list_tenants)
+    show_tenant = _command(tenant_actions, "show", _cmd_tenants_show, "one tenant as JSON")
+    show_tenant.add_argument("id", help="tenant id")
+    set_tenant = _command(
+        tenant_actions, "set", _cmd_tenants_set, "create a tenant or change its limits"
+    )
+    set_tenant.add_argument("id", help="tenant id")
+    set_tenant.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="PER_SECOND",
+        help="requests/s to all its endpoints (0: none)",
+    )
+    set_tenant.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help="attempts at once to all its endpoints (0: none)",
+    )
+    set_tenant.add_argument(
+        "--max-subscriptions", type=int, metavar="N", help="endpoints it may have (0: no limit)"
+    )
+    set_tenant.add_argument(
+        "--metadata", action="append", type=_metadata_item, metavar="KEY=VALUE", help="repeatable"
+    )
+    delete_tenant = _command(
+        tenant_actions,
+        "delete",
+        _cmd_tenants_delete,
+        "remove a tenant with its subscriptions, messages, deliveries and attempts",
+    )
+    delete_tenant.add_argument("id", help="tenant id")
+    delete_tenant.add_argument("--yes", action="store_true", help="really delete it")
 
     messages = commands.add_parser("messages", help="list published messages")
     message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)
     list_messages = _command(message_actions, "list", _cmd_messages_list, "newest messages first")
     list_messages.add_argument("--event-type", metavar="TYPE", help="only this event type")
+    _tenant_option(list_messages)
     _page_options(list_messages)
     _json_option(list_messages)
 
@@ -927,6 +1087,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     list_deliveries.add_argument("--subscription", metavar="ID", help="only this subscription")
     list_deliveries.add_argument("--message", metavar="ID", help="only this message")
+    _tenant_option(list_deliveries)
     _page_options(list_deliveries)
     _json_option(list_deliveries)
 

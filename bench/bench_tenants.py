@@ -1,0 +1,107 @@
+"""B6: fair delivery between tenants, in-process on SQLite (not run in CI).
+
+    python bench/bench_tenants.py [--backlog 20000] [--probes 50] [--runs 3]
+
+Tenant "busy" has ``--backlog`` deliveries queued to its 50 endpoints (as B2 under load) (nginx, or the
+fallback receiver); then ``--probes`` events are published, each for a different quiet
+tenant with one endpoint on a probe receiver that timestamps arrivals on the same clock
+as `publish()`. The same run measures today's order for comparison: the same rows with
+no tenants at all (one queue, oldest due first), and the busy tenant's own throughput
+both ways (the rate its backlog drains at). Runs alternate between the two setups;
+medians are quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench_latency import ProbeReceiver, percentiles
+from common import dispatcher_options, machine, receiver
+
+import webhook_dispatch as wd
+
+ENDPOINTS = 50
+
+
+def one_run(
+    directory: Path, base: str, probes: ProbeReceiver, *, tenants: bool, backlog: int, count: int
+) -> tuple[list[float], float]:
+    """Probe latencies (s) and the busy backlog's drain rate (deliveries/s)."""
+    store = f"sqlite:///{directory / f'b6-{time.monotonic_ns()}.db'}"
+    with wd.Dispatcher(store, **dispatcher_options()) as dispatcher:
+        busy = "busy" if tenants else None
+        for n in range(ENDPOINTS):
+            dispatcher.subscribe(f"{base}/busy/{n}", event_types=["busy.*"], tenant=busy)
+        quiet = [f"quiet{n}" if tenants else None for n in range(count)]
+        for n, tenant in enumerate(quiet):
+            dispatcher.subscribe(probes.url, event_types=[f"probe.n{n}"], tenant=tenant)
+        batch = 1000
+        for start in range(0, backlog // ENDPOINTS, batch):
+            dispatcher.publish_many(
+                ("busy.work", {"n": n}, None, busy)
+                for n in range(start, min(start + batch, backlog // ENDPOINTS))
+            )
+        started = time.perf_counter()
+        dispatcher.start()
+        time.sleep(0.5)  # the worker is well into the backlog
+        latencies = []
+        for n, tenant in enumerate(quiet):
+            sent = time.perf_counter()
+            message = dispatcher.publish(f"probe.n{n}", {"n": n}, tenant=tenant)
+            event = probes.expect(message.id)
+            if not event.wait(300):
+                raise RuntimeError("a probe never arrived")
+            latencies.append(probes.arrived[message.id] - sent)
+            time.sleep(0.01)
+        while dispatcher.stats().pending:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        dispatcher.stop()
+    return latencies, backlog / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backlog", type=int, default=20_000)
+    parser.add_argument("--probes", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    probes = ProbeReceiver()
+    results: dict[bool, list[tuple[list[float], float]]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp, receiver(Path(tmp)) as (base, name):
+        for _ in range(args.runs):
+            for tenants in (False, True):  # alternating, in one sitting
+                results[tenants].append(
+                    one_run(
+                        Path(tmp),
+                        base,
+                        probes,
+                        tenants=tenants,
+                        backlog=args.backlog,
+                        count=args.probes,
+                    )
+                )
+
+    print(machine())
+    print(
+        f"busy receiver: {name}; backlog {args.backlog} deliveries to {ENDPOINTS} endpoints; "
+        f"{args.probes} probes, each for its own quiet tenant; SQLite, in-process; "
+        f"medians of {args.runs} runs"
+    )
+    print(f"{'setup':<44} {'probe p50 ms':>13} {'probe p99 ms':>13} {'busy deliv/s':>13}")
+    rates = {}
+    for tenants, label in ((False, "no tenants (today's order: oldest due)"), (True, "tenants (round robin)")):
+        p50 = statistics.median(percentiles(r[0])[0] for r in results[tenants])
+        p99 = statistics.median(percentiles(r[0])[1] for r in results[tenants])
+        rates[tenants] = statistics.median(r[1] for r in results[tenants])
+        print(f"{label:<44} {p50:>13.1f} {p99:>13.1f} {rates[tenants]:>13.0f}")
+    print(f"busy tenant's throughput, tenants / no tenants: {rates[True] / rates[False]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

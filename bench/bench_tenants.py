@@ -95,7 +95,10 @@ def main() -> None:
     )
     print(f"{'setup':<44} {'probe p50 ms':>13} {'probe p99 ms':>13} {'busy deliv/s':>13}")
     rates = {}
-    for tenants, label in ((False, "no tenants (today's order: oldest due)"), (True, "tenants (round robin)")):
+    for tenants, label in (
+        (False, "no tenants (today's order: oldest due)"),
+        (True, "tenants (round robin)"),
+    ):
         p50 = statistics.median(percentiles(r[0])[0] for r in results[tenants])
         p99 = statistics.median(percentiles(r[0])[1] for r in results[tenants])
         rates[tenants] = statistics.median(r[1] for r in results[tenants])

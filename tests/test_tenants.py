@@ -395,3 +395,23 @@ def test_tenant_rate_limit_spaces_claims(store_url: str) -> None:
         assert d.store.claim_due(clock.now(), limit=10, lease_until=lease, worker_id="w") == []
         clock.advance(1)
         assert len(d.store.claim_due(clock.now(), limit=10, lease_until=lease, worker_id="w")) == 2
+
+
+def test_due_ring_wraps_and_walks_windows() -> None:
+    """The ring starts after the cursor, wraps to the start, and pages through windows
+    of tenants whose deliveries are not yet due."""
+    from webhook_dispatch.stores.base import RING_WINDOW, due_ring
+
+    tenants = [f"t{n:04d}" for n in range(3 * RING_WINDOW)]
+    due = {"t0001", "t0600", "t0700"}
+    scans: list[tuple[str, bool]] = []
+
+    def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
+        scans.append((bound, inclusive))
+        after = [t for t in tenants if t >= bound and (inclusive or t > bound)]
+        return [(t, t in due) for t in after[:RING_WINDOW]]
+
+    assert due_ring(scan, "t0650", 10) == ["t0700", "t0001", "t0600"]
+    assert due_ring(scan, None, 2) == ["t0001", "t0600"]
+    assert due_ring(scan, "t0700", 1) == ["t0001"]
+    assert due_ring(lambda bound, inclusive: [], None, 5) == []

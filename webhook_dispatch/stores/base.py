@@ -55,7 +55,9 @@ __all__ = [
     "RecordResult",
     "Stats",
     "Store",
+    "RING_WINDOW",
     "TenantGate",
+    "due_ring",
     "ring_after",
     "share_round_robin",
 ]
@@ -267,6 +269,38 @@ def ring_after(tenants: Sequence[str], cursor: str | None, count: int) -> list[s
         return list(tenants[:count])
     start = next((i for i, tenant in enumerate(tenants) if tenant > cursor), len(tenants))
     return [*tenants[start:], *tenants[:start]][:count]
+
+
+RING_WINDOW = 256
+"""Tenants with pending deliveries one ring query of a SQL store looks at."""
+
+
+def due_ring(
+    scan: Callable[[str, bool], Sequence[tuple[str, bool]]], cursor: str | None, count: int
+) -> list[str]:
+    """Up to ``count`` tenants with due deliveries, in round-robin order: those after
+    ``cursor`` (the previous claim's last tenant), then from the first, wrapping around.
+
+    ``scan(bound, inclusive)`` returns up to `RING_WINDOW` ``(tenant, has due
+    deliveries)`` pairs, in tenant order, of the tenants with pending deliveries from
+    ``bound`` (included when ``inclusive``); this walks it window by window.
+    """
+    due: list[str] = []
+    passes = [(cursor, False), ("", True)] if cursor is not None else [("", True)]
+    for number, (bound, inclusive) in enumerate(passes):
+        while len(due) < count:
+            rows = scan(bound, inclusive)
+            for tenant, is_due in rows:
+                if number and cursor is not None and tenant > cursor:
+                    return due  # wrapped around to where the first pass began
+                if is_due:
+                    due.append(tenant)
+                    if len(due) == count:
+                        return due
+            if len(rows) < RING_WINDOW:
+                break  # the last tenant with pending deliveries was seen
+            bound, inclusive = rows[-1][0], False
+    return due
 
 
 class TenantGate:

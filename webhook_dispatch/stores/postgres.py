@@ -60,12 +60,14 @@ from webhook_dispatch.stores._core import (
     to_us,
 )
 from webhook_dispatch.stores.base import (
+    RING_WINDOW,
     AttemptRecord,
     Claim,
     ClaimPlan,
     PublishResult,
     RecordResult,
     TenantGate,
+    due_ring,
     share_round_robin,
 )
 
@@ -951,29 +953,17 @@ class PostgresStore(SQLStore):
     def _ring(
         self, db: psycopg.Connection[tuple[Any, ...]], now: datetime, count: int
     ) -> list[str]:
-        """Up to ``count`` tenants with due deliveries, in round-robin order: those after
-        the previous claim's last tenant, then from the first (wrapping around)."""
-        cursor = self._ring_cursor
-        due: list[str] = []
-        passes = [(cursor, ">"), ("", ">=")] if cursor is not None else [("", ">=")]
-        for number, (bound, operator) in enumerate(passes):
-            while len(due) < count:
-                rows = db.execute(
-                    self._sql(_RING_SCAN.replace("{operator}", operator)),
-                    (bound, now, _RING_WINDOW),
-                ).fetchall()
-                scanned = 0
-                for tenant, is_due in rows:
-                    scanned += 1
-                    bound, operator = tenant, ">"
-                    if number and cursor is not None and tenant > cursor:
-                        scanned = 0  # wrapped around to where the first pass began
-                        break
-                    if is_due and len(due) < count:
-                        due.append(tenant)
-                if scanned < _RING_WINDOW:
-                    break
-        return due
+        """Up to ``count`` tenants with due deliveries in round-robin order (`due_ring`),
+        found by skipping through the due index (a probe per tenant)."""
+
+        def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
+            text = _RING_SCAN.replace("{operator}", ">=" if inclusive else ">")
+            return [
+                (tenant, bool(is_due))
+                for tenant, is_due in db.execute(self._sql(text), (bound, now, RING_WINDOW))
+            ]
+
+        return due_ring(scan, self._ring_cursor, count)
 
     def _tenant_gate(
         self,
@@ -1361,10 +1351,6 @@ class _ClaimState:
         self.locked: set[str] = set()
         self.heads: dict[str, tuple[int, bool]] = {}
         self.taken: list[int] = []
-
-
-_RING_WINDOW = 256
-"""Tenants with pending deliveries one ring query looks at."""
 
 
 def _claims(rows: list[tuple[Any, ...]]) -> list[Claim]:

@@ -49,12 +49,14 @@ from webhook_dispatch.stores._core import (
     to_us,
 )
 from webhook_dispatch.stores.base import (
+    RING_WINDOW,
     AttemptRecord,
     Claim,
     ClaimPlan,
     PublishResult,
     RecordResult,
     TenantGate,
+    due_ring,
     share_round_robin,
 )
 
@@ -703,30 +705,20 @@ class SQLiteStore(SQLStore):
         return taken
 
     def _ring(self, db: sqlite3.Connection, now_us: int, count: int) -> list[str]:
-        """Up to ``count`` tenants with due deliveries, in round-robin order: those after
-        the previous claim's last tenant, then from the first (wrapping around). Tenants
-        are found by skipping through the due index, a probe per tenant with pending
+        """Up to ``count`` tenants with due deliveries in round-robin order (`due_ring`),
+        found by skipping through the due index: a probe per tenant with pending
         deliveries, however many deliveries each has."""
-        cursor = self._ring_cursor
-        due: list[str] = []
-        passes = [(cursor, ">"), ("", ">=")] if cursor is not None else [("", ">=")]
-        for number, (bound, operator) in enumerate(passes):
-            while len(due) < count:
-                rows = db.execute(
-                    _RING_SCAN.format(operator=operator), (bound, _RING_WINDOW, now_us)
+
+        def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
+            operator = ">=" if inclusive else ">"
+            return [
+                (tenant, bool(is_due))
+                for tenant, is_due in db.execute(
+                    _RING_SCAN.format(operator=operator), (bound, RING_WINDOW, now_us)
                 )
-                scanned = 0
-                for tenant, is_due in rows:
-                    scanned += 1
-                    bound, operator = tenant, ">"
-                    if number and cursor is not None and tenant > cursor:
-                        scanned = 0  # wrapped around to where the first pass began
-                        break
-                    if is_due and len(due) < count:
-                        due.append(tenant)
-                if scanned < _RING_WINDOW:
-                    break
-        return due
+            ]
+
+        return due_ring(scan, self._ring_cursor, count)
 
     def _tenant_gate(
         self, db: sqlite3.Connection, order: list[str], now_us: int, reclaimed: list[Any]
@@ -1146,9 +1138,6 @@ class _Walk:
         self.done = False
         """The tenant has nothing more for this claim."""
 
-
-_RING_WINDOW = 256
-"""Tenants with pending deliveries one ring query looks at."""
 
 # One step per tenant with pending deliveries (the MIN of an index range is one probe),
 # each asked whether it has any due now.

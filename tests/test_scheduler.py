@@ -14,20 +14,29 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 _ids = itertools.count(1)
 
 
-def claims(count: int, *, timeout: float = 15.0, rate_limit: float | None = None) -> list[Claim]:
+def claims(
+    count: int,
+    *,
+    timeout: float = 15.0,
+    rate_limit: float | None = None,
+    tenant: str | None = None,
+) -> list[Claim]:
     subscription = Subscription(
-        id="sub_1",
+        id=f"sub_{tenant or 1}",
         url="https://example.com/hooks",
         secret="whsec_" + "A" * 32,
         created_at=T0,
         updated_at=T0,
         timeout=timeout,
         rate_limit=rate_limit,
+        tenant=tenant,
     )
     made = []
     for _ in range(count):
         n = next(_ids)
-        message = Message(id=f"msg_{n}", event_type="order.created", payload=b"{}", created_at=T0)
+        message = Message(
+            id=f"msg_{n}", event_type="order.created", payload=b"{}", created_at=T0, tenant=tenant
+        )
         delivery = Delivery(
             id=f"dlv_{n}",
             message_id=message.id,
@@ -250,3 +259,31 @@ def test_the_end_of_a_run_takes_what_waited_and_what_finished() -> None:
     assert ids(scheduler.unrun()) == ids(batch[1:])
     assert scheduler.take_finished() == [record(batch[0])]
     assert not scheduler.ready and not scheduler.finished
+
+
+def test_waiting_claims_take_turns_between_tenants() -> None:
+    """A tenant whose claim arrives behind a busy tenant's full batch starts next, not
+    after the batch; each tenant's own claims keep their order."""
+    scheduler = Scheduler(concurrency=2, lease=60.0, until_idle=True)
+    scheduler.next_round(0.0, stopping=False)
+    busy = claims(4, tenant="busy")
+    assert ids(deliver(scheduler, busy)) == ids(busy[:2])
+    scheduler.next_round(1.0, stopping=False)
+    quiet = claims(1, tenant="quiet")
+    other = claims(2)  # untenanted: one more turn-taker
+    assert deliver(scheduler, quiet + other, now=1.0) == []  # both slots busy
+    waiting = ids([claim for claim, _ in scheduler.ready])
+    assert waiting == ids([busy[2], quiet[0], other[0], busy[3], other[1]])
+
+    scheduler.attempts_finished([record(busy[0])])
+    assert ids(scheduler.start(stopping=False)) == ids(busy[2:3])
+    scheduler.attempts_finished([record(busy[1])])
+    assert ids(scheduler.start(stopping=False)) == ids(quiet)
+
+
+def test_one_tenant_keeps_its_order() -> None:
+    scheduler = Scheduler(concurrency=1, lease=60.0, until_idle=True)
+    scheduler.next_round(0.0, stopping=False)
+    batch = claims(3, tenant="acme")
+    assert ids(deliver(scheduler, batch)) == ids(batch[:1])
+    assert ids([claim for claim, _ in scheduler.ready]) == ids(batch[1:])

@@ -152,6 +152,7 @@ class Scheduler:
             ready.append(
                 (claim, self._round_started + max(spare - claim.subscription.timeout, 0.0))
             )
+        _take_turns(ready)
         return GiveBack(back, refunds) if back else None
 
     def next_round(self, now: float, *, stopping: bool) -> RoundRequest | None:
@@ -216,3 +217,23 @@ class Scheduler:
         """Take the finished attempts no round has recorded yet (the run ends)."""
         finished, self.finished = self.finished, []
         return finished
+
+
+def _take_turns(ready: collections.deque[tuple[Claim, float]]) -> None:
+    """Interleave the waiting claims by tenant, keeping each tenant's own order: a
+    tenant whose claims arrive behind a busy tenant's full batch waits one claim per
+    tenant ahead of it, not the whole batch. Order within a tenant (and so within an
+    ordered subscription) is untouched; untenanted claims take turns as one tenant."""
+    if len(ready) < 2:
+        return
+    by_tenant: dict[str | None, collections.deque[tuple[Claim, float]]] = {}
+    for item in ready:
+        by_tenant.setdefault(item[0].subscription.tenant, collections.deque()).append(item)
+    if len(by_tenant) < 2:
+        return
+    ready.clear()
+    queues = list(by_tenant.values())
+    while queues:
+        for queue in queues:
+            ready.append(queue.popleft())
+        queues = [queue for queue in queues if queue]

@@ -253,15 +253,7 @@ class DjangoDispatcher(Dispatcher):
         raw = self._outbox_connection(alias)
         if raw is not None:
             return super().publish_many(events, connection=raw)
-        messages = [
-            self._core.new_message(
-                event[0],
-                event[1],
-                idempotency_key=event[2] if len(event) > 2 else None,
-                content_type=None,
-            )
-            for event in events
-        ]
+        messages = self._core.messages_for(events)
         transaction.on_commit(lambda: self._core.publish_many(messages), using=alias)
         return messages
 
@@ -319,6 +311,8 @@ def publish(
     *,
     idempotency_key: str | None = None,
     content_type: str | None = None,
+    connection: Any = None,
+    tenant: str | None = None,
     using: str | None = None,
 ) -> Message:
     """`DjangoDispatcher.publish` on the process-wide dispatcher."""
@@ -327,13 +321,17 @@ def publish(
         payload,
         idempotency_key=idempotency_key,
         content_type=content_type,
+        connection=connection,
+        tenant=tenant,
         using=using,
     )
 
 
-def publish_many(events: Iterable[EventSpec], *, using: str | None = None) -> list[Message]:
+def publish_many(
+    events: Iterable[EventSpec], *, connection: Any = None, using: str | None = None
+) -> list[Message]:
     """`DjangoDispatcher.publish_many` on the process-wide dispatcher."""
-    return get_dispatcher().publish_many(events, using=using)
+    return get_dispatcher().publish_many(events, connection=connection, using=using)
 
 
 class _LazyDispatcher:

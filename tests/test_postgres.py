@@ -207,9 +207,10 @@ def test_version_2_schema_is_migrated_and_ordered_claims_still_work(
             postgres_dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
         )
     }
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
+    assert "deliveries_subscription_due" in indexes  # version 6
 
 
 def undo_version_5(dsn: str, schema: str) -> None:

@@ -163,8 +163,39 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
     store.close()
 
 
+def undo_version_6(connection: sqlite3.Connection) -> None:
+    """Put a current file back in its version-5 shape: no subscription due index."""
+    connection.execute("DROP INDEX deliveries_subscription_due")
+    connection.execute("UPDATE webhook_dispatch_meta SET value = 5 WHERE key = 'schema_version'")
+
+
+def test_version_5_file_gains_the_subscription_due_index(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    subscription = make_subscription()
+    store.add_subscription(subscription)
+    published = store.publish(make_message(), [subscription.id], T0).message
+    store.close()
+    connection = sqlite3.connect(db_path)
+    with connection:
+        undo_version_6(connection)
+    connection.close()
+    reopened = SQLiteStore(db_path)
+    try:
+        assert [c.delivery.message_id for c in claim(reopened)] == [published.id]
+    finally:
+        reopened.close()
+    connection = sqlite3.connect(db_path)
+    try:
+        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        version = connection.execute("SELECT value FROM webhook_dispatch_meta").fetchone()[0]
+    finally:
+        connection.close()
+    assert "deliveries_subscription_due" in names and version == SCHEMA_VERSION == 6
+
+
 def undo_version_5(connection: sqlite3.Connection) -> None:
     """Put a current file back in its version-4 shape: no tenants."""
+    undo_version_6(connection)
     for index in (
         "subscriptions_tenant",
         "messages_tenant",
@@ -293,7 +324,7 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
         "SELECT next_attempt_at FROM deliveries WHERE status = 'succeeded'"
     ).fetchall()
     connection.close()
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
     assert finished == [(None,)]
@@ -740,4 +771,47 @@ def test_a_claims_work_does_not_grow_with_the_backlog(tmp_path: Path, tenant: st
     index to the rows it takes (a planner choice that scans every delivery fails this)."""
     small = _claim_steps(tmp_path / "small.db", 10, tenant)
     large = _claim_steps(tmp_path / "large.db", 200, tenant)
+    assert large < 2 * small, (small, large)
+
+
+def _capped_claim_steps(path: Path, backlog: int) -> int:
+    """VM instructions (in hundreds) of a claim when one subscription with ``backlog``
+    due deliveries is at its in-flight cap and its sibling has one new delivery."""
+    store = SQLiteStore(path)
+    try:
+        busy, idle = make_subscription(), make_subscription()
+        store.add_subscription(busy)
+        store.add_subscription(idle)
+        store.publish_many([(make_message(), [busy.id]) for _ in range(backlog)], T0)
+        store.publish(make_message(), [idle.id], T0 + timedelta(seconds=1))
+        now = T0 + timedelta(seconds=2)
+        lease = now + timedelta(minutes=5)
+        held = store.claim_due(now, limit=4, lease_until=lease, worker_id="w1")
+        assert {c.subscription.id for c in held} == {busy.id, idle.id}
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        connection = store._open_connection()
+        connection.set_progress_handler(count, 100)
+        # The busy one is at its cap of 3, the idle one has nothing left: no row is due
+        # for this claim, however long the busy one's backlog.
+        got = store.claim_due(
+            now, limit=10, lease_until=lease, worker_id="w2", default_max_in_flight=3
+        )
+        connection.set_progress_handler(None, 0)
+        assert got == []
+        return steps
+    finally:
+        store.close()
+
+
+def test_a_subscription_at_its_cap_is_not_walked(tmp_path: Path) -> None:
+    """A busy endpoint at its in-flight cap costs a claim the same whatever its backlog:
+    claims walk each subscription's own due deliveries, never past another's."""
+    small = _capped_claim_steps(tmp_path / "small.db", 20)
+    large = _capped_claim_steps(tmp_path / "large.db", 4000)
     assert large < 2 * small, (small, large)

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 
 import webhook_dispatch as wd
 from webhook_dispatch._receiver import LoopbackReceiver
-from webhook_dispatch.stores.base import TenantGate, ring_after, share_round_robin
+from webhook_dispatch.stores.base import (
+    SubscriptionTurns,
+    TenantGate,
+    ring_after,
+    share_round_robin,
+)
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
 STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -368,6 +373,67 @@ def test_a_busy_tenant_does_not_hold_up_a_quiet_one(store_url: str) -> None:
             clock.now(), limit=10, lease_until=clock.now() + timedelta(minutes=1), worker_id="w"
         )
         assert len(more) == 10 and {c.message.tenant for c in more} == {"busy"}
+
+
+@pytest.mark.parametrize("tenant", [None, "acme"])
+def test_a_busy_endpoint_does_not_hold_up_its_tenants_others(
+    store_url: str, tenant: str | None
+) -> None:
+    """Within one tenant (or among untenanted endpoints) subscriptions take turns too:
+    a backlog on one endpoint, published first, leaves room in the next claim for a
+    sibling's new delivery, and the claims after that rotate through them."""
+    clock = FakeClock(T0)
+    with wd.Dispatcher(store_url, transport=MockReceiver([200]), clock=clock) as d:
+        busy = d.subscribe(
+            "https://busy.example/hook", event_types=["busy.*"], tenant=tenant, max_in_flight=1000
+        )
+        quiet = d.subscribe("https://quiet.example/hook", event_types=["quiet.*"], tenant=tenant)
+        third = d.subscribe("https://third.example/hook", event_types=["third.*"], tenant=tenant)
+        d.publish_many([("busy.work", {"n": n}, None, tenant) for n in range(200)])
+        clock.advance(1)
+        d.publish_many([("quiet.work", {}, None, tenant), ("third.work", {}, None, tenant)])
+        lease = clock.now() + timedelta(minutes=1)
+        claims = d.store.claim_due(clock.now(), limit=3, lease_until=lease, worker_id="w")
+        assert sorted(c.subscription.id for c in claims) == sorted([busy.id, quiet.id, third.id])
+        d.publish_many([("quiet.work", {}, None, tenant) for _ in range(5)])
+        # Two subscriptions due, one slot each: the next claims alternate between them.
+        served = [
+            d.store.claim_due(clock.now(), limit=1, lease_until=lease, worker_id="w")[0]
+            for _ in range(4)
+        ]
+        ids = [c.subscription.id for c in served]
+        assert set(ids) == {busy.id, quiet.id} and ids[0] != ids[1] and ids[:2] == ids[2:]
+
+
+def test_subscription_turns_rotate_and_share() -> None:
+    """The pure part: each tenant's ring is asked for once per claim, its cursor moves
+    only in the first pass, and leftovers go to subscriptions that used their share."""
+    turns = SubscriptionTurns()
+    offered = {"s1": 100, "s2": 1, "s3": 100}
+    asked: list[tuple[str, str | None, int]] = []
+    walked: list[tuple[str, int]] = []
+
+    def ring(tenant: str, cursor: str | None, count: int) -> list[str]:
+        asked.append((tenant, cursor, count))
+        return ring_after(sorted(offered), cursor, count)
+
+    def walk(tenant: str, subscription_id: str, quota: int) -> int:
+        walked.append((subscription_id, quota))
+        got = min(quota, offered[subscription_id])
+        offered[subscription_id] -= got
+        return got
+
+    take = turns.take(ring, walk)
+    assert take("t", 6) == 6
+    assert walked == [("s1", 2), ("s2", 2), ("s3", 3)]
+    assert take("t", 2) == 2  # the tenant's second pass: the same order, no new ring
+    assert asked == [("t", None, 14)]
+    walked.clear()
+    take = turns.take(ring, walk)  # the next claim starts after s3, the last served
+    take("t", 1)
+    assert asked[-1] == ("t", "s3", 4) and walked == [("s1", 1)]
+    gate = TenantGate({"t": (2, None, 0)}, {"t": 1}, 0)
+    assert turns.take(ring, walk, gate)("t", 5) == 1  # the tenant's max_in_flight caps it
 
 
 def test_tenant_max_in_flight_holds_across_claims(store_url: str) -> None:

@@ -14,11 +14,12 @@ no ``%`` and no ``?`` other than placeholders, so both dialects can take them.
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import attrs
 
@@ -40,11 +41,11 @@ from ..models import (
     options_fields,
 )
 from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
-from .base import PublishResult, Stats, Store
+from .base import ClaimPlan, PublishResult, Stats, Store
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The logical schema version both SQL stores write; a newer one is refused."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -388,6 +389,87 @@ def where_clause(*filters: tuple[str, Any]) -> tuple[str, list[Any]]:
 def prefixed(alias: str, columns: str) -> str:
     """``"a, b"`` as ``"alias.a, alias.b"``."""
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+class DueRow(NamedTuple):
+    """One due delivery a claim's walk looks at, as either SQL store reads it."""
+
+    taken: Any
+    """What the store leases when the claim takes it (its row, or its seq)."""
+    due: Any
+    """Its due time, in the backend's form."""
+    seq: int
+    max_in_flight: int | None
+    """Its subscription's own cap."""
+    ordered: bool
+    failing: bool
+    """Its subscription's last attempt failed."""
+
+
+class Walk:
+    """Where one claim's walk of one subscription's due deliveries stands: rows
+    fetched and not looked at yet, the last row seen, and whether more may be due."""
+
+    __slots__ = ("after", "more", "rows")
+
+    def __init__(self) -> None:
+        self.rows: collections.deque[DueRow] = collections.deque()
+        self.after: tuple[Any, int] | None = None
+        """(due time, seq) of the last row seen."""
+        self.more = True
+        """Rows past those fetched may be due."""
+
+    def fill(self, rows: Sequence[DueRow], asked: int) -> None:
+        """Rows fetched ahead (``asked`` were asked for): looked at before any page."""
+        self.rows.extend(rows)
+        self.more = len(rows) >= asked
+
+
+def walk_subscription(
+    plan: ClaimPlan,
+    subscription_id: str,
+    walk: Walk,
+    quota: int,
+    fetch: Callable[[tuple[Any, int] | None, int], Sequence[DueRow]],
+    head: Callable[[], tuple[int, bool]],
+) -> list[Any]:
+    """Up to ``quota`` of one subscription's due deliveries for ``plan``, oldest due
+    first from where this claim's previous walk of it stopped: the rows fetched ahead,
+    then pages from ``fetch(after, size)``. ``head()`` is an ordered subscription's
+    oldest unfinished delivery, ``(seq, pending and due)``; only it may be taken, and
+    when it is not due the subscription gives nothing."""
+    taken: list[Any] = []
+    while len(taken) < quota and not plan.is_full() and subscription_id not in plan.closed:
+        if not walk.rows:
+            if not walk.more:
+                break
+            size = quota - len(taken)
+            walk.fill(fetch(walk.after, size), size)
+            if not walk.rows:
+                break
+        row = walk.rows.popleft()
+        walk.after = (row.due, row.seq)
+        is_head = True
+        if row.ordered:
+            head_seq, head_due = head()
+            is_head = head_seq == row.seq
+            if not head_due:
+                plan.close(subscription_id)
+        if plan.consider(
+            subscription_id,
+            max_in_flight=row.max_in_flight,
+            ordered=row.ordered,
+            is_head=is_head,
+            failing=row.failing,
+        ):
+            taken.append(row.taken)
+    return taken
+
+
+def fetched_ahead(order: Sequence[str], quota: int) -> int:
+    """Rows to fetch ahead per subscription when ``order`` shares ``quota``: the largest
+    first-pass share (more come page by page, for the few that can use them)."""
+    return -(-quota // max(1, len(order)))
 
 
 class Cursor(Protocol):

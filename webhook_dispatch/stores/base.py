@@ -56,6 +56,7 @@ __all__ = [
     "Stats",
     "Store",
     "RING_WINDOW",
+    "SubscriptionTurns",
     "TenantGate",
     "due_ring",
     "ring_after",
@@ -301,6 +302,81 @@ def due_ring(
                 break  # the last tenant with pending deliveries was seen
             bound, inclusive = rows[-1][0], False
     return due
+
+
+CURSORS_KEPT = 10_000
+"""Tenants whose subscription ring position a store remembers (forgotten all at once
+when full: the next claim of a forgotten tenant starts its ring from the first)."""
+
+
+class SubscriptionTurns:
+    """Within a tenant, its subscriptions with due deliveries take turns the way
+    tenants do (`share_round_robin`), so one endpoint's backlog cannot hold back the
+    tenant's other endpoints; this keeps, per tenant, the subscription the last claim
+    served last in its first pass, where the tenant's next turn order starts after.
+
+    `take` makes one claim's ``take(tenant, quota)`` for `share_round_robin` out of
+    ``ring(tenant, cursor, count)``, the tenant's due subscriptions in turn order (up
+    to ``count``, starting after ``cursor``), and ``walk(tenant, subscription,
+    quota)``, which takes up to ``quota`` of one subscription's due deliveries and
+    returns how many it took. A tenant is offered twice in a claim when the first pass
+    leaves slots over: its ring is asked for once, and only the first pass moves its
+    cursor.
+    """
+
+    def __init__(self) -> None:
+        self._cursors: dict[str, str] = {}
+
+    def take(
+        self,
+        ring: Callable[[str, str | None, int], Sequence[str]],
+        walk: Callable[[str, str, int], int],
+        gate: TenantGate | None = None,
+        ahead: Callable[[str, Sequence[str], int], None] | None = None,
+    ) -> Callable[[str, int], int]:
+        """One claim's ``take(tenant, quota)``, see the class; ``gate`` caps what each
+        tenant gets by its tenant-wide limits; ``ahead(tenant, order, quota)``, when
+        given, is told a tenant's turn order before its walks (a SQL store fetches the
+        first rows of every subscription in it in one statement)."""
+        rings: dict[str, Sequence[str]] = {}
+
+        def take(tenant: str, quota: int) -> int:
+            if gate is not None:
+                quota = int(min(quota, gate.room(tenant)))
+            if quota <= 0:
+                return 0
+            order = rings.get(tenant)
+            first = order is None
+            if order is None:
+                # Twice the quota: a few of them may be at their cap for this claim.
+                count = min(RING_WINDOW, 2 * quota + 2)
+                order = rings[tenant] = ring(tenant, self._cursors.get(tenant), count)
+                if order and ahead is not None:
+                    ahead(tenant, order, quota)
+            if not order:
+                return 0
+            got = 0
+
+            def take_one(subscription: str, share: int) -> int:
+                nonlocal got
+                taken = walk(tenant, subscription, share)
+                got += taken
+                return taken
+
+            last = share_round_robin(order, quota, take_one)
+            if first and last is not None:
+                if len(self._cursors) >= CURSORS_KEPT and tenant not in self._cursors:
+                    self._cursors.clear()
+                self._cursors[tenant] = last
+            if gate is not None:
+                gate.took(tenant, got)
+            return got
+
+        return take
+
+    def forget(self, tenant: str) -> None:
+        """Drop a tenant's ring position (the tenant was deleted)."""
+        self._cursors.pop(tenant, None)
 
 
 class TenantGate:

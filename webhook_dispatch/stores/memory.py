@@ -39,6 +39,7 @@ from .base import (
     RecordResult,
     Stats,
     Store,
+    SubscriptionTurns,
     TenantGate,
     ring_after,
     share_round_robin,
@@ -76,9 +77,11 @@ class MemoryStore(Store):
         self._deliveries_by_message: dict[str, list[str]] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._attempts: dict[str, list[Attempt]] = {}
-        # One heap of due times per tenant ('' for none): claims take tenants in turn.
-        self._due: dict[str, list[tuple[datetime, int, str]]] = {}
+        # tenant ('' for none) -> subscription -> heap of (due time, sequence, delivery
+        # id): claims take tenants in turn, and each tenant's subscriptions in turn.
+        self._due: dict[str, dict[str, list[tuple[datetime, int, str]]]] = {}
         self._ring_cursor: str | None = None
+        self._turns = SubscriptionTurns()
         self._tenants: dict[str, Tenant] = {}
         self._deleting: set[str] = set()
         self._rate_tats: dict[str, int] = {}
@@ -327,17 +330,36 @@ class MemoryStore(Store):
                 in_flight=in_flight,
                 proven=proven,
             )
-            due = sorted(t for t, heap in self._due.items() if heap and heap[0][0] <= now)
+            due = sorted(
+                tenant
+                for tenant, heaps in self._due.items()
+                if any(heap and heap[0][0] <= now for heap in heaps.values())
+            )
             order = ring_after(due, self._ring_cursor, plan.limit)
             gate = self._gate(order, now, claims)
             skipped: list[tuple[datetime, int, str]] = []
 
-            def take(tenant: str, quota: int) -> int:
-                if gate is not None:
-                    quota = int(min(quota, gate.room(tenant)))
+            def ring(tenant: str, cursor: str | None, count: int) -> list[str]:
+                heaps = self._due.get(tenant, {})
+                for subscription_id in [key for key, heap in heaps.items() if not heap]:
+                    del heaps[subscription_id]
+                subscriptions = sorted(
+                    key
+                    for key, heap in heaps.items()
+                    if heap[0][0] <= now and key not in plan.closed
+                )
+                return ring_after(subscriptions, cursor, count)
+
+            def walk(tenant: str, subscription_id: str, quota: int) -> int:
                 got = 0
-                heap = self._due.get(tenant, [])
-                while heap and got < quota and not plan.is_full() and heap[0][0] <= now:
+                heap = self._due.get(tenant, {}).get(subscription_id, [])
+                while (
+                    heap
+                    and got < quota
+                    and not plan.is_full()
+                    and subscription_id not in plan.closed
+                    and heap[0][0] <= now
+                ):
                     entry = heapq.heappop(heap)
                     if self._is_stale(entry):
                         continue  # the delivery moved on since this entry was pushed
@@ -346,11 +368,12 @@ class MemoryStore(Store):
                         skipped.pop()
                         claims.append(self._lease(entry[2], lease_until, worker_id, now))
                         got += 1
-                if gate is not None:
-                    gate.took(tenant, got)
+                    elif not self._deliverable(entry[2]):
+                        break  # a disabled subscription's: all of them are held
                 return got
 
             if order:
+                take = self._turns.take(ring, walk, gate)
                 self._ring_cursor = share_round_robin(order, plan.limit, take)
             if gate is not None:
                 self._rate_tats.update(gate.tats())
@@ -498,7 +521,7 @@ class MemoryStore(Store):
 
     def _first_deliverable_due(self) -> list[datetime]:
         found: list[datetime] = []
-        for heap in self._due.values():
+        for heap in (heap for heaps in self._due.values() for heap in heaps.values()):
             while heap and self._is_stale(heap[0]):
                 heapq.heappop(heap)
             # Usually the head; a disabled subscription's held entries, or an ordered
@@ -783,6 +806,7 @@ class MemoryStore(Store):
                 self._deleting.discard(tenant_id)
                 self._rate_tats.pop(tenant_id, None)
                 self._due.pop(tenant_id, None)
+                self._turns.forget(tenant_id)
             return len(doomed), held
 
     def close(self) -> None:
@@ -800,7 +824,9 @@ class MemoryStore(Store):
             self._push_entry((delivery.next_attempt_at, next(self._sequence), delivery.id))
 
     def _push_entry(self, entry: tuple[datetime, int, str]) -> None:
-        heapq.heappush(self._due.setdefault(self._tenant_of(entry[2]), []), entry)
+        delivery = self._deliveries[entry[2]]
+        heaps = self._due.setdefault(self._tenant_of(entry[2]), {})
+        heapq.heappush(heaps.setdefault(delivery.subscription_id, []), entry)
 
 
 def _us(moment: datetime) -> int:

@@ -47,9 +47,12 @@ from webhook_dispatch.stores._core import (
     SUBSCRIPTION_COLUMNS,
     UNFINISHED,
     Connection,
+    DueRow,
     SQLStore,
+    Walk,
     attempt_row,
     delivery,
+    fetched_ahead,
     idempotency_keys,
     message,
     open_due,
@@ -58,6 +61,7 @@ from webhook_dispatch.stores._core import (
     subscription,
     tenant_key,
     to_us,
+    walk_subscription,
 )
 from webhook_dispatch.stores.base import (
     RING_WINDOW,
@@ -66,6 +70,7 @@ from webhook_dispatch.stores.base import (
     ClaimPlan,
     PublishResult,
     RecordResult,
+    SubscriptionTurns,
     TenantGate,
     due_ring,
     share_round_robin,
@@ -225,6 +230,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (version, tenant)
         )""",
     ),
+    (
+        # Within a tenant, subscriptions take turns (see the SQLite store).
+        """CREATE INDEX deliveries_subscription_due
+            ON {schema}.deliveries (tenant, subscription_id, next_attempt_at, seq)
+            WHERE next_attempt_at IS NOT NULL""",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -254,19 +265,38 @@ WHERE status = 'delivering' AND lease_expires_at <= %(now)s
 ORDER BY lease_expires_at LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
-_CLAIM_PAGE = """
+_DUE_COLUMNS = """
 SELECT d.seq, d.subscription_id, d.next_attempt_at, (s.options->>'max_in_flight')::int,
     coalesce((s.options->>'ordered')::boolean, false), s.consecutive_failures > 0
-FROM {schema}.deliveries AS d
+"""
+# One subscription's due deliveries after a (due time, seq), oldest due first.
+_CLAIM_PAGE = (
+    _DUE_COLUMNS
+    + """FROM {schema}.deliveries AS d
 JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id
-WHERE d.status = 'pending' AND d.tenant = %(tenant)s AND d.next_attempt_at <= %(now)s
-    AND s.enabled
+WHERE d.tenant = %(tenant)s AND d.subscription_id = %(subscription)s
+    AND d.next_attempt_at <= %(now)s AND d.status = 'pending' AND s.enabled
     AND (%(after_at)s::timestamptz IS NULL
          OR (d.next_attempt_at, d.seq) > (%(after_at)s::timestamptz, %(after_seq)s::bigint))
-    AND NOT (d.subscription_id = ANY(%(closed)s::text[]))
 ORDER BY d.next_attempt_at, d.seq LIMIT %(limit)s
 FOR UPDATE OF d SKIP LOCKED
 """
+)
+# The first rows of each subscription in a tenant's turn order, in one statement.
+_CLAIM_AHEAD = (
+    _DUE_COLUMNS
+    + """FROM unnest(%(subscriptions)s::text[]) AS r (subscription_id)
+CROSS JOIN LATERAL (
+    SELECT x.seq, x.subscription_id, x.next_attempt_at FROM {schema}.deliveries AS x
+    WHERE x.tenant = %(tenant)s AND x.subscription_id = r.subscription_id
+        AND x.next_attempt_at <= %(now)s AND x.status = 'pending'
+    ORDER BY x.next_attempt_at, x.seq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS d
+JOIN {schema}.subscriptions AS s ON s.id = d.subscription_id
+WHERE s.enabled
+"""
+)
 _CLAIM_LOCK = """
 SELECT subscription_id FROM unnest(%s::text[], %s::bigint[]) AS k (subscription_id, key)
 WHERE NOT pg_try_advisory_xact_lock(key)
@@ -282,10 +312,6 @@ SELECT subscription_id, count(*) FROM {schema}.deliveries
 WHERE status = 'delivering' AND lease_expires_at > %s AND subscription_id = ANY(%s)
 GROUP BY subscription_id
 """
-_CLAIM_ANYONE_LEFT = """
-SELECT EXISTS (SELECT 1 FROM {schema}.subscriptions
-               WHERE tenant = %s AND enabled AND NOT (id = ANY(%s)))
-"""
 # One step per tenant with pending deliveries (each MIN is one index probe), each asked
 # whether it has any due now: the round-robin ring of a claim.
 _RING_SCAN = """
@@ -300,6 +326,29 @@ WITH RECURSIVE ring (tenant) AS (
 SELECT tenant, EXISTS (SELECT 1 FROM {schema}.deliveries AS d
     WHERE d.status = 'pending' AND d.tenant = ring.tenant AND d.next_attempt_at <= %s)
 FROM (SELECT tenant FROM ring LIMIT %s) AS ring WHERE tenant IS NOT NULL
+"""
+# The same within one tenant, over its subscriptions with unfinished deliveries (those
+# with a due time: a claim writes nothing to that index), each asked whether it is
+# enabled and has any pending and due now.
+_SUBSCRIPTION_RING_SCAN = """
+WITH RECURSIVE ring (subscription_id) AS (
+    SELECT (SELECT min(subscription_id) FROM {schema}.deliveries
+            WHERE next_attempt_at IS NOT NULL AND tenant = %(tenant)s
+                AND subscription_id {operator} %(bound)s)
+    UNION ALL
+    SELECT (SELECT min(d.subscription_id) FROM {schema}.deliveries AS d
+            WHERE d.next_attempt_at IS NOT NULL AND d.tenant = %(tenant)s
+                AND d.subscription_id > ring.subscription_id)
+    FROM ring WHERE ring.subscription_id IS NOT NULL
+)
+SELECT subscription_id,
+    EXISTS (SELECT 1 FROM {schema}.deliveries AS d
+            WHERE d.tenant = %(tenant)s AND d.subscription_id = ring.subscription_id
+                AND d.next_attempt_at <= %(now)s AND d.status = 'pending')
+    AND EXISTS (SELECT 1 FROM {schema}.subscriptions AS s
+                WHERE s.id = ring.subscription_id AND s.enabled)
+FROM (SELECT subscription_id FROM ring LIMIT %(window)s) AS ring
+WHERE subscription_id IS NOT NULL
 """
 _TENANT_LIMITS = """
 SELECT id, max_in_flight, rate_limit, rate_tat FROM {schema}.tenants
@@ -492,6 +541,8 @@ class PostgresStore(SQLStore):
         self._listener_lock = threading.Lock()
         # The last tenant the previous claim served first-pass: the next starts after it.
         self._ring_cursor: str | None = None
+        # Where each tenant's subscription ring starts in the next claim.
+        self._turns = SubscriptionTurns()
         with self._translate():
             with psycopg.connect(self._conninfo, autocommit=True) as connection:
                 self._migrate(connection)
@@ -911,7 +962,9 @@ class PostgresStore(SQLStore):
         proven: Collection[str] | None = None,
     ) -> list[int]:
         """Due pending deliveries this claim may take: tenants take turns (round robin,
-        `share_round_robin`), each walked oldest due first in pages."""
+        `share_round_robin`), and within each tenant its subscriptions with due
+        deliveries (`SubscriptionTurns`), each walked oldest due first: its first rows
+        fetched for the whole turn order in one statement, then page by page."""
         plan = ClaimPlan(
             limit=limit - len(expired),
             default_max_in_flight=default_max_in_flight,
@@ -926,19 +979,53 @@ class PostgresStore(SQLStore):
         state = _ClaimState(plan, {row[1]: 0 for row in expired})
         for _, subscription_id in expired:
             state.reclaimed[subscription_id] += 1
-        walks: dict[str, _Walk] = {}
+        walks: dict[str, Walk] = {}  # by subscription
 
-        def take(tenant: str, quota: int) -> int:
-            if gate is not None:
-                quota = int(min(quota, gate.room(tenant)))
-            walk = walks.setdefault(tenant, _Walk())
-            if quota <= 0 or walk.done:
-                return 0
-            got = self._walk(db, state, walk, tenant, quota, now)
-            if gate is not None:
-                gate.took(tenant, got)
-            return got
+        def ring(tenant: str, cursor: str | None, count: int) -> list[str]:
+            return self._subscription_ring(db, tenant, cursor, count, now, plan.closed)
 
+        def ahead(tenant: str, order: Sequence[str], quota: int) -> None:
+            mine = self._lock_subscriptions(db, state, order, now)
+            if not mine:
+                return
+            asked = fetched_ahead(mine, quota)
+            rows: dict[str, list[DueRow]] = {subscription_id: [] for subscription_id in mine}
+            parameters = {"subscriptions": mine, "tenant": tenant, "now": now, "limit": asked}
+            for row in db.execute(self._sql(_CLAIM_AHEAD), parameters):
+                rows[row[1]].append(_due_row(row))
+            for subscription_id, found in rows.items():
+                found.sort(key=lambda row: (row.due, row.seq))
+                walks.setdefault(subscription_id, Walk()).fill(found, asked)
+
+        def walk(tenant: str, subscription_id: str, quota: int) -> int:
+            if subscription_id not in state.locked:
+                return 0  # another worker is claiming it right now
+
+            def fetch(after: tuple[Any, int] | None, size: int) -> list[DueRow]:
+                after_at, after_seq = after if after is not None else (None, 0)
+                parameters = {
+                    "tenant": tenant,
+                    "subscription": subscription_id,
+                    "now": now,
+                    "after_at": after_at,
+                    "after_seq": after_seq,
+                    "limit": size,
+                }
+                return [_due_row(row) for row in db.execute(self._sql(_CLAIM_PAGE), parameters)]
+
+            def head() -> tuple[int, bool]:
+                if subscription_id not in state.heads:
+                    found = db.execute(self._sql(_CLAIM_HEADS), (now, [subscription_id]))
+                    state.heads.update((row[0], (row[1], bool(row[2]))) for row in found)
+                return state.heads.get(subscription_id, (-1, False))
+
+            got = walk_subscription(
+                plan, subscription_id, walks.setdefault(subscription_id, Walk()), quota, fetch, head
+            )
+            state.taken.extend(got)
+            return len(got)
+
+        take = self._turns.take(ring, walk, gate, ahead)
         self._ring_cursor = share_round_robin(order, plan.limit, take)
         if gate is not None and (tats := gate.tats()):
             db.execute(
@@ -1002,90 +1089,62 @@ class PostgresStore(SQLStore):
             )
         return TenantGate(settings, in_flight, to_us(now))
 
-    def _walk(
+    def _subscription_ring(
+        self,
+        db: psycopg.Connection[tuple[Any, ...]],
+        tenant: str,
+        cursor: str | None,
+        count: int,
+        now: datetime,
+        closed: Collection[str],
+    ) -> list[str]:
+        """Up to ``count`` of the tenant's enabled subscriptions with due deliveries, in
+        turn order after ``cursor`` (`due_ring`), leaving out those closed for this
+        claim: a probe per subscription with pending deliveries."""
+
+        def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
+            text = _SUBSCRIPTION_RING_SCAN.replace("{operator}", ">=" if inclusive else ">")
+            parameters = {"tenant": tenant, "bound": bound, "now": now, "window": RING_WINDOW}
+            return [
+                (subscription_id, bool(is_due))
+                for subscription_id, is_due in db.execute(self._sql(text), parameters)
+            ]
+
+        return [s for s in due_ring(scan, cursor, count) if s not in closed]
+
+    def _lock_subscriptions(
         self,
         db: psycopg.Connection[tuple[Any, ...]],
         state: _ClaimState,
-        walk: _Walk,
-        tenant: str,
-        quota: int,
+        order: Sequence[str],
         now: datetime,
-    ) -> int:
-        """Take up to ``quota`` of one tenant's due deliveries into ``state``, walked
-        oldest due first from where this claim's previous walk of the tenant stopped."""
+    ) -> list[str]:
+        """Lock the subscriptions of a tenant's turn order for this claim, and count
+        their attempts in flight into the plan: the claim's first ones are waited for,
+        in sorted order (a claim elsewhere takes milliseconds); later ones only tried,
+        so two claimers never wait on each other. One held elsewhere is closed. Returns
+        the ones this claim holds, in ``order``."""
         plan = state.plan
-        got = 0
-        page_size = max(quota, 64) if quota >= 32 else max(8, 2 * quota)
-        while not plan.is_full() and got < quota:
-            page = db.execute(
-                self._sql(_CLAIM_PAGE),
-                {
-                    "now": now,
-                    "tenant": tenant,
-                    "after_at": walk.after[0],
-                    "after_seq": walk.after[1],
-                    "closed": sorted(plan.closed),
-                    "limit": page_size,
-                },
-            ).fetchall()
-            fresh = sorted({row[1] for row in page} - state.locked - plan.closed)
-            if fresh:
-                keys = [self._lock_key(s) for s in fresh]
-                busy: set[str] = set()
-                if not state.locked:
-                    db.execute(_CLAIM_LOCK_WAIT, (keys,))
-                else:
-                    busy = {row[0] for row in db.execute(_CLAIM_LOCK, (fresh, keys))}
-                for subscription_id in busy:
-                    plan.close(subscription_id)  # another worker is claiming it right now
-                mine = [s for s in fresh if s not in busy]
-                state.locked.update(mine)
-                counts = dict(
-                    db.execute(self._sql(_CLAIM_IN_FLIGHT), (now, mine)).fetchall() if mine else []
-                )
-                for subscription_id in mine:
-                    plan.in_flight[subscription_id] = counts.get(
-                        subscription_id, 0
-                    ) + state.reclaimed.get(subscription_id, 0)
-                ordered = sorted({row[1] for row in page if row[4] and row[1] in mine})
-                if ordered:
-                    state.heads.update(
-                        (row[0], (row[1], bool(row[2])))
-                        for row in db.execute(self._sql(_CLAIM_HEADS), (now, ordered))
-                    )
-            stopped = False
-            for seq, subscription_id, due_at, max_in_flight, ordered_flag, failing in page:
-                walk.after = (due_at, seq)
-                is_head = True
-                if ordered_flag and subscription_id in state.heads:
-                    head_seq, head_due = state.heads[subscription_id]
-                    is_head = head_seq == seq
-                    if not head_due:
-                        plan.close(subscription_id)
-                if plan.consider(
-                    subscription_id,
-                    max_in_flight=max_in_flight,
-                    ordered=ordered_flag,
-                    is_head=is_head,
-                    failing=failing,
-                ):
-                    state.taken.append(seq)
-                    got += 1
-                if plan.is_full() or got >= quota:
-                    stopped = True
-                    break
-            if stopped:
-                break
-            if len(page) < page_size:
-                walk.done = True
-                break
-            closed = sorted(plan.closed)
-            if closed:
-                anyone = db.execute(self._sql(_CLAIM_ANYONE_LEFT), (tenant, closed)).fetchone()
-                if anyone is not None and not anyone[0]:
-                    walk.done = True  # the rest could only find closed subscriptions' rows
-                    break
-        return got
+        fresh = sorted(set(order) - state.locked - plan.closed)
+        if fresh:
+            keys = [self._lock_key(s) for s in fresh]
+            busy: set[str] = set()
+            if not state.locked:
+                db.execute(_CLAIM_LOCK_WAIT, (keys,))
+            else:
+                busy = {row[0] for row in db.execute(_CLAIM_LOCK, (fresh, keys))}
+            for subscription_id in busy:
+                plan.close(subscription_id)  # another worker is claiming it right now
+            mine = [s for s in fresh if s not in busy]
+            state.locked.update(mine)
+            counts = dict(
+                db.execute(self._sql(_CLAIM_IN_FLIGHT), (now, mine)).fetchall() if mine else []
+            )
+            for subscription_id in mine:
+                plan.in_flight[subscription_id] = counts.get(
+                    subscription_id, 0
+                ) + state.reclaimed.get(subscription_id, 0)
+        return [s for s in order if s in state.locked and s not in plan.closed]
 
     def _lock_key(self, subscription_id: str) -> int:
         digest = hashlib.sha256(f"{self._schema}:{subscription_id}".encode()).digest()
@@ -1329,18 +1388,6 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     connection.execute("SET TIME ZONE 'UTC'")
 
 
-class _Walk:
-    """Where one claim's walk of one tenant's due deliveries stands."""
-
-    __slots__ = ("after", "done")
-
-    def __init__(self) -> None:
-        self.after: tuple[datetime | None, int] = (None, 0)
-        """(due time, seq) of the last row seen."""
-        self.done = False
-        """The tenant has nothing more for this claim."""
-
-
 class _ClaimState:
     """What one claim's walks share: the plan, the subscriptions locked and their
     ordered heads, the leases it takes back, and the rows it chose."""
@@ -1351,6 +1398,19 @@ class _ClaimState:
         self.locked: set[str] = set()
         self.heads: dict[str, tuple[int, bool]] = {}
         self.taken: list[int] = []
+
+
+def _due_row(row: Sequence[Any]) -> DueRow:
+    """A claim page's row (`_DUE_COLUMNS`) for the walk."""
+    seq, _, due, max_in_flight, ordered, failing = row
+    return DueRow(
+        taken=seq,
+        due=due,
+        seq=seq,
+        max_in_flight=max_in_flight,
+        ordered=ordered,
+        failing=failing,
+    )
 
 
 def _claims(rows: list[tuple[Any, ...]]) -> list[Claim]:

@@ -12,7 +12,7 @@ import os
 import pathlib
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,11 +33,14 @@ from webhook_dispatch.stores._core import (
     SCHEMA_VERSION,
     SUBSCRIPTION_COLUMNS,
     UNFINISHED,
+    DueRow,
     SQLStore,
     TextCodec,
+    Walk,
     attempt_row,
     delivery,
     dumps,
+    fetched_ahead,
     from_us,
     idempotency_keys,
     message,
@@ -47,6 +50,7 @@ from webhook_dispatch.stores._core import (
     subscription,
     tenant_key,
     to_us,
+    walk_subscription,
 )
 from webhook_dispatch.stores.base import (
     RING_WINDOW,
@@ -55,6 +59,7 @@ from webhook_dispatch.stores.base import (
     ClaimPlan,
     PublishResult,
     RecordResult,
+    SubscriptionTurns,
     TenantGate,
     due_ring,
     share_round_robin,
@@ -239,6 +244,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (version, tenant)
         ) WITHOUT ROWID""",
     ),
+    (
+        # Within a tenant, subscriptions take turns: each one's due deliveries in order,
+        # and a skip through the tenant's subscriptions with unfinished deliveries.
+        # Unfinished deliveries are those with a due time (pending and delivering
+        # alike), so a claim, which changes only the status, writes nothing here; a walk
+        # steps over the few in flight.
+        """CREATE INDEX deliveries_subscription_due
+            ON deliveries (tenant, subscription_id, next_attempt_at, seq)
+            WHERE next_attempt_at IS NOT NULL""",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -277,6 +292,8 @@ class SQLiteStore(SQLStore):
         self._subscription_cache: dict[str, tuple[tuple[Any, ...], Subscription]] = {}
         # The last tenant the previous claim served first-pass: the next starts after it.
         self._ring_cursor: str | None = None
+        # Where each tenant's subscription ring starts in the next claim.
+        self._turns = SubscriptionTurns()
         if self._path != ":memory:":
             _check_path(self._path)
         with self._translate(opening=True):
@@ -660,8 +677,9 @@ class SQLiteStore(SQLStore):
         proven: Collection[str] | None = None,
     ) -> list[Any]:
         """Due pending deliveries this claim may take: tenants take turns (round robin,
-        `share_round_robin`), each walked oldest due first in pages; subscriptions that
-        can give no more are left out of the next page's query."""
+        `share_round_robin`), and within each tenant its subscriptions with due
+        deliveries (`SubscriptionTurns`), each walked oldest due first: its first rows
+        fetched for the whole turn order in one statement, then page by page."""
         (counts,) = db.execute(
             # INDEXED BY: left to itself the planner walks the subscription index to
             # group, scanning every delivery ever made instead of the few in flight.
@@ -686,20 +704,40 @@ class SQLiteStore(SQLStore):
             return []
         gate = self._tenant_gate(db, order, now_us, reclaimed)
         heads: dict[str, tuple[int, bool]] = {}  # ordered subscription -> (seq, due)
-        walks: dict[str, _Walk] = {}
+        walks: dict[str, Walk] = {}  # by subscription
         taken: list[Any] = []
 
-        def take(tenant: str, quota: int) -> int:
-            quota = int(min(quota, gate.room(tenant))) if gate is not None else quota
-            walk = walks.setdefault(tenant, _Walk())
-            if quota <= 0 or walk.done:
-                return 0
-            got = self._walk(db, plan, heads, walk, tenant, quota, now_us)
+        def ring(tenant: str, cursor: str | None, count: int) -> list[str]:
+            return self._subscription_ring(db, tenant, cursor, count, now_us, plan.closed)
+
+        def ahead(tenant: str, order: Sequence[str], quota: int) -> None:
+            asked = fetched_ahead(order, quota)
+            rows: dict[str, list[DueRow]] = {subscription_id: [] for subscription_id in order}
+            for row in _due_rows(db, _DUE_AHEAD, [dumps(list(order)), tenant, now_us, asked]):
+                rows[row.taken[2]].append(row)
+            for subscription_id, found in rows.items():
+                walks.setdefault(subscription_id, Walk()).fill(found, asked)
+
+        def walk(tenant: str, subscription_id: str, quota: int) -> int:
+            def fetch(after: tuple[Any, int] | None, size: int) -> list[DueRow]:
+                sql, parameters = _DUE_PAGE, [tenant, subscription_id, now_us]
+                if after is not None:
+                    sql += "AND d.next_attempt_at >= ? AND (d.next_attempt_at > ? OR d.seq > ?) "
+                    parameters += [after[0], after[0], after[1]]
+                sql += "ORDER BY d.next_attempt_at, d.seq LIMIT ?)"
+                return _due_rows(db, sql, [*parameters, size])
+
+            def head() -> tuple[int, bool]:
+                if subscription_id not in heads:
+                    heads[subscription_id] = _ordered_head(db, subscription_id, now_us)
+                return heads[subscription_id]
+
+            state = walks.setdefault(subscription_id, Walk())
+            got = walk_subscription(plan, subscription_id, state, quota, fetch, head)
             taken.extend(got)
-            if gate is not None:
-                gate.took(tenant, len(got))
             return len(got)
 
+        take = self._turns.take(ring, walk, gate, ahead)
         self._ring_cursor = share_round_robin(order, plan.limit, take)
         if gate is not None:
             for tenant, tat in gate.tats().items():
@@ -721,6 +759,31 @@ class SQLiteStore(SQLStore):
             ]
 
         return due_ring(scan, self._ring_cursor, count)
+
+    def _subscription_ring(
+        self,
+        db: sqlite3.Connection,
+        tenant: str,
+        cursor: str | None,
+        count: int,
+        now_us: int,
+        closed: Collection[str],
+    ) -> list[str]:
+        """Up to ``count`` of the tenant's enabled subscriptions with due deliveries, in
+        turn order after ``cursor`` (`due_ring`), leaving out those closed for this
+        claim: a probe per subscription with pending deliveries."""
+
+        def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
+            operator = ">=" if inclusive else ">"
+            return [
+                (subscription_id, bool(is_due))
+                for subscription_id, is_due in db.execute(
+                    _SUBSCRIPTION_RING_SCAN.format(operator=operator),
+                    (tenant, bound, RING_WINDOW, now_us),
+                )
+            ]
+
+        return [s for s in due_ring(scan, cursor, count) if s not in closed]
 
     def _tenant_gate(
         self, db: sqlite3.Connection, order: list[str], now_us: int, reclaimed: list[Any]
@@ -753,82 +816,6 @@ class SQLiteStore(SQLStore):
                 ).fetchall()
             )
         return TenantGate(settings, in_flight, now_us)
-
-    def _walk(
-        self,
-        db: sqlite3.Connection,
-        plan: ClaimPlan,
-        heads: dict[str, tuple[int, bool]],
-        walk: _Walk,
-        tenant: str,
-        quota: int,
-        now_us: int,
-    ) -> list[Any]:
-        """Up to ``quota`` of one tenant's due deliveries, walked oldest due first from
-        where this claim's previous walk of the tenant stopped."""
-        taken: list[Any] = []
-        page_size = 64 if quota >= 32 else max(8, 2 * quota)
-        width = len(DELIVERY_COLUMNS.split(","))
-        while not plan.is_full() and len(taken) < quota:
-            closed = sorted(plan.closed)
-            # CROSS JOIN keeps deliveries as the outer loop, walking the tenant's due
-            # index in order; disabled subscriptions' deliveries are skipped (held), not
-            # taken. The page comes back as one JSON array (one step of the statement,
-            # see _MAX_VARIABLES), its rows re-sorted here as the order of an
-            # aggregate's input is not promised.
-            sql = (
-                "SELECT json_group_array(json(r)) FROM (SELECT json_array("
-                f"{prefixed('d', DELIVERY_COLUMNS)}, d.seq, "
-                "json_extract(s.options, '$.max_in_flight'), "
-                "json_extract(s.options, '$.ordered'), s.consecutive_failures) AS r "
-                "FROM deliveries AS d INDEXED BY deliveries_tenant_due "
-                "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
-                "WHERE d.status = 'pending' AND d.tenant = ? AND d.next_attempt_at <= ? "
-                "AND s.enabled "
-            )
-            parameters: list[Any] = [tenant, now_us]
-            if walk.after is not None:
-                sql += "AND d.next_attempt_at >= ? AND (d.next_attempt_at > ? OR d.seq > ?) "
-                parameters += [walk.after[0], walk.after[0], walk.after[1]]
-            if closed:
-                sql += f"AND d.subscription_id NOT IN ({', '.join('?' * len(closed))}) "
-                parameters += closed
-            sql += "ORDER BY d.next_attempt_at, d.seq LIMIT ?)"
-            parameters.append(page_size)
-            (found,) = db.execute(sql, parameters).fetchone()
-            page = sorted((tuple(row) for row in json.loads(found)), key=_due_order(width))
-            unknown = {row[2] for row in page if row[width + 2] and row[2] not in heads}
-            for subscription_id in unknown:
-                heads[subscription_id] = _ordered_head(db, subscription_id, now_us)
-            stopped = False
-            for row in page:
-                walk.after = (row[5], row[width])
-                subscription_id, ordered = row[2], bool(row[width + 2])
-                is_head = True
-                if ordered:
-                    head_seq, head_due = heads[subscription_id]
-                    is_head = head_seq == row[width]
-                    if not head_due:
-                        plan.close(subscription_id)
-                if plan.consider(
-                    subscription_id,
-                    max_in_flight=row[width + 1],
-                    ordered=ordered,
-                    is_head=is_head,
-                    failing=row[width + 3] > 0,
-                ):
-                    taken.append(row[:width])
-                if plan.is_full() or len(taken) >= quota:
-                    stopped = True
-                    break
-            if stopped:
-                break
-            if len(page) < page_size or _nobody_left(db, tenant, plan.closed):
-                # The tenant has nothing more for this claim (the rest of its walk could
-                # only find closed subscriptions' rows).
-                walk.done = True
-                break
-        return taken
 
     def record(
         self,
@@ -1129,18 +1116,6 @@ def _translate_error(
     return StoreError(f"{path}: {text}", path=path)
 
 
-class _Walk:
-    """Where one claim's walk of one tenant's due deliveries stands."""
-
-    __slots__ = ("after", "done")
-
-    def __init__(self) -> None:
-        self.after: tuple[int, int] | None = None
-        """(due time, seq) of the last row seen."""
-        self.done = False
-        """The tenant has nothing more for this claim."""
-
-
 # One step per tenant with pending deliveries (the MIN of an index range is one probe),
 # each asked whether it has any due now.
 _RING_SCAN = """
@@ -1155,6 +1130,77 @@ WITH RECURSIVE ring (tenant) AS (
 SELECT tenant, EXISTS (SELECT 1 FROM deliveries AS d
     WHERE d.status = 'pending' AND d.tenant = ring.tenant AND d.next_attempt_at <= ?)
 FROM ring WHERE tenant IS NOT NULL
+"""
+
+
+# One claim's rows of a subscription's due deliveries, as one JSON array (one step of
+# the statement, see _MAX_VARIABLES), its rows re-sorted in Python (the order of an
+# aggregate's input is not promised); CROSS JOIN keeps deliveries as the outer loop,
+# walking the subscription's due index in order. A disabled subscription's are held.
+_DUE_ROW = (
+    "SELECT json_group_array(json(r)) FROM (SELECT json_array("
+    f"{prefixed('d', DELIVERY_COLUMNS)}, d.seq, "
+    "json_extract(s.options, '$.max_in_flight'), "
+    "json_extract(s.options, '$.ordered'), s.consecutive_failures) AS r "
+)
+_DUE_PAGE = (
+    _DUE_ROW + "FROM deliveries AS d INDEXED BY deliveries_subscription_due "
+    "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id "
+    "WHERE d.tenant = ? AND d.subscription_id = ? AND d.next_attempt_at <= ? "
+    "AND d.status = 'pending' AND s.enabled "
+)
+# The first rows of each subscription in a tenant's turn order (?1, a JSON array).
+_DUE_AHEAD = (
+    _DUE_ROW + "FROM json_each(?1) AS j "
+    "CROSS JOIN deliveries AS d ON d.seq IN ("
+    "SELECT x.seq FROM deliveries AS x INDEXED BY deliveries_subscription_due "
+    "WHERE x.tenant = ?2 AND x.subscription_id = j.value "
+    "AND x.next_attempt_at <= ?3 AND x.status = 'pending' "
+    "ORDER BY x.next_attempt_at, x.seq LIMIT ?4) "
+    "CROSS JOIN subscriptions AS s ON s.id = d.subscription_id WHERE s.enabled)"
+)
+_DUE_WIDTH = len(DELIVERY_COLUMNS.split(","))
+
+
+def _due_rows(db: sqlite3.Connection, sql: str, parameters: Sequence[Any]) -> list[DueRow]:
+    (found,) = db.execute(sql, parameters).fetchone()
+    width = _DUE_WIDTH
+    rows = [
+        DueRow(
+            taken=tuple(row[:width]),
+            due=row[5],
+            seq=row[width],
+            max_in_flight=row[width + 1],
+            ordered=bool(row[width + 2]),
+            failing=row[width + 3] > 0,
+        )
+        for row in json.loads(found)
+    ]
+    rows.sort(key=lambda row: (row.due, row.seq))
+    return rows
+
+
+# The same within one tenant (?1), over its subscriptions with unfinished deliveries,
+# each asked whether it is enabled and has any pending and due now (?4).
+_SUBSCRIPTION_RING_SCAN = """
+WITH RECURSIVE ring (subscription_id) AS (
+    SELECT (SELECT MIN(subscription_id) FROM deliveries INDEXED BY deliveries_subscription_due
+            WHERE next_attempt_at IS NOT NULL AND tenant = ?1
+                AND subscription_id {operator} ?2)
+    UNION ALL
+    SELECT (SELECT MIN(d.subscription_id)
+            FROM deliveries AS d INDEXED BY deliveries_subscription_due
+            WHERE d.next_attempt_at IS NOT NULL AND d.tenant = ?1
+                AND d.subscription_id > ring.subscription_id)
+    FROM ring WHERE ring.subscription_id IS NOT NULL
+    LIMIT ?3
+)
+SELECT subscription_id,
+    EXISTS (SELECT 1 FROM deliveries AS d INDEXED BY deliveries_subscription_due
+            WHERE d.tenant = ?1 AND d.subscription_id = ring.subscription_id
+                AND d.next_attempt_at <= ?4 AND d.status = 'pending')
+    AND EXISTS (SELECT 1 FROM subscriptions AS s WHERE s.id = ring.subscription_id AND s.enabled)
+FROM ring WHERE subscription_id IS NOT NULL
 """
 
 
@@ -1177,21 +1223,6 @@ def _ordered_head(db: sqlite3.Connection, subscription_id: str, now_us: int) -> 
             (now_us, subscription_id),
         ).fetchone()
     return head[0], bool(head[1])
-
-
-def _nobody_left(db: sqlite3.Connection, tenant: str, closed: set[str]) -> bool:
-    """Whether every enabled subscription of the tenant is closed for this claim (one
-    with a large backlog at its in-flight cap, say), so walking further pages is wasted
-    work."""
-    if not closed or len(closed) > _CHUNK:
-        return False
-    marks = ", ".join("?" * len(closed))
-    row = db.execute(
-        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE tenant = ? AND enabled "
-        f"AND id NOT IN ({marks}))",
-        [tenant, *sorted(closed)],
-    ).fetchone()
-    return not row[0]
 
 
 def _tenants_of(db: sqlite3.Connection, subscription_ids: Sequence[str]) -> set[str | None]:
@@ -1275,11 +1306,6 @@ _DELIVERY_UPDATE_COLUMNS = (
     "last_error",
     "updated_at",
 )
-
-
-def _due_order(width: int) -> Callable[[tuple[Any, ...]], tuple[int, int]]:
-    """Sort key of a claim-plan row: due time, then ``seq`` (at ``width``)."""
-    return lambda row: (row[5], row[width])
 
 
 def _rows_per_statement(width: int) -> int:

@@ -72,6 +72,36 @@ def _sql(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[A
         return cursor.fetchall() if cursor.description else []
 
 
+# -- the pool's connection check (no server needed) ---------------------------------
+def test_the_pool_checks_only_connections_idle_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection back in the pool within CHECK_IDLE_AFTER is used unchecked (a
+    publish takes two: two round trips saved); one idle longer, or never seen, is."""
+    import psycopg_pool
+
+    from webhook_dispatch.stores import postgres
+
+    checked: list[object] = []
+    monkeypatch.setattr(psycopg_pool.ConnectionPool, "check_connection", checked.append)
+    clock = [100.0]
+    monkeypatch.setattr(postgres.time, "monotonic", lambda: clock[0])
+
+    class FakeConnection:
+        pass
+
+    recency, connection = postgres._Recency(), FakeConnection()
+    recency.check(connection)  # type: ignore[arg-type]
+    assert checked == [connection]  # never returned: checked
+    recency.returned(connection)  # type: ignore[arg-type]
+    clock[0] += postgres.CHECK_IDLE_AFTER / 2
+    recency.check(connection)  # type: ignore[arg-type]
+    assert checked == [connection]
+    clock[0] += postgres.CHECK_IDLE_AFTER
+    recency.check(connection)  # type: ignore[arg-type]
+    assert checked == [connection, connection]
+
+
 # -- URLs and errors (no server needed) -------------------------------------------------
 @pytest.mark.parametrize(
     "url",

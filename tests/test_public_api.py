@@ -51,3 +51,20 @@ def test_version_matches_package_metadata() -> None:
     from importlib.metadata import version
 
     assert wd.__version__ == version("webhook-dispatch")
+
+
+def test_new_id_is_the_ulid_layout_in_crockford_base32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known answers: the millisecond clock in the first ten characters, 80 random bits in
+    the last sixteen, Crockford's alphabet (no i, l, o, u); ids sort by time."""
+    from webhook_dispatch import models
+
+    monkeypatch.setattr(models.time, "time", lambda: 1_700_000_000.123)
+    monkeypatch.setattr(models.os, "urandom", lambda n: bytes(range(1, n + 1)))
+    # 1,700,000,000,123 ms then bytes 01..0a, five bits a character (a reference encoder).
+    assert models.new_id("msg") == "msg_01hf7yat3v041061050r3gg28a"
+    monkeypatch.setattr(models.os, "urandom", lambda n: b"\xff" * n)
+    assert models.new_id("x") == "x_01hf7yat3vzzzzzzzzzzzzzzzz"
+    monkeypatch.setattr(models.time, "time", lambda: 1_700_000_000.124)
+    monkeypatch.setattr(models.os, "urandom", lambda n: bytes(n))
+    later = models.new_id("x")
+    assert later == "x_01hf7yat3w0000000000000000" and later > "x_01hf7yat3vzzzzzzzzzzzzzzzz"

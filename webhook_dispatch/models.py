@@ -48,11 +48,12 @@ def new_id(prefix: str) -> str:
     bits, so ids sort by creation time and never collide in practice.
     """
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    # 130 bits as 13 pairs of characters, ten bits each, the most significant first.
+    return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"
+
+
+_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+_SHIFTS = range(120, -1, -10)
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:

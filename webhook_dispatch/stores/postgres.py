@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import re
 import threading
+import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -430,8 +432,12 @@ WITH inserted AS (
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::boolean[], %s::text[])
         AS n (id, message_id, subscription_id, ordered, tenant)
     JOIN inserted ON inserted.id = n.message_id
+    RETURNING 1
+), notified AS (
+    -- Wakes listening workers at commit, when there is anything to deliver.
+    SELECT pg_notify(%s, '') FROM (SELECT 1 FROM deliveries LIMIT 1) AS any_delivery
 )
-SELECT id FROM inserted
+SELECT id FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
 """
 
 
@@ -543,6 +549,7 @@ class PostgresStore(SQLStore):
         self._ring_cursor: str | None = None
         # Where each tenant's subscription ring starts in the next claim.
         self._turns = SubscriptionTurns()
+        self._recency = _Recency()
         with self._translate():
             with psycopg.connect(self._conninfo, autocommit=True) as connection:
                 self._migrate(connection)
@@ -554,7 +561,8 @@ class PostgresStore(SQLStore):
                     timeout=timeout,
                     kwargs={"autocommit": True},
                     configure=_configure,
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    check=self._recency.check,
+                    reset=self._recency.returned,
                     name=f"webhook_dispatch:{schema}",
                     open=False,
                 )
@@ -833,6 +841,7 @@ class PostgresStore(SQLStore):
                 [d[2] for d in deliveries],
                 [d[2] in ordered for d in deliveries],
                 [d[3] for d in deliveries],
+                self._channel,
             ),
             True,
         )
@@ -858,8 +867,6 @@ class PostgresStore(SQLStore):
                 else r
                 for r in results
             ]
-        if any(r.created and r.deliveries for r in results):
-            yield _Query("SELECT pg_notify(%s, '')", (self._channel,), True)
         return results
 
     # -- deliveries --------------------------------------------------------------
@@ -1381,6 +1388,37 @@ def _password_unambiguous(dsn: str, params: Mapping[str, str]) -> bool:
         return True
     read = params.get("password")
     return all(read in secret.values for secret in secrets)
+
+
+CHECK_IDLE_AFTER = 1.0
+"""Seconds back to the pool after which a connection is checked (a round trip) before
+it is used again."""
+
+
+class _Recency:
+    """The pool's check of a connection before use, skipped for one returned within
+    `CHECK_IDLE_AFTER`: a publish takes two connections, and checking each would add
+    two round trips to every publish. A connection the server dropped since then fails
+    its statement with `StoreUnavailable`, and the pool replaces it."""
+
+    def __init__(self) -> None:
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def returned(self, connection: psycopg.Connection[Any]) -> None:
+        """The pool's ``reset``: this connection came back now."""
+        with self._lock:
+            self._returned[connection] = time.monotonic()
+
+    def check(self, connection: psycopg.Connection[Any]) -> None:
+        """The pool's ``check``: raise if a connection idle for a while is broken."""
+        with self._lock:
+            back = self._returned.get(connection)
+        if back is not None and time.monotonic() - back < CHECK_IDLE_AFTER:
+            return
+        psycopg_pool.ConnectionPool.check_connection(connection)
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:

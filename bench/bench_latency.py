@@ -39,8 +39,12 @@ class ProbeReceiver:
         wait_for_port(self.port)
 
     def expect(self, key: str) -> threading.Event:
+        """An event set when ``key`` arrives (already set if it arrived before this call:
+        a fast delivery can beat the publisher here)."""
         with self._lock:
             event = self.events[key] = threading.Event()
+            if key in self.arrived:
+                event.set()
             return event
 
     async def _handle(self, request: web.Request) -> web.Response:

@@ -749,20 +749,29 @@ def _claim_steps(path: Path, backlog: int, tenant: str | None) -> int:
             ids.append(sub.id)
         store.publish_many([(make_message(tenant=tenant), ids) for _ in range(backlog)], T0)
         claim(store, limit=30)  # leases held, none expired
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        connection = store._open_connection()
-        connection.set_progress_handler(count, 100)
-        assert len(claim(store, limit=20, worker="w2")) == 20
-        connection.set_progress_handler(None, 0)
+        steps, got = _vm_steps(store, lambda: claim(store, limit=20, worker="w2"))
+        assert len(got) == 20
         return steps
     finally:
         store.close()
+
+
+def _vm_steps(store: SQLiteStore, call: Any) -> tuple[int, Any]:
+    """SQLite VM instructions (in hundreds) ``call()`` takes, and what it returned."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    connection = store._open_connection()
+    connection.set_progress_handler(count, 100)
+    try:
+        result = call()
+    finally:
+        connection.set_progress_handler(None, 0)
+    return steps, result
 
 
 @pytest.mark.parametrize("tenant", [None, "acme"])
@@ -788,21 +797,14 @@ def _capped_claim_steps(path: Path, backlog: int) -> int:
         lease = now + timedelta(minutes=5)
         held = store.claim_due(now, limit=4, lease_until=lease, worker_id="w1")
         assert {c.subscription.id for c in held} == {busy.id, idle.id}
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        connection = store._open_connection()
-        connection.set_progress_handler(count, 100)
         # The busy one is at its cap of 3, the idle one has nothing left: no row is due
         # for this claim, however long the busy one's backlog.
-        got = store.claim_due(
-            now, limit=10, lease_until=lease, worker_id="w2", default_max_in_flight=3
+        steps, got = _vm_steps(
+            store,
+            lambda: store.claim_due(
+                now, limit=10, lease_until=lease, worker_id="w2", default_max_in_flight=3
+            ),
         )
-        connection.set_progress_handler(None, 0)
         assert got == []
         return steps
     finally:

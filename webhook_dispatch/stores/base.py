@@ -333,11 +333,13 @@ class SubscriptionTurns:
         walk: Callable[[str, str, int], int],
         gate: TenantGate | None = None,
         ahead: Callable[[str, Sequence[str], int], None] | None = None,
+        closed: Collection[str] = (),
     ) -> Callable[[str, int], int]:
         """One claim's ``take(tenant, quota)``, see the class; ``gate`` caps what each
         tenant gets by its tenant-wide limits; ``ahead(tenant, order, quota)``, when
         given, is told a tenant's turn order before its walks (a SQL store fetches the
-        first rows of every subscription in it in one statement)."""
+        first rows of every subscription in it in one statement); subscriptions in
+        ``closed`` (the claim's, read as it grows) are left out of a turn order."""
         rings: dict[str, Sequence[str]] = {}
 
         def take(tenant: str, quota: int) -> int:
@@ -350,7 +352,8 @@ class SubscriptionTurns:
             if order is None:
                 # Twice the quota: a few of them may be at their cap for this claim.
                 count = min(RING_WINDOW, 2 * quota + 2)
-                order = rings[tenant] = ring(tenant, self._cursors.get(tenant), count)
+                found = ring(tenant, self._cursors.get(tenant), count)
+                order = rings[tenant] = [s for s in found if s not in closed]
                 if order and ahead is not None:
                     ahead(tenant, order, quota)
             if not order:

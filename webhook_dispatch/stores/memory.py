@@ -343,11 +343,7 @@ class MemoryStore(Store):
                 heaps = self._due.get(tenant, {})
                 for subscription_id in [key for key, heap in heaps.items() if not heap]:
                     del heaps[subscription_id]
-                subscriptions = sorted(
-                    key
-                    for key, heap in heaps.items()
-                    if heap[0][0] <= now and key not in plan.closed
-                )
+                subscriptions = sorted(key for key, heap in heaps.items() if heap[0][0] <= now)
                 return ring_after(subscriptions, cursor, count)
 
             def walk(tenant: str, subscription_id: str, quota: int) -> int:
@@ -373,7 +369,7 @@ class MemoryStore(Store):
                 return got
 
             if order:
-                take = self._turns.take(ring, walk, gate)
+                take = self._turns.take(ring, walk, gate, closed=plan.closed)
                 self._ring_cursor = share_round_robin(order, plan.limit, take)
             if gate is not None:
                 self._rate_tats.update(gate.tats())

@@ -989,7 +989,7 @@ class PostgresStore(SQLStore):
         walks: dict[str, Walk] = {}  # by subscription
 
         def ring(tenant: str, cursor: str | None, count: int) -> list[str]:
-            return self._subscription_ring(db, tenant, cursor, count, now, plan.closed)
+            return self._subscription_ring(db, tenant, cursor, count, now)
 
         def ahead(tenant: str, order: Sequence[str], quota: int) -> None:
             mine = self._lock_subscriptions(db, state, order, now)
@@ -1032,7 +1032,7 @@ class PostgresStore(SQLStore):
             state.taken.extend(got)
             return len(got)
 
-        take = self._turns.take(ring, walk, gate, ahead)
+        take = self._turns.take(ring, walk, gate, ahead, plan.closed)
         self._ring_cursor = share_round_robin(order, plan.limit, take)
         if gate is not None and (tats := gate.tats()):
             db.execute(
@@ -1103,11 +1103,8 @@ class PostgresStore(SQLStore):
         cursor: str | None,
         count: int,
         now: datetime,
-        closed: Collection[str],
     ) -> list[str]:
-        """Up to ``count`` of the tenant's enabled subscriptions with due deliveries, in
-        turn order after ``cursor`` (`due_ring`), leaving out those closed for this
-        claim: a probe per subscription with pending deliveries."""
+        """`SubscriptionTurns`' ring: `due_ring` over this dialect's scan."""
 
         def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
             text = _SUBSCRIPTION_RING_SCAN.replace("{operator}", ">=" if inclusive else ">")
@@ -1117,7 +1114,7 @@ class PostgresStore(SQLStore):
                 for subscription_id, is_due in db.execute(self._sql(text), parameters)
             ]
 
-        return [s for s in due_ring(scan, cursor, count) if s not in closed]
+        return due_ring(scan, cursor, count)
 
     def _lock_subscriptions(
         self,

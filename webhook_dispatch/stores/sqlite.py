@@ -708,7 +708,7 @@ class SQLiteStore(SQLStore):
         taken: list[Any] = []
 
         def ring(tenant: str, cursor: str | None, count: int) -> list[str]:
-            return self._subscription_ring(db, tenant, cursor, count, now_us, plan.closed)
+            return self._subscription_ring(db, tenant, cursor, count, now_us)
 
         def ahead(tenant: str, order: Sequence[str], quota: int) -> None:
             asked = fetched_ahead(order, quota)
@@ -737,7 +737,7 @@ class SQLiteStore(SQLStore):
             taken.extend(got)
             return len(got)
 
-        take = self._turns.take(ring, walk, gate, ahead)
+        take = self._turns.take(ring, walk, gate, ahead, plan.closed)
         self._ring_cursor = share_round_robin(order, plan.limit, take)
         if gate is not None:
             for tenant, tat in gate.tats().items():
@@ -767,11 +767,8 @@ class SQLiteStore(SQLStore):
         cursor: str | None,
         count: int,
         now_us: int,
-        closed: Collection[str],
     ) -> list[str]:
-        """Up to ``count`` of the tenant's enabled subscriptions with due deliveries, in
-        turn order after ``cursor`` (`due_ring`), leaving out those closed for this
-        claim: a probe per subscription with pending deliveries."""
+        """`SubscriptionTurns`' ring: `due_ring` over this dialect's scan."""
 
         def scan(bound: str, inclusive: bool) -> list[tuple[str, bool]]:
             operator = ">=" if inclusive else ">"
@@ -783,7 +780,7 @@ class SQLiteStore(SQLStore):
                 )
             ]
 
-        return [s for s in due_ring(scan, cursor, count) if s not in closed]
+        return due_ring(scan, cursor, count)
 
     def _tenant_gate(
         self, db: sqlite3.Connection, order: list[str], now_us: int, reclaimed: list[Any]

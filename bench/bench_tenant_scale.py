@@ -19,7 +19,7 @@ Each run opens a new Dispatcher (empty per-tenant cache) on the seeded store and
    tenant publish alternates with an untenanted one, the baseline of the same moment.
 2. one change elsewhere: a child process adds one subscription to one cached tenant, then
    this process disables one of another's; publishes to the other cached tenants follow.
-   Index loads are counted by wrapping ``dispatcher.store.list_subscriptions`` (what a
+   Index loads are counted by wrapping ``dispatcher.store.subscription_patterns`` (what a
    reload calls): one change must cost one reload, not one per cached tenant.
 3. cross-process match: the child subscribes a cached tenant to a new event type and
    writes `time.time()` when `subscribe()` returns; this process publishes that type to
@@ -214,18 +214,18 @@ class Changer:
 
 
 class LoadCounter:
-    """Counts the store's list_subscriptions calls: the dispatcher's per-tenant index loads."""
+    """Counts the store's subscription_patterns calls: the dispatcher's per-tenant index loads."""
 
     def __init__(self, dispatcher: wd.Dispatcher) -> None:
         self.count = 0
         store = dispatcher.store
-        original: Callable[..., Any] = store.list_subscriptions
+        original: Callable[..., Any] = store.subscription_patterns
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.count += 1
             return original(*args, **kwargs)
 
-        store.list_subscriptions = counted  # type: ignore[method-assign]
+        store.subscription_patterns = counted  # type: ignore[method-assign]
 
 
 def alternating(
@@ -423,7 +423,7 @@ def main() -> None:
             )
 
     sample = len(next(iter(results.values()))["runs"][0]["after local change"])
-    print("\nindex loads (list_subscriptions calls), per run:")
+    print("\nindex loads (subscription_patterns calls), per run:")
     for backend, result in results.items():
         for key, what in (
             ("cold loads", "cold phase"),

@@ -83,6 +83,23 @@ def test_idempotency_keys_are_scoped_per_tenant(dispatcher: wd.Dispatcher) -> No
     assert many[0].id == first.id and many[1].tenant == "initech"
 
 
+def test_subscription_patterns_are_a_tenants_enabled_ones(dispatcher: wd.Dispatcher) -> None:
+    """What a publisher's matching index is built from: ids and event types of one
+    tenant's enabled subscriptions, oldest first, never another tenant's."""
+    first = dispatcher.subscribe("https://a.example/1", event_types=["order.*"], tenant="a")
+    off = dispatcher.subscribe("https://a.example/2", event_types=["x.y"], tenant="a")
+    last = dispatcher.subscribe("https://a.example/3", tenant="a")
+    dispatcher.subscribe("https://b.example/1", event_types=["order.*"], tenant="b")
+    own = dispatcher.subscribe("https://own.example/1", event_types=["ops.*"])
+    dispatcher.disable(off.id)
+    assert dispatcher.store.subscription_patterns("a") == [
+        (first.id, ("order.*",)),
+        (last.id, ("*",)),
+    ]
+    assert dispatcher.store.subscription_patterns(None) == [(own.id, ("ops.*",))]
+    assert dispatcher.store.subscription_patterns("nobody") == []
+
+
 def test_listings_and_stats_filter_by_tenant(dispatcher: wd.Dispatcher) -> None:
     a = dispatcher.subscribe("https://a.example/hook", tenant="a")
     b = dispatcher.subscribe("https://b.example/hook", tenant="b")

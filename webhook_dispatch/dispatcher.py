@@ -385,9 +385,8 @@ class _Core:
         # Read after the version: a change committed meanwhile is in it, or bumps the
         # version again (and this index is not kept).
         registry = Registry()
-        for subscription in self.store.list_subscriptions(tenant=tenant):
-            if subscription.enabled:
-                registry.add(subscription.id, subscription.event_types)
+        for subscription_id, event_types in self.store.subscription_patterns(tenant):
+            registry.add(subscription_id, event_types)
         with self._registry_lock:
             if self._registry_version == version:
                 self._registries[tenant] = registry

@@ -706,6 +706,16 @@ class SQLStore(Store):
         ]
         return page_of(found, len(found) if limit is None else limit, "subscriptions")
 
+    def subscription_patterns(self, tenant: str | None) -> list[tuple[str, tuple[str, ...]]]:
+        """``(id, event_types)`` of the tenant's enabled subscriptions, oldest first: two
+        columns, none of the rest decoded (a publisher's cold path)."""
+        rows = self._rows(
+            "SELECT id, event_types FROM {schema}.subscriptions "
+            "WHERE tenant = ? AND enabled ORDER BY seq",
+            [tenant_key(tenant)],
+        )
+        return [(row[0], self.codec.from_texts(row[1])) for row in rows]
+
     def subscriptions_version(self) -> int:
         """A counter bumped, in the same transaction, by every subscription change."""
         rows = self._rows(

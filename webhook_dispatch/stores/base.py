@@ -499,6 +499,12 @@ class Store(abc.ABC):
         one (``limit=None``, for building a tenant's matching index); ``tenant`` keeps
         one tenant's (None: the untenanted ones)."""
 
+    def subscription_patterns(self, tenant: str | None) -> list[tuple[str, tuple[str, ...]]]:
+        """``(id, event_types)`` of the tenant's enabled subscriptions, oldest first:
+        what a publisher's matching index is built from. The default reads them through
+        `list_subscriptions`; a store may read only these two columns."""
+        return [(s.id, s.event_types) for s in self.list_subscriptions(tenant=tenant) if s.enabled]
+
     @abc.abstractmethod
     def subscriptions_version(self) -> int:
         """A number that changes whenever any subscription is added, changed or removed.

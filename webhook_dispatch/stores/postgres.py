@@ -1003,6 +1003,11 @@ class PostgresStore(SQLStore):
             for subscription_id, found in rows.items():
                 found.sort(key=lambda row: (row.due, row.seq))
                 walks.setdefault(subscription_id, Walk()).fill(found, asked)
+            # The ordered ones' heads in one statement, not one per subscription.
+            ordered = sorted(s for s, found in rows.items() if found and found[0].ordered)
+            if ordered:
+                heads = db.execute(self._sql(_CLAIM_HEADS), (now, ordered))
+                state.heads.update((row[0], (row[1], bool(row[2]))) for row in heads)
 
         def walk(tenant: str, subscription_id: str, quota: int) -> int:
             if subscription_id not in state.locked:

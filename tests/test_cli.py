@@ -623,3 +623,20 @@ def test_tenant_commands_and_filters(cli: Runner, store: str) -> None:
     assert len(cli.json("messages", "list")) == 1
     code, _, err = cli("subscriptions", "list", "--tenant", "bad id")
     assert code == 2 and "characters outside" in err
+
+
+def test_subscriptions_add_takes_a_filter(cli: Runner) -> None:
+    document = {"data": {"amount": {"$gte": 100}}}
+    code, out, _ = cli(
+        "subscriptions", "add", "https://h.example/in", "--filter", json.dumps(document)
+    )
+    assert code == 0 and f"filter:      {json.dumps(document)}" in out
+    assert cli.json("subscriptions", "list")[0]["filter"] == document
+    code, _, err = cli(
+        "subscriptions", "add", "https://h.example/in", "--filter", '{"a": {"$gtx": 1}}'
+    )
+    assert code == 2 and "unknown operator '$gtx'" in err and "(at a.$gtx)" in err
+    with pytest.raises(SystemExit) as exited:
+        cli("subscriptions", "add", "https://h.example/in", "--filter", "{bad")
+    assert exited.value.code == 2 and "not JSON" in cli.capsys.readouterr().err
+    assert len(cli.json("subscriptions", "list")) == 1

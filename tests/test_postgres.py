@@ -160,6 +160,7 @@ def test_schema_tables_indexes_and_repr(postgres_dsn: str, postgres_schema: str)
         "attempts",
         "tenants",
         "subscription_changes",
+        "event_types",
     }
     [(kind, default)] = _sql(
         postgres_dsn,
@@ -237,14 +238,24 @@ def test_version_2_schema_is_migrated_and_ordered_claims_still_work(
             postgres_dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
         )
     }
-    assert version == SCHEMA_VERSION == 6
+    assert version == SCHEMA_VERSION == 7
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
     assert "deliveries_subscription_due" in indexes  # version 6
 
 
+def undo_version_7(dsn: str, schema: str) -> None:
+    """Put a current schema back in its version-6 shape: no routing columns, no catalog."""
+    _sql(dsn, f"ALTER TABLE {schema}.subscriptions DROP COLUMN filter")
+    _sql(dsn, f"ALTER TABLE {schema}.messages DROP COLUMN headers")
+    _sql(dsn, f"ALTER TABLE {schema}.attempts DROP COLUMN request_headers")
+    _sql(dsn, f"DROP TABLE {schema}.event_types")
+    _sql(dsn, f"UPDATE {schema}.webhook_dispatch_meta SET value = 6 WHERE key = 'schema_version'")
+
+
 def undo_version_5(dsn: str, schema: str) -> None:
     """Put a current schema back in its version-4 shape: no tenants."""
+    undo_version_7(dsn, schema)
     for table in ("subscriptions", "messages", "deliveries"):
         _sql(dsn, f"ALTER TABLE {schema}.{table} DROP COLUMN tenant")
     _sql(

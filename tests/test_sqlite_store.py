@@ -163,8 +163,18 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
     store.close()
 
 
+def undo_version_7(connection: sqlite3.Connection) -> None:
+    """Put a current file back in its version-6 shape: no routing columns, no catalog."""
+    connection.execute("ALTER TABLE subscriptions DROP COLUMN filter")
+    connection.execute("ALTER TABLE messages DROP COLUMN headers")
+    connection.execute("ALTER TABLE attempts DROP COLUMN request_headers")
+    connection.execute("DROP TABLE event_types")
+    connection.execute("UPDATE webhook_dispatch_meta SET value = 6 WHERE key = 'schema_version'")
+
+
 def undo_version_6(connection: sqlite3.Connection) -> None:
     """Put a current file back in its version-5 shape: no subscription due index."""
+    undo_version_7(connection)
     connection.execute("DROP INDEX deliveries_subscription_due")
     connection.execute("UPDATE webhook_dispatch_meta SET value = 5 WHERE key = 'schema_version'")
 
@@ -190,7 +200,7 @@ def test_version_5_file_gains_the_subscription_due_index(db_path: Path) -> None:
         version = connection.execute("SELECT value FROM webhook_dispatch_meta").fetchone()[0]
     finally:
         connection.close()
-    assert "deliveries_subscription_due" in names and version == SCHEMA_VERSION == 6
+    assert "deliveries_subscription_due" in names and version == SCHEMA_VERSION == 7
 
 
 def undo_version_5(connection: sqlite3.Connection) -> None:
@@ -324,7 +334,7 @@ def test_version_2_file_is_migrated_and_ordered_claims_still_work(db_path: Path)
         "SELECT next_attempt_at FROM deliveries WHERE status = 'succeeded'"
     ).fetchall()
     connection.close()
-    assert version == SCHEMA_VERSION == 6
+    assert version == SCHEMA_VERSION == 7
     assert "deliveries_ordered" in indexes and "deliveries_unfinished" not in indexes
     assert "attempts_message" not in indexes
     assert finished == [(None,)]

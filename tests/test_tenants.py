@@ -93,10 +93,10 @@ def test_subscription_patterns_are_a_tenants_enabled_ones(dispatcher: wd.Dispatc
     own = dispatcher.subscribe("https://own.example/1", event_types=["ops.*"])
     dispatcher.disable(off.id)
     assert dispatcher.store.subscription_patterns("a") == [
-        (first.id, ("order.*",)),
-        (last.id, ("*",)),
+        (first.id, ("order.*",), None),
+        (last.id, ("*",), None),
     ]
-    assert dispatcher.store.subscription_patterns(None) == [(own.id, ("ops.*",))]
+    assert dispatcher.store.subscription_patterns(None) == [(own.id, ("ops.*",), None)]
     assert dispatcher.store.subscription_patterns("nobody") == []
 
 

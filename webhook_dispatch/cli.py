@@ -145,6 +145,7 @@ def _subscription_json(subscription: Subscription) -> dict[str, Any]:
         "rate_limit": subscription.rate_limit,
         "max_in_flight": subscription.max_in_flight,
         "ordered": subscription.ordered,
+        "filter": None if subscription.filter is None else subscription.filter.document,
         "retry_schedule": (
             None
             if subscription.retry_schedule is None
@@ -339,6 +340,14 @@ def _page_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cursor", metavar="C", help="the next page, as printed by the last")
 
 
+def _json_object(value: str) -> Any:
+    """An argparse type: a JSON document (its shape is checked by the library)."""
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
 def _read_secret(value: str | None) -> str | None:
     if value == "-":
         return sys.stdin.readline().strip()
@@ -358,6 +367,7 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             max_in_flight=args.max_in_flight,
             ordered=args.ordered,
+            filter=args.filter,
             tenant=args.tenant,
         )
     print(f"created subscription {subscription.id}")
@@ -367,6 +377,8 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
     print(f"  event types: {', '.join(subscription.event_types)}")
     if headers:
         print(f"  headers:     {', '.join(sorted(headers))}")
+    if subscription.filter is not None:
+        print(f"  filter:      {json.dumps(subscription.filter.document)}")
     if subscription.signature == "standard-ed25519":
         print(f"public key: {public_key(subscription.secret)} (receivers verify with it)")
     elif given_secret is None:
@@ -1013,6 +1025,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ordered",
         action="store_true",
         help="deliver strictly in publish order, one at a time",
+    )
+    add.add_argument(
+        "--filter",
+        type=_json_object,
+        metavar="JSON",
+        help='payload filter, e.g. \'{"data": {"amount": {"$gte": 100}}}\' (docs/filters.md)',
     )
     disable = _command(actions, "disable", _cmd_subscriptions_disable, "stop deliveries")
     disable.add_argument("id", help="subscription id")

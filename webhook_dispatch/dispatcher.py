@@ -35,6 +35,7 @@ from .errors import (
     StopTimeout,
 )
 from .events import OPERATIONAL_PREFIX, OperationalEvent
+from .filters import Filter, compile_filter
 from .models import (
     ALL_TENANTS,
     AllTenants,
@@ -68,6 +69,7 @@ from .registry import Registry, validate_event_type
 from .retry import RetryPolicy
 from .signing import get_signer
 from .stores import Stats, Store, open_store
+from .stores.base import Route
 from .transport import HTTPTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
@@ -145,6 +147,19 @@ def _check_idempotency_key(key: object) -> str | None:
     return key
 
 
+_SUBSCRIPTION_FIELD = {"retry": "retry_schedule"}
+"""`EndpointOptions` fields whose `Subscription` field has another name."""
+
+
+def _endpoint_options(subscription: Subscription) -> EndpointOptions:
+    """The `EndpointOptions` a subscription stands for (its secret included)."""
+    fields = {
+        name: getattr(subscription, _SUBSCRIPTION_FIELD.get(name, name))
+        for name in attrs.fields_dict(EndpointOptions)
+    }
+    return EndpointOptions(**fields)
+
+
 def _unexpected(call: str, given: Iterable[str], known: frozenset[str]) -> TypeError:
     unknown = sorted(set(given) - known)
     return TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
@@ -158,6 +173,50 @@ def _page(call: str, page: PageKwargs) -> PageKwargs:
         "limit": check_limit(page.get("limit", DEFAULT_PAGE_SIZE)),
         "cursor": page.get("cursor"),
     }
+
+
+class _Routes:
+    """A tenant's matching index: the event-type trie, and the compiled payload filters
+    of its subscriptions that have one (a body is decoded only when one of those is a
+    candidate)."""
+
+    __slots__ = ("filters", "registry")
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.registry = Registry()
+        self.filters: dict[str, Filter] = {}
+        for route in routes:
+            self.registry.add(route.id, route.event_types)
+            if route.filter is not None:
+                self.filters[route.id] = compile_filter(route.filter)
+
+    def match(self, message: Message) -> list[str]:
+        """The subscriptions the message goes to."""
+        candidates = self.registry.match(message.event_type)
+        filters = self.filters
+        if not filters or not any(candidate in filters for candidate in candidates):
+            return candidates
+        body = _json_body(message)
+        return [
+            candidate
+            for candidate in candidates
+            if candidate not in filters
+            or (body is not _NOT_JSON and filters[candidate].matches(body))
+        ]
+
+
+_NOT_JSON: Any = object()
+
+
+def _json_body(message: Message) -> Any:
+    """The message's body decoded as JSON, or `_NOT_JSON` (which no filter matches)."""
+    content_type = message.content_type.split(";", 1)[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        return _NOT_JSON
+    try:
+        return json.loads(message.payload)
+    except ValueError:
+        return _NOT_JSON
 
 
 class _Core:
@@ -189,7 +248,7 @@ class _Core:
         self.worker = self._build_worker(spans)
         # One matching index per tenant, loaded on its first publish and dropped when the
         # store's change log says that tenant's subscriptions changed.
-        self._registries: OrderedDict[str | None, Registry] = OrderedDict()
+        self._registries: OrderedDict[str | None, _Routes] = OrderedDict()
         self._registry_version: int | None = None
         self._registry_lock = threading.Lock()
 
@@ -254,6 +313,7 @@ class _Core:
             max_in_flight=options.max_in_flight,
             ordered=options.ordered,
             retry_schedule=options.retry,
+            filter=options.filter,
         )
 
     def check_url(self, url: object, *, what: str = "endpoint URL") -> str:
@@ -357,11 +417,12 @@ class _Core:
             tenant=tenant,
         )
 
-    def match(self, event_type: str, tenant: str | None = None) -> list[str]:
-        """Ids of the tenant's enabled subscriptions matching ``event_type``."""
-        return self.registry(tenant).match(event_type)
+    def match(self, message: Message) -> list[str]:
+        """Ids of the enabled subscriptions of the message's tenant matching its event
+        type and, where they have one, whose payload filter its body matches."""
+        return self.routes(message.tenant).match(message)
 
-    def registry(self, tenant: str | None) -> Registry:
+    def routes(self, tenant: str | None) -> _Routes:
         """The tenant's matching index: cached, and reloaded (that tenant's subscriptions
         only) when the store says they changed, in this process or another."""
         version = self.store.subscriptions_version()
@@ -378,21 +439,19 @@ class _Core:
                     for name in changed:
                         self._registries.pop(name, None)
                 self._registry_version = version
-            registry = self._registries.get(tenant)
-            if registry is not None:
+            routes = self._registries.get(tenant)
+            if routes is not None:
                 self._registries.move_to_end(tenant)
-                return registry
+                return routes
         # Read after the version: a change committed meanwhile is in it, or bumps the
         # version again (and this index is not kept).
-        registry = Registry()
-        for subscription_id, event_types in self.store.subscription_patterns(tenant):
-            registry.add(subscription_id, event_types)
+        routes = _Routes(self.store.subscription_patterns(tenant))
         with self._registry_lock:
             if self._registry_version == version:
-                self._registries[tenant] = registry
+                self._registries[tenant] = routes
                 if len(self._registries) > TENANT_CACHE_SIZE:
                     self._registries.popitem(last=False)
-        return registry
+        return routes
 
     # -- store operations (sync; the async face runs them through `call`) ---------
     def subscribe(
@@ -412,6 +471,27 @@ class _Core:
 
     def unsubscribe(self, subscription_id: str) -> None:
         self.store.remove_subscription(subscription_id, self.clock.now())
+
+    def update_endpoint(
+        self, subscription_id: str, url: str | None, overrides: EndpointKwargs
+    ) -> Subscription:
+        """`Dispatcher.update`: the endpoint's current settings with ``overrides``,
+        validated as a whole before anything is written."""
+        for fixed, instead in (("secret", "rotate_secret()"), ("signature", "a new subscription")):
+            if fixed in overrides:
+                raise ConfigurationError(f"update() cannot change {fixed}; use {instead}")
+        current = self.store.get_subscription(subscription_id)
+        options = attrs.evolve(_endpoint_options(current), **overrides)
+        changes: dict[str, Any] = {
+            _SUBSCRIPTION_FIELD.get(name, name): getattr(options, name) for name in overrides
+        }
+        if url is not None:
+            changes["url"] = self.check_url(url)
+        if {"ca_bundle", "client_cert", "client_key"} & overrides.keys():
+            tls = TLSSettings(options.ca_bundle, options.client_cert, options.client_key)
+            if not tls.is_default:
+                load_ssl_context(tls)
+        return self.update(subscription_id, **changes)
 
     def enable(self, subscription_id: str) -> Subscription:
         return self.update(
@@ -437,7 +517,7 @@ class _Core:
     def publish(self, message: Message, connection: Any = None) -> Message:
         result = self.store.publish(
             message,
-            self.match(message.event_type, message.tenant),
+            self.match(message),
             self.clock.now(),
             **self._outbox(connection),
         )
@@ -449,7 +529,7 @@ class _Core:
         return self.publish_many(self.messages_for(events), connection)
 
     def publish_many(self, messages: Sequence[Message], connection: Any = None) -> list[Message]:
-        items = [(message, self.match(message.event_type, message.tenant)) for message in messages]
+        items = [(message, self.match(message)) for message in messages]
         results = self.store.publish_many(items, self.clock.now(), **self._outbox(connection))
         if any(result.deliveries for result in results):
             self.worker.wake()
@@ -493,9 +573,7 @@ class _Core:
         """`publish_many` inside an async psycopg connection's open transaction."""
         self._outbox(connection)
         items = await asyncio.to_thread(
-            lambda: [
-                (message, self.match(message.event_type, message.tenant)) for message in messages
-            ]
+            lambda: [(message, self.match(message)) for message in messages]
         )
         results = await self.store.publish_many_async(
             items, self.clock.now(), connection=connection
@@ -512,23 +590,23 @@ class _Core:
         for event in events:
             audiences = [None] if event.tenant is None else [None, event.tenant]
             for tenant in audiences:
-                registry = self.registry(tenant)
+                message = self.new_message(
+                    event.type,
+                    event.payload(),
+                    idempotency_key=None,
+                    content_type=None,
+                    tenant=tenant,
+                )
+                routes = self.routes(tenant)
                 wanted = [
                     subscription_id
-                    for subscription_id in registry.match(event.type)
+                    for subscription_id in routes.match(message)
                     if any(
                         pattern.startswith(OPERATIONAL_PREFIX)
-                        for pattern in registry.patterns(subscription_id)
+                        for pattern in routes.registry.patterns(subscription_id)
                     )
                 ]
                 if wanted:
-                    message = self.new_message(
-                        event.type,
-                        event.payload(),
-                        idempotency_key=None,
-                        content_type=None,
-                        tenant=tenant,
-                    )
                     items.append((message, wanted))
         if items:
             results = self.store.publish_many(items, self.clock.now())
@@ -931,6 +1009,16 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         """Stop deliveries to a subscription; pending ones are held until `enable`."""
         return self._core.disable(subscription_id, reason)
 
+    @spelled_out(EndpointKwargs, {})
+    def update(
+        self, subscription_id: str, *, url: str | None = None, **changes: Unpack[EndpointKwargs]
+    ) -> Subscription:
+        """Change a subscription's settings: ``url`` and any keyword `subscribe` takes
+        (``filter=None`` removes a filter), checked together before anything is stored.
+        The secret changes with `rotate_secret`; the signature scheme does not change.
+        Deliveries not yet sent go out with the new settings."""
+        return self._core.update_endpoint(subscription_id, url, changes)
+
     def rotate_secret(
         self,
         subscription_id: str,
@@ -1197,6 +1285,13 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
     ) -> Subscription:
         """See `Dispatcher.disable`."""
         return await self._core.call(self._core.disable, subscription_id, reason)
+
+    @spelled_out(EndpointKwargs, {})
+    async def update(
+        self, subscription_id: str, *, url: str | None = None, **changes: Unpack[EndpointKwargs]
+    ) -> Subscription:
+        """See `Dispatcher.update`."""
+        return await self._core.call(self._core.update_endpoint, subscription_id, url, changes)
 
     async def rotate_secret(
         self,

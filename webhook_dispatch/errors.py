@@ -7,6 +7,7 @@ WebhookDispatchError
 │   ├── InvalidHeader                      CR/LF, bad name, reserved name
 │   ├── InvalidSecret                      not a usable signing secret
 │   ├── InvalidEventType                   not dotted [A-Za-z0-9_] segments / bad pattern
+│   ├── InvalidFilter                      bad payload filter                 .path
 │   ├── InvalidTenant                      tenant id not 1-255 of [A-Za-z0-9_.:-], bad limits
 │   ├── TenantLimitExceeded                the tenant's max_subscriptions reached .tenant .limit
 │   ├── InvalidPayload                     not JSON-serializable, or bytes without content type
@@ -50,6 +51,7 @@ __all__ = [
     "DrainIncomplete",
     "InvalidAuth",
     "InvalidEventType",
+    "InvalidFilter",
     "InvalidHeader",
     "InvalidPayload",
     "InvalidSecret",
@@ -111,6 +113,27 @@ class InvalidSecret(ConfigurationError):
 
 class InvalidEventType(ConfigurationError):
     """An event type or event-type pattern does not follow the dotted syntax."""
+
+
+class InvalidFilter(ConfigurationError):
+    """A payload filter is malformed: an unknown operator, a wrong operand, a regular
+    expression that is too long or could backtrack for ever."""
+
+    path: str | None
+    """Where in the filter the problem is (``data.amount.$gte``; "" for the whole)."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        path: str | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        if path:
+            text = f"{text} (at {path})"
+        super().__init__(text, subscription=subscription, message=message)
+        self.path = path
 
 
 class InvalidTenant(ConfigurationError):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .errors import ConfigurationError
+from .filters import Filter, compile_filter
 
 if TYPE_CHECKING:
     from .auth import EndpointAuth
@@ -54,6 +55,10 @@ def new_id(prefix: str) -> str:
 
 _PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
 _SHIFTS = range(120, -1, -10)
+
+
+def _optional_filter(value: Any) -> Filter | None:
+    return None if value is None else compile_filter(value)
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -210,6 +215,9 @@ class Subscription:
     """Failed attempts since the last success (auto-disable counts these)."""
     tenant: str | None = None
     """The customer this endpoint belongs to, or None for the application's own."""
+    filter: Filter | None = attrs.field(default=None, converter=_optional_filter)
+    """The payload filter a message's body must match (``.document`` is the filter as
+    given), or None: every message of a matching event type."""
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets that sign a request sent at ``now``: current first, then unexpired old."""

@@ -20,6 +20,7 @@ from .auth import EndpointAuth
 from .clock import Clock
 from .errors import ConfigurationError, InvalidAuth, InvalidHeader
 from .events import Callback, Hooks
+from .filters import Filter, compile_filter
 from .health import AutoDisable
 from .models import RetrySchedule
 from .netguard import IPNetwork, NetworkPolicy, parse_networks
@@ -351,6 +352,10 @@ def _retry_schedule(retry: RetrySpec | None) -> RetrySchedule | None:
     return schedule
 
 
+def _filter(value: object) -> Filter | None:
+    return None if value is None else compile_filter(value)
+
+
 def _auth(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, EndpointAuth):
         raise InvalidAuth(
@@ -401,6 +406,10 @@ class EndpointOptions:
     retry: RetrySchedule | None = attrs.field(default=None, converter=_retry_schedule)
     """This endpoint's own retry schedule (``RetryPolicy.fixed([0, 10, 60])`` or the
     delays in seconds), stored with it."""
+    filter: Filter | None = attrs.field(default=None, converter=_filter)
+    """A payload filter (Convoy's JSON syntax, see docs/filters.md): only messages whose
+    body matches it are delivered here, for example
+    ``{"data": {"amount": {"$gte": 100}}}``."""
 
     def __attrs_post_init__(self) -> None:
         signer = get_signer(self.signature)
@@ -434,6 +443,7 @@ class EndpointKwargs(TypedDict, total=False):
     max_in_flight: int | None
     ordered: bool
     retry: RetrySpec | None
+    filter: Mapping[str, Any] | None
 
 
 class PublishKwargs(TypedDict, total=False):

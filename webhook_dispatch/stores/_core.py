@@ -41,11 +41,11 @@ from ..models import (
     options_fields,
 )
 from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
-from .base import ClaimPlan, PublishResult, Stats, Store
+from .base import ClaimPlan, PublishResult, Route, Stats, Store
 
 __all__: list[str] = []
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The logical schema version both SQL stores write; a newer one is refused."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -61,7 +61,7 @@ MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotenc
 SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
     "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
-    "consecutive_failures, tenant"
+    "consecutive_failures, tenant, filter"
 )
 TENANT_COLUMNS = (
     "id, rate_limit, max_in_flight, max_subscriptions, metadata, created_at, updated_at"
@@ -195,6 +195,7 @@ def subscription_row(codec: Codec, s: Subscription) -> tuple[Any, ...]:
         None if s.failing_since is None else codec.time(s.failing_since),
         s.consecutive_failures,
         tenant_key(s.tenant),
+        None if s.filter is None else codec.document(s.filter.document),
     )
 
 
@@ -219,6 +220,7 @@ def subscription(codec: Codec, row: Sequence[Any]) -> Subscription:
         failing_since=None if row[13] is None else codec.from_time(row[13]),
         consecutive_failures=row[14],
         tenant=row[15] or None,
+        filter=None if row[16] is None else codec.from_document(row[16]),
         **options_fields(codec.from_document(row[12])),
     )
 
@@ -706,15 +708,19 @@ class SQLStore(Store):
         ]
         return page_of(found, len(found) if limit is None else limit, "subscriptions")
 
-    def subscription_patterns(self, tenant: str | None) -> list[tuple[str, tuple[str, ...]]]:
-        """``(id, event_types)`` of the tenant's enabled subscriptions, oldest first: two
+    def subscription_patterns(self, tenant: str | None) -> list[Route]:
+        """The `Route` of each of the tenant's enabled subscriptions, oldest first: three
         columns, none of the rest decoded (a publisher's cold path)."""
         rows = self._rows(
-            "SELECT id, event_types FROM {schema}.subscriptions "
+            "SELECT id, event_types, filter FROM {schema}.subscriptions "
             "WHERE tenant = ? AND enabled ORDER BY seq",
             [tenant_key(tenant)],
         )
-        return [(row[0], self.codec.from_texts(row[1])) for row in rows]
+        texts, document = self.codec.from_texts, self.codec.from_document
+        return [
+            Route(row[0], texts(row[1]), None if row[2] is None else document(row[2]))
+            for row in rows
+        ]
 
     def subscriptions_version(self) -> int:
         """A counter bumped, in the same transaction, by every subscription change."""

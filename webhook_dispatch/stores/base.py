@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import attrs
 
@@ -53,6 +53,7 @@ __all__ = [
     "ClaimPlan",
     "PublishResult",
     "RecordResult",
+    "Route",
     "Stats",
     "Store",
     "RING_WINDOW",
@@ -62,6 +63,15 @@ __all__ = [
     "ring_after",
     "share_round_robin",
 ]
+
+
+class Route(NamedTuple):
+    """What a publisher needs of a subscription to route messages to it."""
+
+    id: str
+    event_types: tuple[str, ...]
+    filter: Mapping[str, Any] | None
+    """The payload filter document, or None."""
 
 
 @attrs.frozen
@@ -499,11 +509,15 @@ class Store(abc.ABC):
         one (``limit=None``, for building a tenant's matching index); ``tenant`` keeps
         one tenant's (None: the untenanted ones)."""
 
-    def subscription_patterns(self, tenant: str | None) -> list[tuple[str, tuple[str, ...]]]:
-        """``(id, event_types)`` of the tenant's enabled subscriptions, oldest first:
-        what a publisher's matching index is built from. The default reads them through
-        `list_subscriptions`; a store may read only these two columns."""
-        return [(s.id, s.event_types) for s in self.list_subscriptions(tenant=tenant) if s.enabled]
+    def subscription_patterns(self, tenant: str | None) -> list[Route]:
+        """The `Route` of each of the tenant's enabled subscriptions, oldest first: what
+        a publisher's matching index is built from. The default reads them through
+        `list_subscriptions`; a store may read only these three columns."""
+        return [
+            Route(s.id, s.event_types, None if s.filter is None else s.filter.document)
+            for s in self.list_subscriptions(tenant=tenant)
+            if s.enabled
+        ]
 
     @abc.abstractmethod
     def subscriptions_version(self) -> int:

@@ -238,6 +238,22 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ON {schema}.deliveries (tenant, subscription_id, next_attempt_at, seq)
             WHERE next_attempt_at IS NOT NULL""",
     ),
+    (
+        # Routing (see the SQLite store).
+        "ALTER TABLE {schema}.subscriptions ADD COLUMN filter jsonb",
+        "ALTER TABLE {schema}.messages ADD COLUMN headers jsonb",
+        "ALTER TABLE {schema}.attempts ADD COLUMN request_headers jsonb",
+        """CREATE TABLE {schema}.event_types (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name text NOT NULL UNIQUE,
+            description text NOT NULL DEFAULT '',
+            schema jsonb,
+            examples jsonb NOT NULL DEFAULT '[]',
+            deprecated boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        )""",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

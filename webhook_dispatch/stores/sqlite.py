@@ -254,6 +254,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ON deliveries (tenant, subscription_id, next_attempt_at, seq)
             WHERE next_attempt_at IS NOT NULL""",
     ),
+    (
+        # Routing: a subscription's payload filter (JSON), a message's own headers
+        # (JSON pairs), the request headers each attempt sent, and the event catalog.
+        "ALTER TABLE subscriptions ADD COLUMN filter TEXT",
+        "ALTER TABLE messages ADD COLUMN headers TEXT",
+        "ALTER TABLE attempts ADD COLUMN request_headers TEXT",
+        """CREATE TABLE event_types (
+            seq INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            schema TEXT,
+            examples TEXT NOT NULL DEFAULT '[]',
+            deprecated INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )""",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

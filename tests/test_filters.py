@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import webhook_dispatch as wd
-from webhook_dispatch.filters import MAX_FILTER_SIZE, MAX_REGEX_LENGTH, compile_filter
+from webhook_dispatch.filters import MAX_FILTER_SIZE, MAX_REGEX_LENGTH, FilterIndex, compile_filter
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
 STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -440,3 +440,33 @@ def test_filters_survive_the_store_round_trip(document: dict[str, Any]) -> None:
     compiled = compile_filter(document)
     again = compile_filter(json.loads(json.dumps(compiled.document)))
     assert again == compiled and hash(again) == hash(compiled)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_FILTERS, min_size=1, max_size=6), st.dictionaries(_NAMES, _JSON, max_size=3))
+def test_the_filter_index_finds_exactly_the_matching_filters(
+    documents: list[dict[str, Any]], body: dict[str, Any]
+) -> None:
+    index = FilterIndex()
+    compiled = [compile_filter(document) for document in documents]
+    for number, one in enumerate(compiled):
+        index.add(f"sub_{number}", one)
+    expected = {f"sub_{number}" for number, one in enumerate(compiled) if one.matches(body)}
+    assert index.matching(body) == expected
+
+
+def test_the_filter_index_narrows_equalities_to_one_lookup() -> None:
+    index = FilterIndex()
+    evaluated: list[str] = []
+    for number in range(100):
+        one = compile_filter({"data": {"customer": f"c_{number}", "amount": {"$gte": 1}}})
+        test = one._test
+
+        def counting(values: list[Any], name: str = f"sub_{number}", test: Any = test) -> bool:
+            evaluated.append(name)
+            return bool(test(values))
+
+        one._test = counting
+        index.add(f"sub_{number}", one)
+    assert index.matching({"data": {"customer": "c_7", "amount": 5}}) == {"sub_7"}
+    assert evaluated == ["sub_7"]

@@ -32,7 +32,7 @@ from ._version import __version__
 from .auth import auth_to_document
 from .dispatcher import PURGE_BATCH, Dispatcher
 from .errors import ConfigurationError, WebhookDispatchError
-from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant
+from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
 from .paging import DEFAULT_PAGE_SIZE, Page
 from .retry import RetryPolicy
 from .signing import generate_secret, public_key, signer_names
@@ -425,6 +425,52 @@ def _tenant_json(tenant: Tenant) -> dict[str, Any]:
         "subscriptions": tenant.subscriptions,
         "pending": tenant.pending,
     }
+
+
+def _cmd_catalog_list(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        entries = dispatcher.event_types()
+    if args.json:
+        _print_json(
+            [
+                {
+                    "name": e.name,
+                    "description": e.description,
+                    "schema": thawed(e.schema),
+                    "examples": thawed(e.examples),
+                    "deprecated": e.deprecated,
+                    "created_at": _iso(e.created_at),
+                    "updated_at": _iso(e.updated_at),
+                }
+                for e in entries
+            ]
+        )
+        return 0
+    if not entries:
+        print("no event types in the catalog")
+        return 0
+    rows = [
+        (
+            e.name,
+            "yes" if e.schema is not None else "-",
+            len(e.examples),
+            _shorten(e.description + (" (deprecated)" if e.deprecated else ""), 60),
+        )
+        for e in entries
+    ]
+    for line in format_table(("EVENT TYPE", "SCHEMA", "EXAMPLES", "DESCRIPTION"), rows, right={2}):
+        print(line)
+    return 0
+
+
+def _cmd_catalog_export(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        export = (
+            dispatcher.export_openapi if args.format == "openapi" else dispatcher.export_asyncapi
+        )
+        document = export(title=args.title, version=args.api_version)
+    print(json.dumps(document, indent=2))
+    return 0
 
 
 def _cmd_tenants_list(args: argparse.Namespace) -> int:
@@ -1048,6 +1094,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print a JSON object")
     _tenant_option(stats, "only this tenant's deliveries and subscriptions")
+
+    catalog = commands.add_parser("catalog", help="the event catalog: list it, export it")
+    catalog_actions = catalog.add_subparsers(dest="action", metavar="ACTION", required=True)
+    list_catalog = _command(catalog_actions, "list", _cmd_catalog_list, "event types by name")
+    _json_option(list_catalog)
+    export_catalog = _command(
+        catalog_actions, "export", _cmd_catalog_export, "print an OpenAPI or AsyncAPI document"
+    )
+    export_catalog.add_argument("--format", choices=["openapi", "asyncapi"], default="openapi")
+    export_catalog.add_argument("--title", default="Webhooks", help="the document's title")
+    export_catalog.add_argument(
+        "--api-version", default="1.0.0", help="the document's info.version"
+    )
 
     tenants = commands.add_parser("tenants", help="list, show, set or delete tenants")
     tenant_actions = tenants.add_subparsers(dest="action", metavar="ACTION", required=True)

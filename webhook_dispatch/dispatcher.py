@@ -22,6 +22,7 @@ import attrs
 import httpx
 
 from ._validation import validate_tenant, validate_url
+from .catalog import Catalog, asyncapi_document, new_event_type, openapi_document
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
 from .errors import (
@@ -35,13 +36,14 @@ from .errors import (
     StopTimeout,
 )
 from .events import OPERATIONAL_PREFIX, OperationalEvent
-from .filters import Filter, compile_filter
+from .filters import FilterIndex, compile_filter
 from .models import (
     ALL_TENANTS,
     AllTenants,
     Attempt,
     Delivery,
     DeliveryStatus,
+    EventType,
     Message,
     RetiredSecret,
     Subscription,
@@ -69,7 +71,7 @@ from .registry import Registry, validate_event_type
 from .retry import RetryPolicy
 from .signing import get_signer
 from .stores import Stats, Store, open_store
-from .stores.base import Route
+from .stores.base import CATALOG_CHANGE, Route
 from .transport import HTTPTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
@@ -184,11 +186,11 @@ class _Routes:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.registry = Registry()
-        self.filters: dict[str, Filter] = {}
+        self.filters = FilterIndex()
         for route in routes:
             self.registry.add(route.id, route.event_types)
             if route.filter is not None:
-                self.filters[route.id] = compile_filter(route.filter)
+                self.filters.add(route.id, compile_filter(route.filter))
 
     def match(self, message: Message) -> list[str]:
         """The subscriptions the message goes to."""
@@ -197,11 +199,9 @@ class _Routes:
         if not filters or not any(candidate in filters for candidate in candidates):
             return candidates
         body = _json_body(message)
+        passed = set() if body is _NOT_JSON else filters.matching(body)
         return [
-            candidate
-            for candidate in candidates
-            if candidate not in filters
-            or (body is not _NOT_JSON and filters[candidate].matches(body))
+            candidate for candidate in candidates if candidate in passed or candidate not in filters
         ]
 
 
@@ -250,6 +250,7 @@ class _Core:
         # store's change log says that tenant's subscriptions changed.
         self._registries: OrderedDict[str | None, _Routes] = OrderedDict()
         self._registry_version: int | None = None
+        self._catalog: Catalog | None = None
         self._registry_lock = threading.Lock()
 
     def _build_worker(self, spans: Any) -> Worker:
@@ -419,12 +420,24 @@ class _Core:
 
     def match(self, message: Message) -> list[str]:
         """Ids of the enabled subscriptions of the message's tenant matching its event
-        type and, where they have one, whose payload filter its body matches."""
-        return self.routes(message.tenant).match(message)
+        type and, where they have one, whose payload filter its body matches; first
+        the catalog's checks (schema, strict mode), which raise before anything is
+        stored."""
+        version = self._refresh()
+        self.check_message(message, self._catalog_at(version))
+        return self._routes_at(message.tenant, version).match(message)
 
     def routes(self, tenant: str | None) -> _Routes:
         """The tenant's matching index: cached, and reloaded (that tenant's subscriptions
         only) when the store says they changed, in this process or another."""
+        return self._routes_at(tenant, self._refresh())
+
+    def catalog(self) -> Catalog:
+        """The event catalog, cached like the matching indexes."""
+        return self._catalog_at(self._refresh())
+
+    def _refresh(self) -> int:
+        """Read the store's change counter (one query) and drop what changed since."""
         version = self.store.subscriptions_version()
         with self._registry_lock:
             if version != self._registry_version:
@@ -435,10 +448,17 @@ class _Core:
                 )
                 if changed is None:
                     self._registries.clear()
+                    self._catalog = None
                 else:
                     for name in changed:
                         self._registries.pop(name, None)
+                    if CATALOG_CHANGE in changed:
+                        self._catalog = None
                 self._registry_version = version
+        return version
+
+    def _routes_at(self, tenant: str | None, version: int) -> _Routes:
+        with self._registry_lock:
             routes = self._registries.get(tenant)
             if routes is not None:
                 self._registries.move_to_end(tenant)
@@ -453,6 +473,31 @@ class _Core:
                     self._registries.popitem(last=False)
         return routes
 
+    def _catalog_at(self, version: int) -> Catalog:
+        catalog = self._catalog
+        if catalog is not None:
+            return catalog
+        catalog = Catalog(self.store.list_event_types())
+        with self._registry_lock:
+            if self._registry_version == version:
+                self._catalog = catalog
+        return catalog
+
+    def check_message(self, message: Message, catalog: Catalog) -> None:
+        """Strict mode and the payload's schema, from the body as it will be sent."""
+        if self.options.strict_event_types:
+            catalog.check_published(message.event_type)
+        entry = catalog.entries.get(message.event_type)
+        if entry is None or entry.schema is None:
+            return
+        body = _json_body(message)
+        if body is _NOT_JSON:
+            raise InvalidPayload(
+                f"event type {message.event_type!r} has a JSON Schema in the catalog; "
+                "its payloads must be JSON"
+            )
+        catalog.check_payload(message.event_type, body["data"] if self.envelope else body)
+
     # -- store operations (sync; the async face runs them through `call`) ---------
     def subscribe(
         self,
@@ -466,8 +511,40 @@ class _Core:
             self.new_subscription(url, with_overrides(EndpointOptions, options, overrides)),
             tenant=tenant,
         )
+        if self.options.strict_event_types:
+            self.catalog().check_patterns(subscription.event_types)
         self.store.add_subscription(subscription)
         return subscription
+
+    # -- the event catalog ---------------------------------------------------------------
+    def define_event_type(
+        self,
+        name: str,
+        description: str,
+        schema: Mapping[str, Any] | None,
+        examples: Sequence[Any],
+        deprecated: bool,
+    ) -> EventType:
+        existing = self.catalog().entries.get(name) if isinstance(name, str) else None
+        entry = new_event_type(
+            name,
+            description=description,
+            schema=schema,
+            examples=examples,
+            deprecated=deprecated,
+            now=self.clock.now(),
+            existing=existing,
+        )
+        self.store.put_event_type(entry)
+        return entry
+
+    def export(self, kind: str, title: str, version: str) -> dict[str, Any]:
+        if not isinstance(title, str) or not isinstance(version, str):
+            raise ConfigurationError("title and version must be strings")
+        build = {"openapi": openapi_document, "asyncapi": asyncapi_document}[kind]
+        return build(
+            self.store.list_event_types(), title=title, version=version, envelope=self.envelope
+        )
 
     def unsubscribe(self, subscription_id: str) -> None:
         self.store.remove_subscription(subscription_id, self.clock.now())
@@ -487,6 +564,8 @@ class _Core:
         }
         if url is not None:
             changes["url"] = self.check_url(url)
+        if "event_types" in overrides and self.options.strict_event_types:
+            self.catalog().check_patterns(options.event_types)
         if {"ca_bundle", "client_cert", "client_key"} & overrides.keys():
             tls = TLSSettings(options.ca_bundle, options.client_cert, options.client_key)
             if not tls.is_default:
@@ -1048,6 +1127,45 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         """One subscription by id (`NotFound` otherwise)."""
         return self._core.store.get_subscription(subscription_id)
 
+    # -- the event catalog ---------------------------------------------------------
+    def define_event_type(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        schema: Mapping[str, Any] | None = None,
+        examples: Sequence[Any] = (),
+        deprecated: bool = False,
+    ) -> EventType:
+        """Add an event type to the catalog, or replace its entry: what it means, the
+        JSON Schema (draft 7) its payloads must satisfy, and example payloads (each
+        checked against the schema). Shared by every process on the store.
+
+        Publishing a type with a schema validates the payload first (`InvalidPayload`,
+        with the failing ``.path``, and nothing is stored). With
+        ``strict_event_types=True`` only cataloged types can be published or subscribed
+        to. `export_openapi` and `export_asyncapi` describe the catalog."""
+        return self._core.define_event_type(name, description, schema, examples, deprecated)
+
+    def event_types(self) -> list[EventType]:
+        """The event catalog, by name."""
+        return self._core.store.list_event_types()
+
+    def remove_event_type(self, name: str) -> None:
+        """Take an event type out of the catalog (`NotFound` if absent)."""
+        self._core.store.remove_event_type(name)
+
+    def export_openapi(self, *, title: str = "Webhooks", version: str = "1.0.0") -> dict[str, Any]:
+        """The catalog as an OpenAPI 3.1 document: a ``webhooks`` entry per event type,
+        with the request body's schema and examples and the Standard Webhooks headers.
+        Feed it to your API docs generator."""
+        return self._core.export("openapi", title, version)
+
+    def export_asyncapi(self, *, title: str = "Webhooks", version: str = "1.0.0") -> dict[str, Any]:
+        """The catalog as an AsyncAPI 3.0 document: a channel, message and ``send``
+        operation per event type."""
+        return self._core.export("asyncapi", title, version)
+
     # -- publishing ----------------------------------------------------------------
     @spelled_out(PublishKwargs, {})
     def publish(self, event_type: str, payload: Any, **options: Unpack[PublishKwargs]) -> Message:
@@ -1313,6 +1431,40 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
     async def get_subscription(self, subscription_id: str) -> Subscription:
         """See `Dispatcher.get_subscription`."""
         return await self._core.call(self._core.store.get_subscription, subscription_id)
+
+    async def define_event_type(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        schema: Mapping[str, Any] | None = None,
+        examples: Sequence[Any] = (),
+        deprecated: bool = False,
+    ) -> EventType:
+        """See `Dispatcher.define_event_type`."""
+        return await self._core.call(
+            self._core.define_event_type, name, description, schema, examples, deprecated
+        )
+
+    async def event_types(self) -> list[EventType]:
+        """See `Dispatcher.event_types`."""
+        return await self._core.call(self._core.store.list_event_types)
+
+    async def remove_event_type(self, name: str) -> None:
+        """See `Dispatcher.remove_event_type`."""
+        await self._core.call(self._core.store.remove_event_type, name)
+
+    async def export_openapi(
+        self, *, title: str = "Webhooks", version: str = "1.0.0"
+    ) -> dict[str, Any]:
+        """See `Dispatcher.export_openapi`."""
+        return await self._core.call(self._core.export, "openapi", title, version)
+
+    async def export_asyncapi(
+        self, *, title: str = "Webhooks", version: str = "1.0.0"
+    ) -> dict[str, Any]:
+        """See `Dispatcher.export_asyncapi`."""
+        return await self._core.call(self._core.export, "asyncapi", title, version)
 
     @spelled_out(PublishKwargs, {})
     async def publish(

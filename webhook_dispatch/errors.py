@@ -10,8 +10,10 @@ WebhookDispatchError
 │   ├── InvalidFilter                      bad payload filter                 .path
 │   ├── InvalidTenant                      tenant id not 1-255 of [A-Za-z0-9_.:-], bad limits
 │   ├── TenantLimitExceeded                the tenant's max_subscriptions reached .tenant .limit
-│   ├── InvalidPayload                     not JSON-serializable, or bytes without content type
+│   ├── InvalidPayload                     not JSON-serializable, bytes without content type,
+│   │   │                                  or fails its event type's schema   .path
 │   │   └── PayloadTooLarge                over the size cap                  .size .limit
+│   ├── InvalidSchema                      an event type's JSON Schema or description unusable
 │   ├── InvalidAuth                        unusable endpoint authentication settings
 │   └── InvalidStoreURL                    unknown scheme or unusable path    .path
 ├── InvalidSignature (ValueError)          `verify()` refused a request
@@ -54,6 +56,7 @@ __all__ = [
     "InvalidFilter",
     "InvalidHeader",
     "InvalidPayload",
+    "InvalidSchema",
     "InvalidSecret",
     "InvalidSignature",
     "InvalidStoreURL",
@@ -164,7 +167,26 @@ class TenantLimitExceeded(ConfigurationError):
 
 
 class InvalidPayload(ConfigurationError):
-    """A payload cannot be serialized, or raw bytes came without a content type."""
+    """A payload cannot be serialized, raw bytes came without a content type, or the
+    payload does not satisfy its event type's schema in the catalog."""
+
+    path: str | None
+    """Where in the body the schema check failed (``data.amount``), or None."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        path: str | None = None,
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.path = path
+
+
+class InvalidSchema(ConfigurationError):
+    """An event type's JSON Schema does not compile, or its catalog entry is unusable."""
 
 
 class PayloadTooLarge(InvalidPayload):

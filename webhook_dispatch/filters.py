@@ -19,6 +19,7 @@ __all__ = [
     "MAX_FILTER_SIZE",
     "MAX_REGEX_LENGTH",
     "Filter",
+    "FilterIndex",
     "compile_filter",
 ]
 
@@ -246,6 +247,101 @@ def _regex(operand: Any, where: str) -> _Test:
 
 
 _NUMBER = (int, float)
+
+
+# -- narrowing: which filters could match a body -----------------------------------------
+class FilterIndex:
+    """The filters of many subscriptions, indexed by an equality each requires, so a
+    publish evaluates only those that could match: ``{"data": {"customer": "c_42"}}``
+    is looked up by the body's ``data.customer``, not tried against every body.
+
+    A filter is indexed by the first condition every matching body must meet, an
+    equality with a scalar (directly, ``$eq`` or ``$in``), at the top level or inside
+    ``$and``; others are always evaluated. The index only narrows: `matching` still
+    runs each candidate's whole filter.
+    """
+
+    __slots__ = ("_by_path", "_filters", "_unindexed")
+
+    def __init__(self) -> None:
+        self._filters: dict[str, Filter] = {}
+        self._by_path: dict[tuple[str, ...], dict[Any, list[str]]] = {}
+        self._unindexed: list[str] = []
+
+    def add(self, subscription_id: str, compiled: Filter) -> None:
+        """Index one subscription's filter (each id once)."""
+        self._filters[subscription_id] = compiled
+        required = _required_equality(compiled.document, ())
+        if required is None:
+            self._unindexed.append(subscription_id)
+            return
+        path, operands = required
+        values = self._by_path.setdefault(path, {})
+        for key in {_key(operand) for operand in operands}:
+            values.setdefault(key, []).append(subscription_id)
+
+    def __contains__(self, subscription_id: object) -> bool:
+        return subscription_id in self._filters
+
+    def __bool__(self) -> bool:
+        return bool(self._filters)
+
+    def matching(self, body: Any) -> set[str]:
+        """The ids whose filter ``body`` matches."""
+        candidates = list(self._unindexed)
+        for path, values in self._by_path.items():
+            seen: set[Any] = set()
+            for found in _descend([body], path):
+                for item in found if isinstance(found, list) else (found,):
+                    if isinstance(item, (dict, list)):
+                        continue
+                    key = _key(item)
+                    if key not in seen:
+                        seen.add(key)
+                        candidates.extend(values.get(key, ()))
+        filters = self._filters
+        return {candidate for candidate in candidates if filters[candidate].matches(body)}
+
+
+def _required_equality(
+    document: Mapping[str, Any], prefix: tuple[str, ...]
+) -> tuple[tuple[str, ...], list[Any]] | None:
+    """A path and the scalars one of which a matching body must hold there, or None."""
+    for key, value in document.items():
+        if key == "$and":
+            for part in value:
+                found = _required_equality(part, prefix)
+                if found is not None:
+                    return found
+            continue
+        if key.startswith("$"):
+            continue
+        path = prefix + tuple(key.split("."))
+        if _is_scalar(value):
+            return path, [value]
+        if isinstance(value, Mapping):
+            if "$eq" in value and _is_scalar(value["$eq"]):
+                return path, [value["$eq"]]
+            if "$in" in value and value["$in"] and all(_is_scalar(v) for v in value["$in"]):
+                return path, list(value["$in"])
+            if not any(name.startswith("$") for name in value):
+                found = _required_equality(value, path)
+                if found is not None:
+                    return found
+    return None
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float))
+
+
+def _key(value: Any) -> Any:
+    """Equal scalars (as `_same` sees them: 1 and 1.0, never true and 1) share a key."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    return (type(value).__name__, value)
 
 
 # -- evaluating -------------------------------------------------------------------------

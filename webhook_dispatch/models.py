@@ -28,6 +28,7 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "ErrorKind",
+    "EventType",
     "Message",
     "RetiredSecret",
     "RetrySchedule",
@@ -301,6 +302,31 @@ class Attempt:
     def succeeded(self) -> bool:
         """True when the endpoint answered 2xx."""
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def thawed(value: Any) -> Any:
+    """A JSON document with its mappings as dicts and its sequences as lists."""
+    if isinstance(value, Mapping):
+        return {key: thawed(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thawed(item) for item in value]
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class EventType:
+    """One entry of the event catalog (`Dispatcher.define_event_type`): what an event
+    type means and, optionally, the JSON Schema its payloads must satisfy."""
+
+    name: str
+    description: str = ""
+    schema: Mapping[str, Any] | None = None
+    """JSON Schema (draft 7) of the payload, or None: payloads are not checked."""
+    examples: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    """Example payloads, shown in exports and sent by `Dispatcher.send_example`."""
+    deprecated: bool = False
+    created_at: datetime
+    updated_at: datetime
 
 
 @attrs.frozen(kw_only=True)

@@ -189,6 +189,9 @@ class DispatcherOptions:
     """Largest serialized payload `publish` accepts, in bytes."""
     envelope: bool = attrs.field(default=True, validator=_flag)
     """Wrap JSON payloads in the Standard Webhooks envelope ``{"type", "timestamp", "data"}``."""
+    strict_event_types: bool = attrs.field(default=False, validator=_flag)
+    """Refuse to publish event types, or subscribe to patterns, that the event catalog
+    (`Dispatcher.define_event_type`) does not have."""
     lease: timedelta = attrs.field(
         default=timedelta(seconds=60), validator=_positive_timedelta(False)
     )
@@ -268,6 +271,7 @@ class DispatcherKwargs(TypedDict, total=False):
     concurrency: int
     max_payload_size: int
     envelope: bool
+    strict_event_types: bool
     lease: timedelta
     poll_interval: float
     retention: timedelta | None

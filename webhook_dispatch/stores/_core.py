@@ -32,6 +32,7 @@ from ..models import (
     Delivery,
     DeliveryStatus,
     ErrorKind,
+    EventType,
     Message,
     RetiredSecret,
     Subscription,
@@ -39,9 +40,10 @@ from ..models import (
     TenantFilter,
     options_document,
     options_fields,
+    thawed,
 )
 from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
-from .base import ClaimPlan, PublishResult, Route, Stats, Store
+from .base import CATALOG_CHANGE, ClaimPlan, PublishResult, Route, Stats, Store
 
 __all__: list[str] = []
 
@@ -66,6 +68,8 @@ SUBSCRIPTION_COLUMNS = (
 TENANT_COLUMNS = (
     "id, rate_limit, max_in_flight, max_subscriptions, metadata, created_at, updated_at"
 )
+
+EVENT_TYPE_COLUMNS = "name, description, schema, examples, deprecated, created_at, updated_at"
 
 CHANGES_KEPT = 10_000
 """Subscription changes remembered for `SQLStore.changed_tenants` (older: reload all)."""
@@ -719,6 +723,57 @@ class SQLStore(Store):
         texts, document = self.codec.from_texts, self.codec.from_document
         return [
             Route(row[0], texts(row[1]), None if row[2] is None else document(row[2]))
+            for row in rows
+        ]
+
+    # -- the event catalog -----------------------------------------------------------------
+    def put_event_type(self, event_type: EventType) -> None:
+        """Add or replace (by name) a catalog entry."""
+        codec = self.codec
+        with self._writing() as db:
+            self._run(
+                db,
+                f"INSERT INTO {{schema}}.event_types ({EVENT_TYPE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "description = excluded.description, schema = excluded.schema, "
+                "examples = excluded.examples, deprecated = excluded.deprecated, "
+                "updated_at = excluded.updated_at",
+                (
+                    event_type.name,
+                    event_type.description,
+                    None
+                    if event_type.schema is None
+                    else codec.document(thawed(event_type.schema)),
+                    codec.document(thawed(event_type.examples)),
+                    event_type.deprecated,
+                    codec.time(event_type.created_at),
+                    codec.time(event_type.updated_at),
+                ),
+            )
+            self._bump_subscriptions_version(db, [CATALOG_CHANGE])
+
+    def remove_event_type(self, name: str) -> None:
+        """Delete a catalog entry; `NotFound` if there is none."""
+        with self._writing() as db:
+            cursor = self._run(db, "DELETE FROM {schema}.event_types WHERE name = ?", (name,))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no event type {name!r} in the catalog")
+            self._bump_subscriptions_version(db, [CATALOG_CHANGE])
+
+    def list_event_types(self) -> list[EventType]:
+        """Every catalog entry, by name."""
+        codec = self.codec
+        rows = self._rows(f"SELECT {EVENT_TYPE_COLUMNS} FROM {{schema}}.event_types ORDER BY name")
+        return [
+            EventType(
+                name=row[0],
+                description=row[1],
+                schema=None if row[2] is None else codec.from_document(row[2]),
+                examples=codec.from_document(row[3]),
+                deprecated=bool(row[4]),
+                created_at=codec.from_time(row[5]),
+                updated_at=codec.from_time(row[6]),
+            )
             for row in rows
         ]
 

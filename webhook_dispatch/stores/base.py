@@ -39,6 +39,7 @@ from ..models import (
     Attempt,
     Delivery,
     DeliveryStatus,
+    EventType,
     Message,
     Subscription,
     Tenant,
@@ -47,6 +48,7 @@ from ..models import (
 from ..paging import Page
 
 __all__ = [
+    "CATALOG_CHANGE",
     "FAILING_MAX_IN_FLIGHT",
     "AttemptRecord",
     "Claim",
@@ -63,6 +65,11 @@ __all__ = [
     "ring_after",
     "share_round_robin",
 ]
+
+
+CATALOG_CHANGE = "#catalog"
+"""What `Store.changed_tenants` names for a change to the event catalog (no tenant id
+can contain ``#``): publishers then reload the catalog, and no tenant's routes."""
 
 
 class Route(NamedTuple):
@@ -518,6 +525,20 @@ class Store(abc.ABC):
             for s in self.list_subscriptions(tenant=tenant)
             if s.enabled
         ]
+
+    # -- the event catalog -------------------------------------------------------
+    def put_event_type(self, event_type: EventType) -> None:
+        """Add or replace (by name) a catalog entry, counted as a subscription change
+        whose `changed_tenants` holds `CATALOG_CHANGE`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event catalog")
+
+    def remove_event_type(self, name: str) -> None:
+        """Delete a catalog entry; `NotFound` if there is none."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event catalog")
+
+    def list_event_types(self) -> list[EventType]:
+        """Every catalog entry, by name."""
+        return []
 
     @abc.abstractmethod
     def subscriptions_version(self) -> int:

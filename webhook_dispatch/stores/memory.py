@@ -24,6 +24,7 @@ from ..models import (
     AttemptTrigger,
     Delivery,
     DeliveryStatus,
+    EventType,
     Message,
     Subscription,
     Tenant,
@@ -32,6 +33,7 @@ from ..models import (
 )
 from ..paging import DEFAULT_PAGE_SIZE, Page, check_limit, decode_cursor, page_of
 from .base import (
+    CATALOG_CHANGE,
     AttemptRecord,
     Claim,
     ClaimPlan,
@@ -86,6 +88,7 @@ class MemoryStore(Store):
         self._deleting: set[str] = set()
         self._rate_tats: dict[str, int] = {}
         self._changes: list[tuple[int, str]] = []  # (version, tenant), oldest first
+        self._event_types: dict[str, EventType] = {}
         self._sequence = itertools.count()
         # Publish order of every unfinished delivery, by subscription: an ordered
         # subscription delivers only its oldest (the smallest number).
@@ -180,6 +183,25 @@ class MemoryStore(Store):
                     )
                     self._leases.pop(delivery.id, None)
             self._unfinished.pop(subscription_id, None)
+
+    # -- the event catalog ---------------------------------------------------------
+    def put_event_type(self, event_type: EventType) -> None:
+        """Add or replace (by name) a catalog entry."""
+        with self._lock:
+            self._event_types[event_type.name] = event_type
+            self._bump([CATALOG_CHANGE])
+
+    def remove_event_type(self, name: str) -> None:
+        """Delete a catalog entry; `NotFound` if there is none."""
+        with self._lock:
+            if self._event_types.pop(name, None) is None:
+                raise NotFound(f"no event type {name!r} in the catalog")
+            self._bump([CATALOG_CHANGE])
+
+    def list_event_types(self) -> list[EventType]:
+        """Every catalog entry, by name."""
+        with self._lock:
+            return [self._event_types[name] for name in sorted(self._event_types)]
 
     def get_subscription(self, subscription_id: str) -> Subscription:
         """The subscription with this id; `NotFound` otherwise."""

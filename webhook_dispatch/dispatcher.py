@@ -21,7 +21,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 import attrs
 import httpx
 
-from ._validation import validate_tenant, validate_url
+from ._validation import validate_headers, validate_tenant, validate_url
 from .catalog import Catalog, asyncapi_document, new_event_type, openapi_document
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
@@ -69,7 +69,7 @@ from .options import (
 from .paging import DEFAULT_PAGE_SIZE, Page, check_limit
 from .registry import Registry, validate_event_type
 from .retry import RetryPolicy
-from .signing import get_signer
+from .signing import get_signer, signature_header_names
 from .stores import Stats, Store, open_store
 from .stores.base import CATALOG_CHANGE, Route
 from .transport import HTTPTransport, TLSSettings, load_ssl_context
@@ -160,6 +160,21 @@ def _endpoint_options(subscription: Subscription) -> EndpointOptions:
         for name in attrs.fields_dict(EndpointOptions)
     }
     return EndpointOptions(**fields)
+
+
+def _message_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """`publish`'s ``headers=``: checked like a subscription's, and never one that a
+    signature scheme or auth= sets (a message goes to endpoints of every kind)."""
+    if headers is None:
+        return {}
+    checked = validate_headers(headers)
+    taken = signature_header_names() | {"authorization"}
+    for name in checked:
+        if name.lower() in taken:
+            raise InvalidHeader(
+                f"header {name!r} is set by a signature scheme or auth=; a message cannot set it"
+            )
+    return checked
 
 
 def _unexpected(call: str, given: Iterable[str], known: frozenset[str]) -> TypeError:
@@ -342,6 +357,7 @@ class _Core:
             idempotency_key=options.get("idempotency_key"),
             content_type=options.get("content_type"),
             tenant=options.get("tenant"),
+            headers=options.get("headers"),
         )
 
     def messages_for(self, events: Iterable[EventSpec]) -> list[Message]:
@@ -372,10 +388,12 @@ class _Core:
         idempotency_key: str | None,
         content_type: str | None,
         tenant: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         event_type = validate_event_type(event_type)
         idempotency_key = _check_idempotency_key(idempotency_key)
         tenant = validate_tenant(tenant)
+        own_headers = _message_headers(headers)
         now = self.clock.now()
         if isinstance(payload, (bytes, bytearray, memoryview)) or content_type is not None:
             if content_type is None:
@@ -416,6 +434,7 @@ class _Core:
             created_at=now,
             idempotency_key=idempotency_key,
             tenant=tenant,
+            headers=own_headers,
         )
 
     def match(self, message: Message) -> list[str]:

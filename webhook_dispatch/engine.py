@@ -16,12 +16,13 @@ from typing import TypeVar
 
 import httpx
 
+from ._redact import MASK
 from ._version import __version__
 from .clock import Clock
 from .errors import AuthError, BlockedAddress
 from .models import Attempt, ErrorKind, Message, Subscription, new_id
 from .retry import Outcome
-from .signing import get_signer
+from .signing import EventHeaders, get_signer
 from .stores.base import Claim
 from .transport import TLS_EXTENSION, HTTPTransport, TLSSettings
 
@@ -44,27 +45,76 @@ _KEPT_RESPONSE_HEADERS = ("content-type", "location", "retry-after")
 _AUTH_RESPONSE_LIMIT = 1024 * 1024
 
 
-def build_request(
+def signed_headers(
     message: Message, subscription: Subscription, *, timestamp: int, signing_secrets: list[str]
+) -> list[tuple[str, str]]:
+    """The headers of one attempt after the fixed four (content type, user agent,
+    ``webhook-id``, ``webhook-timestamp``): the scheme's signature(s) and event headers,
+    then the subscription's own headers with the message's own over them (same name,
+    any case). A message header never replaces one that auth= sets."""
+    signer = get_signer(subscription.signature)
+    headers = signer.sign(signing_secrets, message.id, timestamp, message.payload)
+    if isinstance(signer, EventHeaders):
+        headers += signer.event_headers(message.id, message.event_type)
+    if not message.headers:
+        headers += subscription.headers.items()
+        return headers
+    own = {name.lower() for name in message.headers}
+    if subscription.auth is not None:
+        own -= set(subscription.auth.header_names())
+    headers += [(n, v) for n, v in subscription.headers.items() if n.lower() not in own]
+    headers += [(n, v) for n, v in message.headers.items() if n.lower() in own]
+    return headers
+
+
+def recorded_headers(
+    message: Message, subscription: Subscription, timestamp: int, sent: list[tuple[str, str]]
+) -> dict[str, str]:
+    """What `Attempt.request_headers` keeps of a request: every header sent, with ``***``
+    for the values of signatures, of auth= headers and of the subscription's own
+    headers (they may hold credentials, as the CLI assumes too). A message's own
+    headers are event data and are kept as sent."""
+    signer = get_signer(subscription.signature)
+    shown = {name.lower() for name in message.headers}
+    if isinstance(signer, EventHeaders):
+        shown.update(name.lower() for name, _ in signer.event_headers("", ""))
+    recorded = {
+        "content-type": message.content_type,
+        "user-agent": USER_AGENT,
+        "webhook-id": message.id,
+        "webhook-timestamp": str(timestamp),
+    }
+    for name, value in sent:
+        recorded[name] = value if name.lower() in shown else MASK
+    if subscription.auth is not None:
+        for name in subscription.auth.header_names():
+            recorded[name] = MASK
+    return recorded
+
+
+def build_request(
+    message: Message,
+    subscription: Subscription,
+    *,
+    timestamp: int,
+    signing_secrets: list[str],
+    signed: list[tuple[str, str]] | None = None,
 ) -> httpx.Request:
     """The POST for one attempt: exact stored body, fresh timestamp and signature(s) in
-    the subscription's scheme. Its own TLS settings travel in the request's extensions
-    (`TLS_EXTENSION`); authentication is applied when it is sent."""
+    the subscription's scheme (``signed``: `signed_headers`, when already made). Its own
+    TLS settings travel in the request's extensions (`TLS_EXTENSION`); authentication
+    is applied when it is sent."""
+    if signed is None:
+        signed = signed_headers(
+            message, subscription, timestamp=timestamp, signing_secrets=signing_secrets
+        )
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", message.content_type.encode("latin-1")),
         (b"user-agent", USER_AGENT.encode("ascii")),
         (b"webhook-id", message.id.encode("ascii")),
         (b"webhook-timestamp", str(timestamp).encode("ascii")),
     ]
-    signer = get_signer(subscription.signature)
-    headers.extend(
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in signer.sign(signing_secrets, message.id, timestamp, message.payload)
-    )
-    headers.extend(
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in subscription.headers.items()
-    )
+    headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in signed)
     timeout = subscription.timeout
     extensions: dict[str, object] = {
         "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
@@ -167,10 +217,9 @@ def _content_type_line(content_type: str) -> bytes:
     return b"content-type: " + content_type.encode("latin-1") + b"\r\n"
 
 
-@functools.lru_cache(maxsize=4096)
 def _header_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
-    """A subscription's own headers as request lines (validated when subscribed; checked
-    again here, once per distinct set)."""
+    """Signature and custom headers as request lines (validated when subscribed or
+    published; checked again here)."""
     encoded = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     for name, value in encoded:
         if any(c in name or c in value for c in (b"\r", b"\n", b"\0")) or b":" in name:
@@ -208,21 +257,25 @@ class Engine:
         status_code: int | None = None
         body = b""
         kept: Mapping[str, str] = {}
+        sent: list[tuple[str, str]] = []
         try:
             secrets = subscription.signing_secrets(started_at)
+            sent = signed_headers(
+                message, subscription, timestamp=timestamp, signing_secrets=secrets
+            )
             if self._fast is not None and subscription.auth is None:
                 # The transport keeps the attempt's deadline itself (slot, connect, read).
                 deadline = time.monotonic() + subscription.timeout
                 status_code, kept, body = await self._post(
-                    message, subscription, timestamp, secrets, deadline
+                    message, subscription, timestamp, sent, deadline
                 )
             else:
                 request = build_request(
-                    message, subscription, timestamp=timestamp, signing_secrets=secrets
+                    message, subscription, timestamp=timestamp, signing_secrets=secrets, signed=sent
                 )
-                sent = self._send(request, subscription.auth)
+                exchange = self._send(request, subscription.auth)
                 # One deadline for the whole attempt, auth flow and capped read included.
-                status_code, kept, body = await _within(subscription.timeout, sent)
+                status_code, kept, body = await _within(subscription.timeout, exchange)
             outcome = Outcome(status_code=status_code, headers=kept)
         except asyncio.CancelledError:
             raise
@@ -245,6 +298,7 @@ class Engine:
             error_kind=outcome.error_kind,
             error=outcome.error,
             webhook_timestamp=timestamp,
+            request_headers=recorded_headers(message, subscription, timestamp, sent),
         )
         return attempt, outcome
 
@@ -253,7 +307,7 @@ class Engine:
         message: Message,
         subscription: Subscription,
         timestamp: int,
-        secrets: list[str],
+        headers: list[tuple[str, str]],
         deadline: float,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """The attempt over `HTTPTransport.post`: the same request `build_request` makes,
@@ -272,11 +326,7 @@ class Engine:
             stamp,
             b"\r\n",
         ]
-        signer = get_signer(subscription.signature)
-        for name, value in signer.sign(secrets, message.id, timestamp, message.payload):
-            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
-        if subscription.headers:
-            lines.append(_header_lines(tuple(subscription.headers.items())))
+        lines.append(_header_lines(tuple(headers)))
         payload = message.payload
         lines += (b"content-length: ", str(len(payload)).encode("ascii"), b"\r\n\r\n", payload)
         head, body = await self._fast.post(

@@ -244,6 +244,9 @@ class Message:
     idempotency_key: str | None = None
     tenant: str | None = None
     """The tenant it was published to (only that tenant's endpoints get it), or None."""
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
+    """Headers of its own (``publish(..., headers=)``), sent on every attempt over the
+    subscription's headers of the same name."""
 
     def json(self) -> Any:
         """The payload decoded as JSON (the Standard Webhooks envelope by default)."""
@@ -297,6 +300,11 @@ class Attempt:
     """A human-readable reason when the attempt did not succeed."""
     webhook_timestamp: int
     """The ``webhook-timestamp`` sent (and signed) on this attempt."""
+    request_headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_mapping, repr=False
+    )
+    """The request's headers as sent, in order, with the values of signatures, auth=
+    headers and headers named like credentials replaced by ``***``."""
 
     @property
     def succeeded(self) -> bool:

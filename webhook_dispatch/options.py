@@ -457,6 +457,7 @@ class PublishKwargs(TypedDict, total=False):
     content_type: str | None
     connection: Any
     tenant: str | None
+    headers: Mapping[str, str] | None
 
 
 class PageKwargs(TypedDict, total=False):

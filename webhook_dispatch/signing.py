@@ -37,6 +37,7 @@ __all__ = [
     "WEBHOOK_SIGNATURE_HEADER",
     "WEBHOOK_TIMESTAMP_HEADER",
     "Ed25519Signer",
+    "EventHeaders",
     "GitHubSigner",
     "HeadersLike",
     "Signer",
@@ -48,6 +49,7 @@ __all__ = [
     "parse_secret",
     "public_key",
     "register_signer",
+    "signature_header_names",
     "sign",
     "sign_all",
     "signer_names",
@@ -624,13 +626,28 @@ class _PlainSecretSigner:
         return generate_secret()
 
 
+@runtime_checkable
+class EventHeaders(Protocol):
+    """A `Signer` that also sends headers describing the event, as its receivers'
+    libraries require (GitHub's ``X-GitHub-Event``). Its ``header_names`` include them."""
+
+    def event_headers(self, msg_id: str, event_type: str) -> list[tuple[str, str]]:
+        """The headers naming this message and its event type."""
+
+
 class GitHubSigner(_PlainSecretSigner):
     """GitHub style: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``, keyed
     with the secret's UTF-8 bytes, no timestamp. The header holds one signature, so during
-    a rotation only the new secret signs."""
+    a rotation only the new secret signs. ``X-GitHub-Event`` (the event type) and
+    ``X-GitHub-Delivery`` (the message id) go with it, as GitHub's receivers (the
+    ``@octokit/webhooks`` middleware) require."""
 
     name = "github"
-    header_names: tuple[str, ...] = ("x-hub-signature-256",)
+    header_names: tuple[str, ...] = ("x-hub-signature-256", "x-github-event", "x-github-delivery")
+
+    def event_headers(self, msg_id: str, event_type: str) -> list[tuple[str, str]]:
+        """``X-GitHub-Event`` and ``X-GitHub-Delivery``."""
+        return [("X-GitHub-Event", event_type), ("X-GitHub-Delivery", msg_id)]
 
     def sign(
         self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
@@ -698,3 +715,9 @@ def get_signer(name: str) -> Signer:
 def signer_names() -> list[str]:
     """The names of every registered signature scheme, sorted."""
     return sorted(_SIGNERS)
+
+
+def signature_header_names() -> frozenset[str]:
+    """Lowercase names of every header some registered scheme sets (a message's own
+    headers may not use them)."""
+    return frozenset(name.lower() for signer in _SIGNERS.values() for name in signer.header_names)

@@ -59,7 +59,9 @@ DELIVERY_COLUMNS = (
     "id, message_id, subscription_id, status, attempt_count, next_attempt_at, "
     "next_trigger, created_at, updated_at, last_status_code, last_error"
 )
-MESSAGE_COLUMNS = "id, event_type, payload, content_type, created_at, idempotency_key, tenant"
+MESSAGE_COLUMNS = (
+    "id, event_type, payload, content_type, created_at, idempotency_key, tenant, headers"
+)
 SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
     "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
@@ -75,7 +77,8 @@ CHANGES_KEPT = 10_000
 """Subscription changes remembered for `SQLStore.changed_tenants` (older: reload all)."""
 ATTEMPT_COLUMNS = (
     "id, delivery_id, message_id, subscription_id, number, trigger, started_at, duration, "
-    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp"
+    "url, status_code, response_body, response_headers, error_kind, error, webhook_timestamp, "
+    "request_headers"
 )
 
 
@@ -239,6 +242,7 @@ def message_row(codec: Codec, m: Message) -> tuple[Any, ...]:
         codec.time(m.created_at),
         m.idempotency_key,
         tenant_key(m.tenant),
+        codec.document([[name, value] for name, value in m.headers.items()]) if m.headers else None,
     )
 
 
@@ -252,6 +256,7 @@ def message(codec: Codec, row: Sequence[Any]) -> Message:
         created_at=codec.from_time(row[4]),
         idempotency_key=row[5],
         tenant=row[6] or None,
+        headers={} if row[7] is None else dict(codec.from_document(row[7])),
     )
 
 
@@ -296,6 +301,9 @@ def attempt_row(codec: Codec, a: Attempt) -> tuple[Any, ...]:
         None if a.error_kind is None else a.error_kind.value,
         a.error,
         a.webhook_timestamp,
+        dumps([[name, value] for name, value in a.request_headers.items()])
+        if a.request_headers
+        else None,
     )
 
 
@@ -317,6 +325,7 @@ def attempt(codec: Codec, row: Sequence[Any]) -> Attempt:
         error_kind=None if row[12] is None else ErrorKind(row[12]),
         error=row[13],
         webhook_timestamp=row[14],
+        request_headers={} if row[15] is None else dict(codec.from_document(row[15])),
     )
 
 

@@ -57,6 +57,7 @@ from webhook_dispatch.stores._core import (
     fetched_ahead,
     idempotency_keys,
     message,
+    message_row,
     open_due,
     plan_publish,
     prefixed,
@@ -259,7 +260,7 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _ATTEMPT_TYPES = (
     "text[], text[], text[], text[], int[], text[], timestamptz[], float8[], "
-    "text[], int[], bytea[], jsonb[], text[], text[], int8[]"
+    "text[], int[], bytea[], jsonb[], text[], text[], int8[], jsonb[]"
 )
 
 # SQLSTATE classes meaning "try again later": connection exception, insufficient
@@ -437,7 +438,7 @@ _INSERT_MESSAGES = f"""
 WITH inserted AS (
     INSERT INTO {{schema}}.messages ({MESSAGE_COLUMNS})
     SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[],
-                         %s::timestamptz[], %s::text[], %s::text[])
+                         %s::timestamptz[], %s::text[], %s::text[], %s::jsonb[])
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id
 ), deliveries AS (
@@ -849,6 +850,7 @@ class PostgresStore(SQLStore):
                 [_utc(m.created_at) for m in new_messages],
                 [m.idempotency_key for m in new_messages],
                 [tenant_key(m.tenant) for m in new_messages],
+                [message_row(self.codec, m)[7] for m in new_messages],
                 moment,
                 moment,
                 moment,
@@ -1202,7 +1204,7 @@ class PostgresStore(SQLStore):
             return RecordResult()
         attempts = [attempt_row(self.codec, record.attempt) for record in records]
         states = [record.delivery for record in records]
-        params: list[Any] = [[row[i] for row in attempts] for i in range(15)]
+        params: list[Any] = [[row[i] for row in attempts] for i in range(len(attempts[0]))]
         params += [
             [d.id for d in states],
             [d.status.value for d in states],
@@ -1471,7 +1473,7 @@ def _due_row(row: Sequence[Any]) -> DueRow:
 
 def _claims(rows: list[tuple[Any, ...]]) -> list[Claim]:
     """Claims from leased rows joined to their messages and subscriptions."""
-    width_d, width_m = 11, 7
+    width_d, width_m = len(DELIVERY_COLUMNS.split(",")), len(MESSAGE_COLUMNS.split(","))
     return [
         Claim(
             delivery(_CODEC, row[:width_d]),

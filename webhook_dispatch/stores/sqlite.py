@@ -539,7 +539,7 @@ class SQLiteStore(SQLStore):
                     (*row[:6], 1, row[7]) if row[2] in ordered else row for row in deliveries
                 ]
             db.executemany(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [message_row(self.codec, m) for m in new_messages],
             )
             db.executemany(

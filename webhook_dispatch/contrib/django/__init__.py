@@ -202,6 +202,7 @@ class DjangoDispatcher(Dispatcher):
         content_type: str | None = None,
         connection: Any = None,
         tenant: str | None = None,
+        headers: Mapping[str, str] | None = None,
         using: str | None = None,
     ) -> Message:
         """Publish an event, or, inside ``atomic()``, arrange for it to be published if
@@ -217,6 +218,7 @@ class DjangoDispatcher(Dispatcher):
                 content_type=content_type,
                 connection=connection,
                 tenant=tenant,
+                headers=headers,
             )
         raw = self._outbox_connection(alias)
         if raw is not None:
@@ -227,6 +229,7 @@ class DjangoDispatcher(Dispatcher):
                 content_type=content_type,
                 connection=raw,
                 tenant=tenant,
+                headers=headers,
             )
         message = self._core.new_message(
             event_type,
@@ -234,6 +237,7 @@ class DjangoDispatcher(Dispatcher):
             idempotency_key=idempotency_key,
             content_type=content_type,
             tenant=tenant,
+            headers=headers,
         )
         transaction.on_commit(lambda: self._core.publish(message), using=alias)
         return message

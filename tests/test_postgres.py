@@ -248,6 +248,7 @@ def undo_version_7(dsn: str, schema: str) -> None:
     """Put a current schema back in its version-6 shape: no routing columns, no catalog."""
     _sql(dsn, f"ALTER TABLE {schema}.subscriptions DROP COLUMN filter")
     _sql(dsn, f"ALTER TABLE {schema}.messages DROP COLUMN headers")
+    _sql(dsn, f"ALTER TABLE {schema}.messages DROP COLUMN test")
     _sql(dsn, f"ALTER TABLE {schema}.attempts DROP COLUMN request_headers")
     _sql(dsn, f"DROP TABLE {schema}.event_types")
     _sql(dsn, f"UPDATE {schema}.webhook_dispatch_meta SET value = 6 WHERE key = 'schema_version'")

@@ -167,6 +167,7 @@ def undo_version_7(connection: sqlite3.Connection) -> None:
     """Put a current file back in its version-6 shape: no routing columns, no catalog."""
     connection.execute("ALTER TABLE subscriptions DROP COLUMN filter")
     connection.execute("ALTER TABLE messages DROP COLUMN headers")
+    connection.execute("ALTER TABLE messages DROP COLUMN test")
     connection.execute("ALTER TABLE attempts DROP COLUMN request_headers")
     connection.execute("DROP TABLE event_types")
     connection.execute("UPDATE webhook_dispatch_meta SET value = 6 WHERE key = 'schema_version'")

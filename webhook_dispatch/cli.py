@@ -30,7 +30,7 @@ from ._receiver import LoopbackReceiver
 from ._redact import redact_store_url
 from ._version import __version__
 from .auth import auth_to_document
-from .dispatcher import PURGE_BATCH, Dispatcher
+from .dispatcher import PURGE_BATCH, Dispatcher, ReplayProgress
 from .errors import ConfigurationError, WebhookDispatchError
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
 from .paging import DEFAULT_PAGE_SIZE, Page
@@ -717,6 +717,52 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_bar(progress: ReplayProgress) -> None:
+    width = 30
+    done = width if not progress.total else width * progress.read // progress.total
+    bar = "#" * done + "-" * (width - done)
+    print(
+        f"\rreplaying [{bar}] {progress.read:,}/{progress.total:,} messages, "
+        f"{progress.queued:,} queued",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        now = dispatcher.clock.now()
+        since = _resolve(args.since, now)
+        until = _resolve(args.until, now)
+        assert since is not None
+        if until is not None and until <= since:
+            raise ConfigurationError("--until must be later than --since")
+        queued = dispatcher.replay(
+            args.subscription_id,
+            since=since,
+            until=until,
+            statuses=args.status or None,
+            on_progress=_replay_bar,
+        )
+    print(file=sys.stderr)  # end the progress line
+    span = f"{_when(since)} to {_when(until or now)} UTC"
+    print(
+        f"queued {_plural(queued, 'delivery', 'deliveries')} of {args.subscription_id} for a "
+        f"manual attempt (messages from {span})"
+    )
+    if queued:
+        print("a running worker sends them (webhook-dispatch worker)")
+    return 0
+
+
+def _cmd_resend(args: argparse.Namespace) -> int:
+    with _open(args) as dispatcher:
+        delivery = dispatcher.resend(args.message_id, args.subscription_id)
+    print(f"queued {delivery.id} (message {delivery.message_id} to {delivery.subscription_id})")
+    return 0
+
+
 def _purge_progress(total: int) -> None:
     print(f"\rpurging... {total:,} messages so far", end="", file=sys.stderr, flush=True)
 
@@ -1174,6 +1220,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = _command(commands, "retry", _cmd_retry, "make one manual attempt of a delivery")
     retry.add_argument("delivery_id", help="delivery id (dlv_...)")
+
+    replay = _command(
+        commands,
+        "replay",
+        _cmd_replay,
+        "re-send a time window of messages to a subscription (succeeded and missed too)",
+    )
+    replay.add_argument("subscription_id", help="subscription id (sub_...)")
+    replay.add_argument(
+        "--since",
+        type=_moment,
+        required=True,
+        metavar="WHEN",
+        help="start of the window: 30m, 2h, 7d ago, or an ISO 8601 time (UTC if no offset)",
+    )
+    replay.add_argument(
+        "--until", type=_moment, metavar="WHEN", help="end of the window (default: now)"
+    )
+    replay.add_argument(
+        "--status",
+        action="append",
+        choices=["succeeded", "failed", "exhausted", "cancelled", "missing"],
+        help="only deliveries in this state (repeatable; missing: never delivered)",
+    )
+    resend = _command(commands, "resend", _cmd_resend, "send one message to a subscription again")
+    resend.add_argument("message_id", help="message id (msg_...)")
+    resend.add_argument("subscription_id", help="subscription id (sub_...)")
 
     recover = _command(
         commands,

@@ -41,6 +41,7 @@ from .models import (
     ALL_TENANTS,
     AllTenants,
     Attempt,
+    AttemptTrigger,
     Delivery,
     DeliveryStatus,
     EventType,
@@ -71,7 +72,7 @@ from .registry import Registry, validate_event_type
 from .retry import RetryPolicy
 from .signing import get_signer, signature_header_names
 from .stores import Stats, Store, open_store
-from .stores.base import CATALOG_CHANGE, Route
+from .stores.base import CATALOG_CHANGE, Claim, Route
 from .transport import HTTPTransport, TLSSettings, load_ssl_context
 from .worker import Worker
 
@@ -84,7 +85,10 @@ __all__ = [
     "AUTO",
     "DEFAULT_MAX_PAYLOAD_SIZE",
     "DEFAULT_RETENTION",
+    "MISSING",
     "PURGE_BATCH",
+    "REPLAY_BATCH",
+    "ReplayProgress",
     "AsyncDispatcher",
     "Dispatcher",
     "EventSpec",
@@ -101,6 +105,27 @@ EventSpec = tuple[str, Any] | tuple[str, Any, str | None] | tuple[str, Any, str 
 """What `Dispatcher.publish_many` takes: ``(event_type, payload)``,
 ``(event_type, payload, idempotency_key)`` or
 ``(event_type, payload, idempotency_key, tenant)``."""
+
+REPLAY_BATCH = 500
+"""Messages `Dispatcher.replay` reads and re-queues per store round."""
+
+
+@attrs.frozen
+class ReplayProgress:
+    """What `Dispatcher.replay` has done so far, given to its ``on_progress`` after each
+    batch."""
+
+    read: int
+    """Messages of the window looked at so far."""
+    queued: int
+    """Deliveries queued for a manual attempt so far."""
+    total: int
+    """Messages in the window (counted when the replay began)."""
+
+
+MISSING = "missing"
+"""A `Dispatcher.replay` status: messages the subscription has no delivery of (published
+while it was disabled, or before it existed)."""
 
 TENANT_CACHE_SIZE = 10_000
 """Tenants whose matching index a publishing process keeps (least recently used go)."""
@@ -160,6 +185,24 @@ def _endpoint_options(subscription: Subscription) -> EndpointOptions:
         for name in attrs.fields_dict(EndpointOptions)
     }
     return EndpointOptions(**fields)
+
+
+def _replay_statuses(statuses: Iterable[DeliveryStatus | str] | None) -> frozenset[str]:
+    """`replay`'s ``statuses=`` as values; None is every final status and `MISSING`."""
+    known = {status.value for status in DeliveryStatus if status.is_final} | {MISSING}
+    if statuses is None:
+        return frozenset(known)
+    if isinstance(statuses, (str, DeliveryStatus)):
+        statuses = [statuses]
+    chosen = set()
+    for status in statuses:
+        value = status.value if isinstance(status, DeliveryStatus) else status
+        if value not in known:
+            raise ConfigurationError(
+                f"replay statuses are {', '.join(sorted(known))}; got {str(status)[:40]!r}"
+            )
+        chosen.add(value)
+    return frozenset(chosen)
 
 
 def _message_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -764,6 +807,128 @@ class _Core:
             self.worker.wake()
         return deliveries
 
+    def replay(
+        self,
+        subscription_id: str,
+        since: datetime,
+        until: datetime | None,
+        statuses: Iterable[DeliveryStatus | str] | None,
+        on_progress: Callable[[ReplayProgress], object] | None,
+    ) -> int:
+        wanted = _replay_statuses(statuses)
+        if not isinstance(since, datetime):
+            raise ConfigurationError("since must be a datetime")
+        subscription = self.store.get_subscription(subscription_id)
+        routes = _Routes(
+            [
+                Route(
+                    subscription.id,
+                    subscription.event_types,
+                    None if subscription.filter is None else subscription.filter.document,
+                )
+            ]
+        )
+        window = {
+            "since": utc(since),
+            "until": utc(until) if until else datetime.max.replace(tzinfo=timezone.utc),
+        }
+        count = self.store.count_messages_between(subscription.tenant, **window)
+        total, read, after = 0, 0, None
+        while True:
+            batch, after = self.store.messages_between(
+                subscription.tenant, **window, after=after, limit=REPLAY_BATCH
+            )
+            chosen = [m.id for m in batch if routes.match(m)]
+            have = self.store.deliveries_for(subscription.id, chosen)
+            again = [
+                have[m].id
+                for m in chosen
+                if m in have and have[m].status.is_final and have[m].status.value in wanted
+            ]
+            missing = [m for m in chosen if m not in have and MISSING in wanted]
+            now = self.clock.now()
+            if again:
+                total += len(self.store.schedule_manual(again, now))
+            if missing:
+                total += len(self.store.add_manual_deliveries(subscription.id, missing, now))
+            if total:
+                self.worker.wake()
+            read += len(batch)
+            if on_progress is not None:
+                on_progress(ReplayProgress(read=read, queued=total, total=max(count, read)))
+            if after is None:
+                return total
+
+    def example_claim(self, subscription_id: str, event_type: str, payload: Any) -> Claim:
+        """What `send_example` sends: a test message (the catalog's first example, or
+        ``payload``) and a delivery of it that is no real one, checked first."""
+        subscription = self.store.get_subscription(subscription_id)
+        if payload is None:
+            entry = self.catalog().entries.get(validate_event_type(event_type))
+            if entry is None or not entry.examples:
+                raise ConfigurationError(
+                    f"event type {event_type!r} has no example in the catalog: pass payload="
+                )
+            payload = entry.examples[0]
+        message = attrs.evolve(
+            self.new_message(
+                event_type,
+                payload,
+                idempotency_key=None,
+                content_type=None,
+                tenant=subscription.tenant,
+            ),
+            test=True,
+        )
+        self.check_message(message, self.catalog())
+        now = self.clock.now()
+        delivery = Delivery(
+            id=new_id("dlv"),
+            message_id=message.id,
+            subscription_id=subscription.id,
+            status=DeliveryStatus.DELIVERING,
+            next_attempt_at=None,
+            next_trigger=AttemptTrigger.TEST,
+            created_at=now,
+            updated_at=now,
+        )
+        return Claim(delivery=delivery, message=message, subscription=subscription)
+
+    async def send_example(self, claim: Claim) -> Attempt:
+        """Make the test attempt now and keep it (message, final delivery, attempt)."""
+        attempt, outcome = await self.engine.attempt(claim)
+        final = attrs.evolve(
+            claim.delivery,
+            status=DeliveryStatus.SUCCEEDED if attempt.succeeded else DeliveryStatus.FAILED,
+            attempt_count=1,
+            updated_at=self.clock.now(),
+            last_status_code=attempt.status_code,
+            last_error=outcome.error,
+        )
+        await self.call(self.store.record_test, claim.message, final, attempt)
+        return attempt
+
+    def resend(self, message_id: str, subscription_id: str) -> Delivery:
+        now = self.clock.now()
+        have = self.store.deliveries_for(subscription_id, [message_id]).get(message_id)
+        if have is None:
+            subscription = self.store.get_subscription(subscription_id)
+            if self.store.get_message(message_id).tenant != subscription.tenant:
+                raise NotFound(
+                    f"message {message_id!r} was not published to the tenant of {subscription_id!r}"
+                )
+            added = self.store.add_manual_deliveries(subscription_id, [message_id], now)
+            delivery = (
+                added[0]
+                if added
+                else self.store.deliveries_for(subscription_id, [message_id])[message_id]
+            )
+        else:
+            scheduled = self.store.schedule_manual([have.id], now)
+            delivery = scheduled[0] if scheduled else have
+        self.worker.wake()
+        return delivery
+
     def purge(
         self,
         older_than: timedelta | datetime | None,
@@ -1309,6 +1474,44 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         published in ``[since, until)`` (no upper bound by default)."""
         return self._core.recover(subscription_id, since, until)
 
+    def replay(
+        self,
+        subscription_id: str,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        statuses: Iterable[DeliveryStatus | str] | None = None,
+        on_progress: Callable[[ReplayProgress], object] | None = None,
+    ) -> int:
+        """Send a subscription again every message of its tenant published in ``[since,
+        until)`` that its event types and filter match, as manual attempts; return how
+        many deliveries were queued.
+
+        By default that includes succeeded deliveries and, with `MISSING`, messages the
+        subscription never got a delivery of (published while it was disabled, even
+        auto-disabled, or before it existed; messages are kept until purged whether or
+        not anyone received them). ``statuses`` narrows it: ``["failed", "exhausted"]``,
+        ``[MISSING]``, ... Deliveries still pending or in flight are left as they are.
+        Works in batches of `REPLAY_BATCH`; ``on_progress`` gets a `ReplayProgress`
+        after each. A disabled subscription's replayed deliveries wait until it is
+        enabled."""
+        return self._core.replay(subscription_id, since, until, statuses, on_progress)
+
+    def resend(self, message_id: str, subscription_id: str) -> Delivery:
+        """Send one message to one subscription of its tenant again, now, as a manual
+        attempt: the existing delivery is re-queued, or one is created if the
+        subscription never had it. Returns the delivery."""
+        return self._core.resend(message_id, subscription_id)
+
+    def send_example(self, subscription_id: str, event_type: str, payload: Any = None) -> Attempt:
+        """Send a test event to one endpoint now and return its attempt: the catalog's
+        first example of ``event_type``, or ``payload``, signed and sent like any
+        event (validated against the schema, if any). It is kept as a test message
+        (``Message.test``) with one final delivery and an attempt whose trigger is
+        ``test``; it is never retried, never replayed and never sent elsewhere."""
+        claim = self._core.example_claim(subscription_id, event_type, payload)
+        return self._loop().call(self._core.send_example(claim))
+
     def purge(
         self,
         older_than: timedelta | datetime | None = None,
@@ -1565,6 +1768,33 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
     ) -> list[Delivery]:
         """See `Dispatcher.recover`."""
         return await self._core.call(self._core.recover, subscription_id, since, until)
+
+    async def replay(
+        self,
+        subscription_id: str,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        statuses: Iterable[DeliveryStatus | str] | None = None,
+        on_progress: Callable[[ReplayProgress], object] | None = None,
+    ) -> int:
+        """See `Dispatcher.replay`."""
+        return await self._core.call(
+            self._core.replay, subscription_id, since, until, statuses, on_progress
+        )
+
+    async def resend(self, message_id: str, subscription_id: str) -> Delivery:
+        """See `Dispatcher.resend`."""
+        return await self._core.call(self._core.resend, message_id, subscription_id)
+
+    async def send_example(
+        self, subscription_id: str, event_type: str, payload: Any = None
+    ) -> Attempt:
+        """See `Dispatcher.send_example`."""
+        claim = await self._core.call(
+            self._core.example_claim, subscription_id, event_type, payload
+        )
+        return await self._core.send_example(claim)
 
     async def purge(
         self,

@@ -108,7 +108,9 @@ class AttemptTrigger(str, enum.Enum):
     SCHEDULED = "scheduled"
     """The first attempt or a retry on the policy's schedule."""
     MANUAL = "manual"
-    """An operator asked for it (`retry()`, `recover()`)."""
+    """An operator asked for it (`retry()`, `recover()`, `replay()`, `resend()`)."""
+    TEST = "test"
+    """A test event sent by `send_example()`; it belongs to no real delivery."""
 
 
 class ErrorKind(str, enum.Enum):
@@ -247,6 +249,8 @@ class Message:
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
     """Headers of its own (``publish(..., headers=)``), sent on every attempt over the
     subscription's headers of the same name."""
+    test: bool = False
+    """A test event (`Dispatcher.send_example`): sent to one endpoint, never replayed."""
 
     def json(self) -> Any:
         """The payload decoded as JSON (the Standard Webhooks envelope by default)."""

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 import attrs
 
-from ..errors import InvalidTenant, NotFound, TenantLimitExceeded
+from ..errors import ConfigurationError, InvalidTenant, NotFound, TenantLimitExceeded
 from ..models import (
     ALL_TENANTS,
     AllTenants,
@@ -38,6 +38,7 @@ from ..models import (
     Subscription,
     Tenant,
     TenantFilter,
+    new_id,
     options_document,
     options_fields,
     thawed,
@@ -60,7 +61,7 @@ DELIVERY_COLUMNS = (
     "next_trigger, created_at, updated_at, last_status_code, last_error"
 )
 MESSAGE_COLUMNS = (
-    "id, event_type, payload, content_type, created_at, idempotency_key, tenant, headers"
+    "id, event_type, payload, content_type, created_at, idempotency_key, tenant, headers, test"
 )
 SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
@@ -243,6 +244,7 @@ def message_row(codec: Codec, m: Message) -> tuple[Any, ...]:
         m.idempotency_key,
         tenant_key(m.tenant),
         codec.document([[name, value] for name, value in m.headers.items()]) if m.headers else None,
+        m.test,
     )
 
 
@@ -257,6 +259,7 @@ def message(codec: Codec, row: Sequence[Any]) -> Message:
         idempotency_key=row[5],
         tenant=row[6] or None,
         headers={} if row[7] is None else dict(codec.from_document(row[7])),
+        test=bool(row[8]),
     )
 
 
@@ -384,6 +387,15 @@ def plan_publish(
         new_messages.append(candidate)
         results.append(PublishResult(candidate, True, len(subscription_ids)))
     return results, new_messages
+
+
+def _replay_cursor(codec: Codec, cursor: str) -> tuple[Any, int]:
+    """``(created_at, seq)`` of a `SQLStore.messages_between` cursor."""
+    try:
+        moment, seq = cursor.split(":")
+        return codec.time(from_us(int(moment))), int(seq)
+    except ValueError:
+        raise ConfigurationError(f"not a replay cursor: {cursor[:40]!r}") from None
 
 
 # -- SQL pieces --------------------------------------------------------------------------
@@ -936,6 +948,177 @@ class SQLStore(Store):
                 ).fetchall()
             ]
             return self._schedule_manual(db, ids, now)
+
+    def messages_between(
+        self,
+        tenant: str | None,
+        *,
+        since: datetime,
+        until: datetime,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> tuple[list[Message], str | None]:
+        """The tenant's messages created in ``[since, until)``, oldest first, in batches
+        keyed by ``(created_at, seq)`` (the ``messages_created_at`` index)."""
+        after_time, after_seq = (
+            (self.codec.time(since), 0) if after is None else _replay_cursor(self.codec, after)
+        )
+        rows = self._rows(
+            f"SELECT created_at, seq, {MESSAGE_COLUMNS} FROM {{schema}}.messages "
+            "WHERE created_at >= ? AND created_at < ? AND tenant = ? AND test = ? "
+            "AND (created_at > ? OR (created_at = ? AND seq > ?)) "
+            "ORDER BY created_at, seq LIMIT ?",
+            (
+                self.codec.time(since),
+                self.codec.time(until),
+                tenant_key(tenant),
+                False,
+                after_time,
+                after_time,
+                after_seq,
+                limit + 1,
+            ),
+        )
+        batch = [message(self.codec, row[2:]) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return batch, None
+        last = rows[limit - 1]
+        return batch, f"{to_us(self.codec.from_time(last[0]))}:{last[1]}"
+
+    def count_messages_between(
+        self, tenant: str | None, *, since: datetime, until: datetime
+    ) -> int:
+        """How many messages `messages_between` would go through."""
+        rows = self._rows(
+            "SELECT COUNT(*) FROM {schema}.messages "
+            "WHERE created_at >= ? AND created_at < ? AND tenant = ? AND test = ?",
+            (self.codec.time(since), self.codec.time(until), tenant_key(tenant), False),
+        )
+        return int(rows[0][0])
+
+    def deliveries_for(
+        self, subscription_id: str, message_ids: Sequence[str]
+    ) -> dict[str, Delivery]:
+        """The subscription's delivery of each of these messages that has one."""
+        if not message_ids:
+            return {}
+        matching, values = self._in("message_id", list(message_ids))
+        rows = self._rows(
+            f"SELECT {DELIVERY_COLUMNS} FROM {{schema}}.deliveries "
+            f"WHERE subscription_id = ? AND {matching}",
+            (subscription_id, values),
+        )
+        return {row[1]: delivery(self.codec, row) for row in rows}
+
+    def add_manual_deliveries(
+        self, subscription_id: str, message_ids: Sequence[str], now: datetime
+    ) -> list[Delivery]:
+        """New manual deliveries of messages the subscription has none of; the
+        subscription's row is locked, so two replays cannot both add one."""
+        wanted = list(dict.fromkeys(message_ids))
+        with self._writing() as db:
+            found = self._run(
+                db,
+                "SELECT tenant FROM {schema}.subscriptions WHERE id = ?" + self.lock_rows,
+                (subscription_id,),
+            ).fetchone()
+            if found is None:
+                raise NotFound(f"no subscription with id {subscription_id!r}")
+            if not wanted:
+                return []
+            matching, values = self._in("id", wanted)
+            owners = dict(
+                self._run(
+                    db,
+                    f"SELECT id, tenant FROM {{schema}}.messages WHERE {matching}",
+                    (values,),
+                ).fetchall()
+            )
+            for message_id in wanted:
+                if owners.get(message_id) != found[0]:
+                    raise NotFound(
+                        f"no message {message_id!r} of the subscription's tenant "
+                        f"{tenant_of(found[0])!r}"
+                    )
+            matching, values = self._in("message_id", wanted)
+            have = {
+                row[0]
+                for row in self._run(
+                    db,
+                    "SELECT message_id FROM {schema}.deliveries "
+                    f"WHERE subscription_id = ? AND {matching}",
+                    (subscription_id, values),
+                ).fetchall()
+            }
+            moment = self.codec.from_time(self.codec.time(now))
+            added = [
+                Delivery(
+                    id=new_id("dlv"),
+                    message_id=message_id,
+                    subscription_id=subscription_id,
+                    next_attempt_at=moment,
+                    next_trigger=AttemptTrigger.MANUAL,
+                    created_at=moment,
+                    updated_at=moment,
+                )
+                for message_id in wanted
+                if message_id not in have
+            ]
+            for new in added:
+                self._run(
+                    db,
+                    "INSERT INTO {schema}.deliveries (id, message_id, subscription_id, "
+                    "status, attempt_count, next_attempt_at, next_trigger, created_at, "
+                    f"updated_at, ordered, tenant) SELECT ?, ?, s.id, 'pending', 0, ?, "
+                    f"'manual', ?, ?, {self._ordered_of('s')}, s.tenant "
+                    "FROM {schema}.subscriptions AS s WHERE s.id = ?",
+                    (
+                        new.id,
+                        new.message_id,
+                        self.codec.time(now),
+                        self.codec.time(now),
+                        self.codec.time(now),
+                        subscription_id,
+                    ),
+                )
+            if added:
+                self._notify(db)
+            return added
+
+    def record_test(self, message: Message, state: Delivery, attempt: Attempt) -> None:
+        """Keep a test send: its message, its (final) delivery and its one attempt."""
+        with self._writing() as db:
+            self._run(
+                db,
+                f"INSERT INTO {{schema}}.messages ({MESSAGE_COLUMNS}) "
+                f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS.split(',')))})",
+                message_row(self.codec, message),
+            )
+            self._run(
+                db,
+                f"INSERT INTO {{schema}}.deliveries ({DELIVERY_COLUMNS}, tenant) "
+                f"VALUES ({', '.join('?' * (len(DELIVERY_COLUMNS.split(',')) + 1))})",
+                (
+                    state.id,
+                    state.message_id,
+                    state.subscription_id,
+                    state.status.value,
+                    state.attempt_count,
+                    None,
+                    state.next_trigger.value,
+                    self.codec.time(state.created_at),
+                    self.codec.time(state.updated_at),
+                    state.last_status_code,
+                    state.last_error,
+                    tenant_key(message.tenant),
+                ),
+            )
+            self._run(
+                db,
+                f"INSERT INTO {{schema}}.attempts ({ATTEMPT_COLUMNS}) "
+                f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS.split(',')))})",
+                attempt_row(self.codec, attempt),
+            )
 
     def _schedule_manual(self, db: Connection, ids: list[str], now: datetime) -> list[Delivery]:
         if not ids:

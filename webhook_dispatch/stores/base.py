@@ -526,6 +526,47 @@ class Store(abc.ABC):
             if s.enabled
         ]
 
+    # -- replay ------------------------------------------------------------------
+    def messages_between(
+        self,
+        tenant: str | None,
+        *,
+        since: datetime,
+        until: datetime,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> tuple[list[Message], str | None]:
+        """The tenant's messages created in ``[since, until)``, oldest first: a batch of
+        at most ``limit`` after the ``after`` cursor, and the cursor of the next batch
+        (None after the last). Every message is kept until purged, even one no
+        subscription matched, so a replay also reaches what a disabled endpoint missed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+
+    def record_test(self, message: Message, state: Delivery, attempt: Attempt) -> None:
+        """Keep a test send (`Dispatcher.send_example`): its message (``test=True``),
+        its delivery, already final, and its one attempt."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep test sends")
+
+    def count_messages_between(
+        self, tenant: str | None, *, since: datetime, until: datetime
+    ) -> int:
+        """How many messages `messages_between` would go through."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+
+    def deliveries_for(
+        self, subscription_id: str, message_ids: Sequence[str]
+    ) -> dict[str, Delivery]:
+        """The subscription's delivery of each of these messages that has one."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+
+    def add_manual_deliveries(
+        self, subscription_id: str, message_ids: Sequence[str], now: datetime
+    ) -> list[Delivery]:
+        """New deliveries, due ``now`` for a manual attempt, of messages the subscription
+        has none of (those it has are skipped). `NotFound` for a missing subscription or
+        message, or a message of another tenant than the subscription's."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+
     # -- the event catalog -------------------------------------------------------
     def put_event_type(self, event_type: EventType) -> None:
         """Add or replace (by name) a catalog entry, counted as a subscription change

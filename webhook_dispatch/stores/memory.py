@@ -669,6 +669,98 @@ class MemoryStore(Store):
             ]
             return self.schedule_manual(chosen, now)
 
+    def messages_between(
+        self,
+        tenant: str | None,
+        *,
+        since: datetime,
+        until: datetime,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> tuple[list[Message], str | None]:
+        """The tenant's messages created in ``[since, until)``, oldest first, in batches."""
+        start = int(after) if after else -1
+        with self._lock:
+            found = sorted(
+                (self._positions[m.id], m)
+                for m in self._messages.values()
+                if m.tenant == tenant
+                and not m.test
+                and since <= m.created_at < until
+                and self._positions[m.id] > start
+            )
+        batch = [m for _, m in found[:limit]]
+        more = len(found) > limit
+        return batch, str(found[limit - 1][0]) if more else None
+
+    def count_messages_between(
+        self, tenant: str | None, *, since: datetime, until: datetime
+    ) -> int:
+        """How many messages `messages_between` would go through."""
+        with self._lock:
+            return sum(
+                m.tenant == tenant and not m.test and since <= m.created_at < until
+                for m in self._messages.values()
+            )
+
+    def record_test(self, message: Message, state: Delivery, attempt: Attempt) -> None:
+        """Keep a test send: its message, its (final) delivery and its one attempt."""
+        with self._lock:
+            self._messages[message.id] = message
+            self._positions[message.id] = next(self._next_position)
+            self._deliveries[state.id] = state
+            self._deliveries_by_message.setdefault(message.id, []).append(state.id)
+            self._order[state.id] = next(self._publish_order)
+            self._attempts.setdefault(attempt.message_id, []).append(attempt)
+
+    def deliveries_for(
+        self, subscription_id: str, message_ids: Sequence[str]
+    ) -> dict[str, Delivery]:
+        """The subscription's delivery of each of these messages that has one."""
+        with self._lock:
+            found: dict[str, Delivery] = {}
+            for message_id in message_ids:
+                for delivery_id in self._deliveries_by_message.get(message_id, ()):
+                    delivery = self._deliveries[delivery_id]
+                    if delivery.subscription_id == subscription_id:
+                        found[message_id] = delivery
+            return found
+
+    def add_manual_deliveries(
+        self, subscription_id: str, message_ids: Sequence[str], now: datetime
+    ) -> list[Delivery]:
+        """New manual deliveries of messages the subscription has none of."""
+        with self._lock:
+            subscription = self._subscription(subscription_id)
+            for message_id in message_ids:
+                message = self._messages.get(message_id)
+                if message is None or message.tenant != subscription.tenant:
+                    raise NotFound(
+                        f"no message {message_id!r} of the subscription's tenant "
+                        f"{subscription.tenant!r}"
+                    )
+            have = self.deliveries_for(subscription_id, message_ids)
+            added: list[Delivery] = []
+            for message_id in dict.fromkeys(message_ids):
+                if message_id in have:
+                    continue
+                delivery = Delivery(
+                    id=new_id("dlv"),
+                    message_id=message_id,
+                    subscription_id=subscription_id,
+                    next_attempt_at=now,
+                    next_trigger=AttemptTrigger.MANUAL,
+                    created_at=now,
+                    updated_at=now,
+                )
+                self._deliveries[delivery.id] = delivery
+                self._deliveries_by_message.setdefault(message_id, []).append(delivery.id)
+                order = self._order[delivery.id] = next(self._publish_order)
+                self._unfinished.setdefault(subscription_id, {})[delivery.id] = order
+                self._push_due(delivery)
+                added.append(delivery)
+            return added
+
     def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
         """Drop old messages whose deliveries are all final, with their attempts."""
         with self._lock:

@@ -243,6 +243,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Routing (see the SQLite store).
         "ALTER TABLE {schema}.subscriptions ADD COLUMN filter jsonb",
         "ALTER TABLE {schema}.messages ADD COLUMN headers jsonb",
+        "ALTER TABLE {schema}.messages ADD COLUMN test boolean NOT NULL DEFAULT false",
         "ALTER TABLE {schema}.attempts ADD COLUMN request_headers jsonb",
         """CREATE TABLE {schema}.event_types (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -438,7 +439,8 @@ _INSERT_MESSAGES = f"""
 WITH inserted AS (
     INSERT INTO {{schema}}.messages ({MESSAGE_COLUMNS})
     SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[],
-                         %s::timestamptz[], %s::text[], %s::text[], %s::jsonb[])
+                         %s::timestamptz[], %s::text[], %s::text[], %s::jsonb[],
+                         %s::boolean[])
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id
 ), deliveries AS (
@@ -851,6 +853,7 @@ class PostgresStore(SQLStore):
                 [m.idempotency_key for m in new_messages],
                 [tenant_key(m.tenant) for m in new_messages],
                 [message_row(self.codec, m)[7] for m in new_messages],
+                [m.test for m in new_messages],
                 moment,
                 moment,
                 moment,

@@ -259,6 +259,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # (JSON pairs), the request headers each attempt sent, and the event catalog.
         "ALTER TABLE subscriptions ADD COLUMN filter TEXT",
         "ALTER TABLE messages ADD COLUMN headers TEXT",
+        # A test event (send_example): never replayed to other endpoints.
+        "ALTER TABLE messages ADD COLUMN test INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE attempts ADD COLUMN request_headers TEXT",
         """CREATE TABLE event_types (
             seq INTEGER PRIMARY KEY,
@@ -539,7 +541,7 @@ class SQLiteStore(SQLStore):
                     (*row[:6], 1, row[7]) if row[2] in ordered else row for row in deliveries
                 ]
             db.executemany(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [message_row(self.codec, m) for m in new_messages],
             )
             db.executemany(

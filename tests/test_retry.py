@@ -11,11 +11,14 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from random import Random
 
+import attrs
+import httpx
 import pytest
 import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 
+import webhook_dispatch as wd
 from webhook_dispatch.errors import ConfigurationError
 from webhook_dispatch.models import AttemptTrigger, DeliveryStatus, ErrorKind
 from webhook_dispatch.retry import (
@@ -32,6 +35,7 @@ from webhook_dispatch.retry import (
     decide,
     parse_retry_after,
 )
+from webhook_dispatch.testing import MockReceiver
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -510,7 +514,7 @@ def test_manual_attempt_ignores_the_exhausted_schedule() -> None:
     [
         {"wait": 5},
         {"stop": "never"},
-        {"retry_statuses": frozenset({503})},
+        {"retry_statuses": frozenset({600})},
         {"retry_statuses": frozenset({200})},
         {"retry_statuses": {True}},
         {"retry_statuses": 429},
@@ -538,7 +542,7 @@ def test_bad_schedule_is_a_configuration_error(delays: object, jitter: float) ->
 
 def test_configuration_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="retry_statuses"):
-        RetryPolicy(retry_statuses=frozenset({500}))
+        RetryPolicy(retry_statuses=frozenset({302}))
 
 
 # --- properties ------------------------------------------------------------------------
@@ -635,3 +639,65 @@ def test_default_policy_decisions_are_pending_or_exhausted(
         assert decision.status is DeliveryStatus.PENDING
         assert decision.next_attempt_at is not None
         assert decision.next_attempt_at >= now
+
+
+# -- 5xx made final, and the classifier hook ----------------------------------------------
+def test_retry_statuses_listing_5xx_codes_make_the_others_final() -> None:
+    policy = RetryPolicy(retry_statuses={408, 429, 500, 502, 503, 504})
+    now = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    final = classify_outcome(Outcome(status_code=501), now, retry_statuses=policy.retry_statuses)
+    again = classify_outcome(Outcome(status_code=503), now, retry_statuses=policy.retry_statuses)
+    assert final.verdict is Verdict.FAIL and again.verdict is Verdict.RETRY
+    default = classify_outcome(Outcome(status_code=501), now)
+    assert default.verdict is Verdict.RETRY
+    with pytest.raises(wd.ConfigurationError, match="4xx and 5xx"):
+        RetryPolicy(retry_statuses={302})
+
+
+def test_a_classifier_decides_per_response() -> None:
+    def classify(attempt: wd.Attempt) -> wd.Verdict | None:
+        if attempt.status_code == 200 and b'"ok":false' in attempt.response_body:
+            return wd.Verdict.RETRY
+        if attempt.status_code == 500 and b"permanent" in attempt.response_body:
+            return wd.Verdict.FAIL
+        return None
+
+    receiver = MockReceiver(
+        routes={
+            "https://soft.example/h": [httpx.Response(200, content=b'{"ok":false}'), 200],
+            "https://hard.example/h": [httpx.Response(500, content=b"permanent failure")],
+            "https://plain.example/h": [503, 200],
+        }
+    )
+    policy = RetryPolicy.fixed([0, 0, 0])
+    with wd.Dispatcher(transport=receiver, retry=attrs.evolve(policy, classifier=classify)) as d:
+        soft = d.subscribe("https://soft.example/h")
+        hard = d.subscribe("https://hard.example/h")
+        plain = d.subscribe("https://plain.example/h")
+        d.publish("order.paid", {})
+        d.run_until_idle()
+        status = {s.id: d.deliveries(subscription_id=s.id)[0] for s in (soft, hard, plain)}
+    assert status[soft.id].status is wd.DeliveryStatus.SUCCEEDED
+    assert status[soft.id].attempt_count == 2
+    assert status[hard.id].status is wd.DeliveryStatus.FAILED
+    assert status[hard.id].attempt_count == 1
+    assert "fail by the classifier" in (status[hard.id].last_error or "")
+    assert status[plain.id].status is wd.DeliveryStatus.SUCCEEDED
+    assert status[plain.id].attempt_count == 2
+
+
+def test_a_classifier_that_raises_changes_nothing() -> None:
+    def broken(attempt: wd.Attempt) -> wd.Verdict | None:
+        raise RuntimeError("bug")
+
+    receiver = MockReceiver([500, 200])
+    policy = attrs.evolve(RetryPolicy.fixed([0, 0]), classifier=broken)
+    with wd.Dispatcher(transport=receiver, retry=policy) as d:
+        d.subscribe("https://h.example/h")
+        message = d.publish("order.paid", {})
+        d.run_until_idle()
+        attempts = d.attempts(message.id)
+    assert [a.status_code for a in attempts] == [500, 200]
+    assert "classifier raised RuntimeError" in (attempts[0].error or "")
+    with pytest.raises(wd.ConfigurationError, match="classifier"):
+        RetryPolicy(classifier="not callable")  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ from .models import (
 from .netguard import NetworkPolicy
 from .options import DispatcherOptions, EndpointOptions
 from .paging import Page
-from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait
+from .retry import DEFAULT_SCHEDULE, RetryPolicy, ScheduleWait, Verdict
 from .signing import (
     Signer,
     generate_keypair,
@@ -136,6 +136,7 @@ __all__ = [
     "SystemClock",
     "Tenant",
     "TenantLimitExceeded",
+    "Verdict",
     "WebhookDispatchError",
     "__version__",
     "generate_keypair",

@@ -11,7 +11,7 @@ from datetime import datetime
 import attrs
 
 from .models import Attempt, AttemptTrigger, Delivery
-from .retry import Outcome, RetryPolicy, Verdict, classify_outcome, decide
+from .retry import Outcome, RetryPolicy, Verdict, classify_attempt, decide
 from .stores.base import AttemptRecord, Claim
 
 __all__ = ["next_state"]
@@ -27,7 +27,7 @@ def next_state(
     attempt count + 1, next due time, last status and error; the next attempt is a
     scheduled one) and, for a 410 Gone, the reason to disable the subscription.
     """
-    classification = classify_outcome(outcome, now, retry_statuses=policy.retry_statuses)
+    classification = classify_attempt(attempt, outcome, now, policy)
     before = claim.delivery
     decision = decide(
         classification=classification,

@@ -21,13 +21,14 @@ import tenacity
 import tenacity.wait
 
 from .errors import ConfigurationError, WebhookDispatchError
-from .models import AttemptTrigger, DeliveryStatus, ErrorKind, RetrySchedule
+from .models import Attempt, AttemptTrigger, DeliveryStatus, ErrorKind, RetrySchedule
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
     "DEFAULT_SCHEDULE",
     "MAX_RETRY_AFTER",
     "Classification",
+    "Classifier",
     "Decision",
     "Outcome",
     "RetryPolicy",
@@ -35,6 +36,7 @@ __all__ = [
     "StopStrategy",
     "Verdict",
     "WaitStrategy",
+    "classify_attempt",
     "classify_outcome",
     "decide",
     "parse_retry_after",
@@ -47,7 +49,8 @@ Entry 0 is the first attempt (immediately); ten entries mean ten attempts in all
 """
 
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 429})
-"""The 4xx status codes retried by default (5xx always are)."""
+"""The 4xx status codes retried by default (every 5xx is, unless ``retry_statuses``
+lists 5xx codes of its own)."""
 
 MAX_RETRY_AFTER: float = 86400.0
 """The longest ``Retry-After`` honoured, in seconds (24 hours)."""
@@ -171,7 +174,7 @@ def classify_outcome(
     reason = f"HTTP {code}"
     if 200 <= code < 300:
         return Classification(Verdict.SUCCEEDED, reason)
-    if code in retry_statuses or 500 <= code < 600:
+    if code in retry_statuses or (500 <= code < 600 and not _lists_5xx(retry_statuses)):
         retry_after = None
         if code in (429, 503):
             retry_after = parse_retry_after(_header(outcome.headers, "retry-after"), now)
@@ -189,6 +192,40 @@ def classify_outcome(
     if 400 <= code < 500:
         return Classification(Verdict.FAIL, reason)
     return Classification(Verdict.FAIL, f"{reason}: unexpected status")
+
+
+def _lists_5xx(statuses: frozenset[int]) -> bool:
+    return any(500 <= code < 600 for code in statuses)
+
+
+def classify_attempt(
+    attempt: Attempt, outcome: Outcome, now: datetime, policy: RetryPolicy
+) -> Classification:
+    """`classify_outcome` under ``policy``, then its ``classifier``, if any, on the
+    attempt."""
+    classification = classify_outcome(outcome, now, retry_statuses=policy.retry_statuses)
+    if policy.classifier is None:
+        return classification
+    try:
+        verdict: object = policy.classifier(attempt)
+    except Exception as exc:
+        return attrs.evolve(
+            classification,
+            reason=f"{classification.reason} (classifier raised {type(exc).__name__})",
+        )
+    if verdict is None or verdict is classification.verdict:
+        return classification
+    if not isinstance(verdict, Verdict):
+        return attrs.evolve(
+            classification,
+            reason=f"{classification.reason} (classifier returned {type(verdict).__name__})",
+        )
+    return Classification(
+        verdict,
+        f"{classification.reason} ({verdict.value} by the classifier)",
+        retry_after=classification.retry_after if verdict is Verdict.RETRY else None,
+        disable_subscription=classification.disable_subscription and verdict is Verdict.FAIL,
+    )
 
 
 def _check_delay(value: object, what: str) -> float:
@@ -254,11 +291,20 @@ def _status_set(value: Iterable[int]) -> frozenset[int]:
             f"retry_statuses must be a set of status codes, got {value!r}"
         ) from None
     for code in statuses:
-        if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 499:
-            raise ConfigurationError(
-                f"retry_statuses holds 4xx codes only (5xx are always retried), got {code!r}"
-            )
+        if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
+            raise ConfigurationError(f"retry_statuses holds 4xx and 5xx status codes, got {code!r}")
     return statuses
+
+
+def _optional_callable(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            f"{attribute.name} must be a function of an Attempt, got {type(value).__name__}"
+        )
+
+
+Classifier = Callable[["Attempt"], "Verdict | None"]
+"""`RetryPolicy.classifier`: an attempt in, a `Verdict` (or None for the usual rules) out."""
 
 
 def _check_max_retry_after(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -280,8 +326,17 @@ class RetryPolicy:
     ``wait`` and ``stop`` are tenacity strategies (``wait_exponential(...) + wait_random(...)``,
     ``stop_after_attempt(8) | stop_after_delay(...)``); the worker evaluates them against
     schedule time (first attempt to now) and persists the next due time.
-    ``retry_statuses`` lists the 4xx codes to retry; 5xx always are. ``max_retry_after``
-    caps how long a receiver's ``Retry-After`` may push the next attempt.
+    ``retry_statuses`` lists the 4xx codes to retry; every 5xx is retried too, unless the
+    set lists 5xx codes itself, when only those are (``{408, 429, 500, 502, 503, 504}``
+    makes a 501 final). ``max_retry_after`` caps how long a receiver's ``Retry-After`` may
+    push the next attempt.
+
+    ``classifier`` decides per response where the rules cannot: it gets the `Attempt`
+    (status, the kept response headers, the first 16 KiB of the body) and returns a
+    `Verdict`, or None to keep the usual one. A classifier that raises changes
+    nothing (the error is noted in the attempt's reason). A receiver's ``Retry-After``
+    holds for a retry verdict; a 410 disables the subscription only while the verdict
+    stays a failure.
     """
 
     wait: WaitStrategy = attrs.field(factory=ScheduleWait, validator=_require_callable)
@@ -290,6 +345,7 @@ class RetryPolicy:
         default=DEFAULT_RETRY_STATUSES, converter=_status_set
     )
     max_retry_after: float = attrs.field(default=MAX_RETRY_AFTER, validator=_check_max_retry_after)
+    classifier: Classifier | None = attrs.field(default=None, validator=_optional_callable)
 
     @classmethod
     def fixed(cls, delays: Sequence[float], *, jitter: float = 0.0) -> RetryPolicy:

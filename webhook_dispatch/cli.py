@@ -32,6 +32,7 @@ from ._version import __version__
 from .auth import auth_to_document
 from .dispatcher import PURGE_BATCH, Dispatcher, ReplayProgress
 from .errors import ConfigurationError, WebhookDispatchError
+from .formats import BODY_FORMATS
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
 from .paging import DEFAULT_PAGE_SIZE, Page
 from .retry import RetryPolicy
@@ -146,6 +147,7 @@ def _subscription_json(subscription: Subscription) -> dict[str, Any]:
         "max_in_flight": subscription.max_in_flight,
         "ordered": subscription.ordered,
         "filter": None if subscription.filter is None else subscription.filter.document,
+        "body_format": subscription.body_format,
         "retry_schedule": (
             None
             if subscription.retry_schedule is None
@@ -368,6 +370,8 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
             max_in_flight=args.max_in_flight,
             ordered=args.ordered,
             filter=args.filter,
+            body_format=args.body_format,
+            event_source=args.event_source,
             tenant=args.tenant,
         )
     print(f"created subscription {subscription.id}")
@@ -1118,6 +1122,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="deliver strictly in publish order, one at a time",
     )
+    add.add_argument(
+        "--body-format",
+        choices=list(BODY_FORMATS),
+        default="standard",
+        help="standard (as published), raw (the payload alone), cloudevents (structured), "
+        "cloudevents-binary (ce-* headers)",
+    )
+    add.add_argument("--event-source", metavar="URI", help="the CloudEvents source attribute")
     add.add_argument(
         "--filter",
         type=_json_object,

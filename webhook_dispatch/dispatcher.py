@@ -373,6 +373,8 @@ class _Core:
             ordered=options.ordered,
             retry_schedule=options.retry,
             filter=options.filter,
+            body_format=options.body_format,
+            event_source=options.event_source,
         )
 
     def check_url(self, url: object, *, what: str = "endpoint URL") -> str:

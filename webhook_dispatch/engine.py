@@ -14,12 +14,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
+import attrs
 import httpx
 
 from ._redact import MASK
 from ._version import __version__
 from .clock import Clock
 from .errors import AuthError, BlockedAddress
+from .formats import render
 from .models import Attempt, ErrorKind, Message, Subscription, new_id
 from .retry import Outcome
 from .signing import Signer, get_signer
@@ -66,6 +68,18 @@ def signed_headers(
     headers += [(n, v) for n, v in subscription.headers.items() if n.lower() not in own]
     headers += [(n, v) for n, v in message.headers.items() if n.lower() in own]
     return headers
+
+
+def as_sent(message: Message, subscription: Subscription) -> Message:
+    """The message as the subscription's body format writes it (`formats.render`): its
+    content type, body and any headers of the format (``ce-*``) before its own."""
+    content_type, body, extra = render(message, subscription.body_format, subscription.event_source)
+    if extra:
+        headers = dict(extra)
+        headers.update(message.headers)
+    else:
+        headers = dict(message.headers)
+    return attrs.evolve(message, content_type=content_type, payload=body, headers=headers)
 
 
 def _event_headers(signer: Signer) -> Callable[[str, str], list[tuple[str, str]]] | None:
@@ -267,6 +281,8 @@ class Engine:
         """Send one attempt of ``claim`` and describe what happened. Never raises
         (cancellation excepted): every failure becomes an `Outcome`."""
         message, subscription, delivery = claim.message, claim.subscription, claim.delivery
+        if subscription.body_format != "standard":
+            message = as_sent(message, subscription)
         started_at = self.clock.now()
         timestamp = int(started_at.timestamp())
         started = time.perf_counter()

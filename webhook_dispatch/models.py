@@ -218,6 +218,11 @@ class Subscription:
     """Failed attempts since the last success (auto-disable counts these)."""
     tenant: str | None = None
     """The customer this endpoint belongs to, or None for the application's own."""
+    body_format: str = "standard"
+    """How the body is written: ``standard`` (as published), ``raw`` (the payload
+    alone), ``cloudevents`` or ``cloudevents-binary`` (`webhook_dispatch.formats`)."""
+    event_source: str | None = None
+    """The CloudEvents ``source`` attribute, or None for ``/webhook-dispatch``."""
     filter: Filter | None = attrs.field(default=None, converter=_optional_filter)
     """The payload filter a message's body must match (``.document`` is the filter as
     given), or None: every message of a matching event type."""
@@ -417,6 +422,8 @@ _OPTION_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "max_in_flight": (_same, int),
     "ordered": (_same, bool),
     "retry_schedule": (_encode_schedule, _decode_schedule),
+    "body_format": (_same, str),
+    "event_source": (_same, _same),
 }
 
 

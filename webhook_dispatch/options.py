@@ -21,6 +21,7 @@ from .clock import Clock
 from .errors import ConfigurationError, InvalidAuth, InvalidHeader
 from .events import Callback, Hooks
 from .filters import Filter, compile_filter
+from .formats import check_body_format, check_event_source
 from .health import AutoDisable
 from .models import RetrySchedule
 from .netguard import IPNetwork, NetworkPolicy, parse_networks
@@ -410,6 +411,13 @@ class EndpointOptions:
     retry: RetrySchedule | None = attrs.field(default=None, converter=_retry_schedule)
     """This endpoint's own retry schedule (``RetryPolicy.fixed([0, 10, 60])`` or the
     delays in seconds), stored with it."""
+    body_format: str = attrs.field(default="standard", converter=check_body_format)
+    """``standard`` (the body as published: the Standard Webhooks envelope by default),
+    ``raw`` (the payload alone), ``cloudevents`` (CloudEvents 1.0 structured mode,
+    ``application/cloudevents+json``) or ``cloudevents-binary`` (the payload as the body,
+    ``ce-*`` headers). Signatures cover the bytes sent, in every format."""
+    event_source: str | None = attrs.field(default=None, converter=check_event_source)
+    """The CloudEvents ``source`` (a URI reference; default ``/webhook-dispatch``)."""
     filter: Filter | None = attrs.field(default=None, converter=_filter)
     """A payload filter (Convoy's JSON syntax, see docs/filters.md): only messages whose
     body matches it are delivered here, for example
@@ -447,6 +455,8 @@ class EndpointKwargs(TypedDict, total=False):
     max_in_flight: int | None
     ordered: bool
     retry: RetrySpec | None
+    body_format: str
+    event_source: str | None
     filter: Mapping[str, Any] | None
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -81,6 +82,23 @@ def postgres_url(postgres_dsn: str, postgres_schema: str) -> str:
     """A ``postgresql://`` store URL naming this test's own schema."""
     separator = "&" if "?" in postgres_dsn else "?"
     return f"{postgres_dsn}{separator}schema={postgres_schema}"
+
+
+STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+"""Every store kind, for tests that must hold on each (PostgreSQL skips without a server
+outside CI)."""
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL of each kind in turn: ``memory://``, a fresh SQLite file, and this
+    test's own PostgreSQL schema."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 # -- subprocesses ----------------------------------------------------------------------

@@ -21,7 +21,6 @@ from webhook_dispatch.catalog import Catalog, new_event_type
 from webhook_dispatch.cli import main
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
-STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 ORDER = {
     "type": "object",
@@ -32,16 +31,6 @@ ORDER = {
         "lines": {"type": "array", "items": {"type": "object", "required": ["sku"]}},
     },
 }
-
-
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/c.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,18 +17,7 @@ import webhook_dispatch as wd
 from webhook_dispatch.filters import MAX_FILTER_SIZE, MAX_REGEX_LENGTH, FilterIndex, compile_filter
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
-STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/f.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import standardwebhooks
@@ -17,18 +16,7 @@ from cloudevents.v1.http import from_http as from_http_v1
 import webhook_dispatch as wd
 from webhook_dispatch.testing import MockReceiver
 
-STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 SECRET = wd.generate_secret()
-
-
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/f.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -15,18 +15,7 @@ from webhook_dispatch.cli import main
 from webhook_dispatch.dispatcher import MISSING, ReplayProgress
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
-STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/r.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

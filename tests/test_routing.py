@@ -21,19 +21,8 @@ from webhook_dispatch.testing import FakeClock, MockReceiver
 if TYPE_CHECKING:
     from conftest import Processes
 
-STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 SECRET = "github_secret_0123456789"
-
-
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/r.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

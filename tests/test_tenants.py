@@ -22,22 +22,7 @@ from webhook_dispatch.stores.base import (
 )
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
-STORES = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-
-
-def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if kind == "memory":
-        return "memory://"
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/t.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return _url(request.param, request, tmp_path)
 
 
 @pytest.fixture

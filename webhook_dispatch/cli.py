@@ -702,11 +702,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 def _cmd_recover(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         now = dispatcher.clock.now()
-        since = _resolve(args.since, now)
-        until = _resolve(args.until, now)
-        assert since is not None
-        if until is not None and until <= since:
-            raise ConfigurationError("--until must be later than --since")
+        since, until = _window(args, now)
         subscription = dispatcher.get_subscription(args.subscription_id)
         deliveries = dispatcher.recover(subscription.id, since, until)
     span = f"{_when(since)} to {_when(until or now)} UTC"
@@ -719,6 +715,16 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     if deliveries:
         print("a running worker sends them (webhook-dispatch worker)")
     return 0
+
+
+def _window(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime | None]:
+    """``--since`` and ``--until`` as moments, checked."""
+    since = _resolve(args.since, now)
+    until = _resolve(args.until, now)
+    assert since is not None
+    if until is not None and until <= since:
+        raise ConfigurationError("--until must be later than --since")
+    return since, until
 
 
 def _replay_bar(progress: ReplayProgress) -> None:
@@ -737,11 +743,7 @@ def _replay_bar(progress: ReplayProgress) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         now = dispatcher.clock.now()
-        since = _resolve(args.since, now)
-        until = _resolve(args.until, now)
-        assert since is not None
-        if until is not None and until <= since:
-            raise ConfigurationError("--until must be later than --since")
+        since, until = _window(args, now)
         queued = dispatcher.replay(
             args.subscription_id,
             since=since,
@@ -1029,6 +1031,20 @@ def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
 
+def _window_options(parser: argparse.ArgumentParser) -> None:
+    """``--since`` (required) and ``--until``: the time window of messages to re-send."""
+    parser.add_argument(
+        "--since",
+        type=_moment,
+        required=True,
+        metavar="WHEN",
+        help="start of the window: 30m, 2h, 7d ago, or an ISO 8601 time (UTC if no offset)",
+    )
+    parser.add_argument(
+        "--until", type=_moment, metavar="WHEN", help="end of the window (default: now)"
+    )
+
+
 def _command(
     subparsers: Any, name: str, handler: Handler, help_text: str, *, store: bool = True
 ) -> argparse.ArgumentParser:
@@ -1240,16 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "re-send a time window of messages to a subscription (succeeded and missed too)",
     )
     replay.add_argument("subscription_id", help="subscription id (sub_...)")
-    replay.add_argument(
-        "--since",
-        type=_moment,
-        required=True,
-        metavar="WHEN",
-        help="start of the window: 30m, 2h, 7d ago, or an ISO 8601 time (UTC if no offset)",
-    )
-    replay.add_argument(
-        "--until", type=_moment, metavar="WHEN", help="end of the window (default: now)"
-    )
+    _window_options(replay)
     replay.add_argument(
         "--status",
         action="append",
@@ -1267,16 +1274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "re-send a subscription's failed and exhausted deliveries from a time window",
     )
     recover.add_argument("subscription_id", help="subscription id (sub_...)")
-    recover.add_argument(
-        "--since",
-        type=_moment,
-        required=True,
-        metavar="WHEN",
-        help="start of the window: 30m, 2h, 7d ago, or an ISO 8601 time (UTC if no offset)",
-    )
-    recover.add_argument(
-        "--until", type=_moment, metavar="WHEN", help="end of the window (default: now)"
-    )
+    _window_options(recover)
 
     purge = _command(
         commands, "purge", _cmd_purge, "delete finished messages with their deliveries, attempts"

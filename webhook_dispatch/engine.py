@@ -64,7 +64,7 @@ def signed_headers(
         return headers
     own = {name.lower() for name in message.headers}
     if subscription.auth is not None:
-        own -= set(subscription.auth.header_names())
+        own -= set(_auth_header_names(subscription.auth))
     headers += [(n, v) for n, v in subscription.headers.items() if n.lower() not in own]
     headers += [(n, v) for n, v in message.headers.items() if n.lower() in own]
     return headers
@@ -111,9 +111,16 @@ def recorded_headers(
     for name, value in sent:
         recorded[name] = value if name.lower() in shown else MASK
     if subscription.auth is not None:
-        for name in subscription.auth.header_names():
+        for name in _auth_header_names(subscription.auth):
             recorded[name] = MASK
     return recorded
+
+
+def _auth_header_names(auth: object) -> tuple[str, ...]:
+    """The headers an auth sets; an httpx.Auth that is no `EndpointAuth` is taken to set
+    ``authorization``."""
+    names = getattr(auth, "header_names", None)
+    return tuple(names()) if callable(names) else ("authorization",)
 
 
 def build_request(

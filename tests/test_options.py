@@ -26,6 +26,7 @@ BAD_OPTIONS: list[tuple[str, Any]] = [
     ("concurrency", True),
     ("max_payload_size", 0),
     ("envelope", "yes"),
+    ("strict_event_types", "yes"),
     ("lease", 60),
     ("lease", timedelta(0)),
     ("poll_interval", -1.0),

@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import webhook_dispatch as wd
-from webhook_dispatch.filters import MAX_FILTER_SIZE, MAX_REGEX_LENGTH, FilterIndex, compile_filter
+from webhook_dispatch.filters import (
+    MAX_FILTER_SIZE,
+    MAX_REGEX_LENGTH,
+    MAX_REGEX_SUBJECT,
+    FilterIndex,
+    compile_filter,
+)
 from webhook_dispatch.testing import FakeClock, MockReceiver
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -164,6 +170,12 @@ def test_regexes_that_could_backtrack_for_ever_are_refused(pattern: str) -> None
 @pytest.mark.parametrize("pattern", ["^ord_[0-9]+$", "(cat|dog)+", "\\d{3}-\\d{4}", "a.*b"])
 def test_ordinary_regexes_pass(pattern: str) -> None:
     compile_filter({"a": {"$regex": pattern}})
+
+
+def test_a_regex_is_tried_on_bounded_strings_only() -> None:
+    ends_with_x = compile_filter({"a": {"$regex": "x$"}})
+    assert ends_with_x.matches({"a": "y" * (MAX_REGEX_SUBJECT - 1) + "x"})
+    assert not ends_with_x.matches({"a": "y" * MAX_REGEX_SUBJECT + "x"})
 
 
 def test_size_limits() -> None:
@@ -353,7 +365,10 @@ def _reference_entry(key: str, operand: Any, values: list[Any]) -> bool:
             isinstance(v, kind) and not isinstance(v, bool) and compare(v) for v in _flatten(values)
         )
     if key == "$regex":
-        return any(isinstance(v, str) and re.search(operand, v) for v in _flatten(values))
+        return any(
+            isinstance(v, str) and len(v) <= MAX_REGEX_SUBJECT and re.search(operand, v)
+            for v in _flatten(values)
+        )
     found = values
     for segment in key.split("."):
         found = [

@@ -241,3 +241,19 @@ async def test_the_async_face_sends_examples(store_url: str) -> None:
         sub = await dispatcher.subscribe("https://h.example/x")
         attempt = await dispatcher.send_example(sub.id, "ping.sent", {"hello": True})
     assert attempt.succeeded and len(receiver.requests) == 1
+
+
+def test_a_custom_store_without_these_capabilities_says_so() -> None:
+    """`Store`'s defaults for a backend that does not implement replay, test sends or
+    the catalog: a `ConfigurationError` naming the store, and an empty catalog."""
+    from webhook_dispatch.stores import Store
+    from webhook_dispatch.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    with pytest.raises(wd.ConfigurationError, match="MemoryStore does not implement replay"):
+        Store.messages_between(store, None, since=T0, until=T0)
+    with pytest.raises(wd.ConfigurationError, match="an event catalog"):
+        Store.remove_event_type(store, "a.b")
+    with pytest.raises(wd.ConfigurationError, match="test sends"):
+        Store.record_test(store, None, None, None)  # type: ignore[arg-type]
+    assert Store.list_event_types(store) == []

@@ -18,6 +18,7 @@ from .errors import InvalidFilter
 __all__ = [
     "MAX_FILTER_SIZE",
     "MAX_REGEX_LENGTH",
+    "MAX_REGEX_SUBJECT",
     "Filter",
     "FilterIndex",
     "compile_filter",
@@ -27,6 +28,10 @@ MAX_FILTER_SIZE: Final = 16 * 1024
 """Largest filter document accepted, in bytes of compact JSON."""
 MAX_REGEX_LENGTH: Final = 512
 """Longest ``$regex`` pattern accepted, in characters."""
+MAX_REGEX_SUBJECT: Final = 4096
+"""Longest string a ``$regex`` is tried on; a longer one does not match. Python's engine
+backtracks, so even a refused-nothing pattern like ``.*x`` costs time quadratic in the
+subject: this bounds what a crafted payload can make a publish spend."""
 _MAX_DEPTH: Final = 32
 
 # A test receives the values found at its place in the body (a list, since a path can
@@ -239,7 +244,11 @@ def _regex(operand: Any, where: str) -> _Test:
     def matches(values: list[Any]) -> bool:
         for value in values:
             for item in value if isinstance(value, list) else (value,):
-                if isinstance(item, str) and search(item) is not None:
+                if (
+                    isinstance(item, str)
+                    and len(item) <= MAX_REGEX_SUBJECT
+                    and search(item) is not None
+                ):
                     return True
         return False
 

@@ -72,6 +72,11 @@ CATALOG_CHANGE = "#catalog"
 can contain ``#``): publishers then reload the catalog, and no tenant's routes."""
 
 
+def _unsupported(store: object, what: str) -> ConfigurationError:
+    """A custom store asked for a capability it does not implement."""
+    return ConfigurationError(f"{type(store).__name__} does not implement {what}")
+
+
 class Route(NamedTuple):
     """What a publisher needs of a subscription to route messages to it."""
 
@@ -540,24 +545,24 @@ class Store(abc.ABC):
         at most ``limit`` after the ``after`` cursor, and the cursor of the next batch
         (None after the last). Every message is kept until purged, even one no
         subscription matched, so a replay also reaches what a disabled endpoint missed."""
-        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+        raise _unsupported(self, "replay (messages_between, deliveries_for, add_manual_deliveries)")
 
     def record_test(self, message: Message, state: Delivery, attempt: Attempt) -> None:
         """Keep a test send (`Dispatcher.send_example`): its message (``test=True``),
         its delivery, already final, and its one attempt."""
-        raise NotImplementedError(f"{type(self).__name__} cannot keep test sends")
+        raise _unsupported(self, "test sends (record_test)")
 
     def count_messages_between(
         self, tenant: str | None, *, since: datetime, until: datetime
     ) -> int:
         """How many messages `messages_between` would go through."""
-        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+        raise _unsupported(self, "replay (messages_between, deliveries_for, add_manual_deliveries)")
 
     def deliveries_for(
         self, subscription_id: str, message_ids: Sequence[str]
     ) -> dict[str, Delivery]:
         """The subscription's delivery of each of these messages that has one."""
-        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+        raise _unsupported(self, "replay (messages_between, deliveries_for, add_manual_deliveries)")
 
     def add_manual_deliveries(
         self, subscription_id: str, message_ids: Sequence[str], now: datetime
@@ -565,17 +570,17 @@ class Store(abc.ABC):
         """New deliveries, due ``now`` for a manual attempt, of messages the subscription
         has none of (those it has are skipped). `NotFound` for a missing subscription or
         message, or a message of another tenant than the subscription's."""
-        raise NotImplementedError(f"{type(self).__name__} cannot replay")
+        raise _unsupported(self, "replay (messages_between, deliveries_for, add_manual_deliveries)")
 
     # -- the event catalog -------------------------------------------------------
     def put_event_type(self, event_type: EventType) -> None:
         """Add or replace (by name) a catalog entry, counted as a subscription change
         whose `changed_tenants` holds `CATALOG_CHANGE`."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no event catalog")
+        raise _unsupported(self, "an event catalog (put_event_type, remove_event_type)")
 
     def remove_event_type(self, name: str) -> None:
         """Delete a catalog entry; `NotFound` if there is none."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no event catalog")
+        raise _unsupported(self, "an event catalog (put_event_type, remove_event_type)")
 
     def list_event_types(self) -> list[EventType]:
         """Every catalog entry, by name."""

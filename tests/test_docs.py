@@ -110,3 +110,19 @@ def test_respx_router_as_transport(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for call in route.calls:
         assert call.request.headers["webhook-id"] == message.id
         wd.verify(call.request.content, call.request.headers, secret)
+
+
+def test_the_readme_usage_runs_twice_in_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up code runs again: the Usage snippet, run twice on the same database file,
+    keeps one subscription and delivers each run's event."""
+    monkeypatch.chdir(tmp_path)
+    [usage] = [code for where, code in BLOCKS if where.startswith("README.md") and "key=" in code]
+    for _ in range(2):
+        exec(compile(usage, "<README usage>", "exec"), {"__name__": "__main__"})
+    import webhook_dispatch as wd
+
+    with wd.Dispatcher(f"sqlite:///{tmp_path / 'webhooks.db'}") as dispatcher:
+        assert len(list(dispatcher.subscriptions())) == 1
+        assert len(list(dispatcher.messages())) == 2

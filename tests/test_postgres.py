@@ -247,6 +247,7 @@ def test_version_2_schema_is_migrated_and_ordered_claims_still_work(
 def undo_version_7(dsn: str, schema: str) -> None:
     """Put a current schema back in its version-6 shape: no routing columns, no catalog."""
     _sql(dsn, f"ALTER TABLE {schema}.subscriptions DROP COLUMN filter")
+    _sql(dsn, f"ALTER TABLE {schema}.subscriptions DROP COLUMN key")
     _sql(dsn, f"ALTER TABLE {schema}.messages DROP COLUMN headers")
     _sql(dsn, f"ALTER TABLE {schema}.messages DROP COLUMN test")
     _sql(dsn, f"ALTER TABLE {schema}.attempts DROP COLUMN request_headers")

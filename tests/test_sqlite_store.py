@@ -166,6 +166,8 @@ def test_path_and_repr_hide_secrets(db_path: Path) -> None:
 def undo_version_7(connection: sqlite3.Connection) -> None:
     """Put a current file back in its version-6 shape: no routing columns, no catalog."""
     connection.execute("ALTER TABLE subscriptions DROP COLUMN filter")
+    connection.execute("DROP INDEX subscriptions_key")
+    connection.execute("ALTER TABLE subscriptions DROP COLUMN key")
     connection.execute("ALTER TABLE messages DROP COLUMN headers")
     connection.execute("ALTER TABLE messages DROP COLUMN test")
     connection.execute("ALTER TABLE attempts DROP COLUMN request_headers")

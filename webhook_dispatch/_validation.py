@@ -24,6 +24,7 @@ __all__ = [
     "MAX_URL_LENGTH",
     "RESERVED_HEADERS",
     "validate_headers",
+    "validate_subscription_key",
     "validate_tenant",
     "validate_timeout",
     "validate_url",
@@ -312,6 +313,19 @@ def validate_tenant(value: object) -> str | None:
         raise InvalidTenant(
             f"tenant {_echo(value)} has characters outside [A-Za-z0-9_.:-] "
             "(letters, digits, '_', '.', ':' and '-')"
+        )
+    return value
+
+
+def validate_subscription_key(value: object) -> str | None:
+    """A subscription key as given (1 to 255 characters of ``[A-Za-z0-9_.:-]``, the
+    tenant id's alphabet), or None; anything else raises `ConfigurationError`."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TENANT.fullmatch(value):
+        shown = _echo(value) if isinstance(value, str) else type(value).__name__
+        raise ConfigurationError(
+            f"subscription key {shown} must be 1 to 255 characters of [A-Za-z0-9_.:-]"
         )
     return value
 

@@ -21,7 +21,12 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 import attrs
 import httpx
 
-from ._validation import validate_headers, validate_tenant, validate_url
+from ._validation import (
+    validate_headers,
+    validate_subscription_key,
+    validate_tenant,
+    validate_url,
+)
 from .catalog import Catalog, asyncapi_document, new_event_type, openapi_document
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
@@ -569,16 +574,48 @@ class _Core:
         options: EndpointOptions | None,
         overrides: EndpointKwargs,
         tenant: str | None = None,
+        key: str | None = None,
     ) -> Subscription:
         tenant = validate_tenant(tenant)
-        subscription = attrs.evolve(
-            self.new_subscription(url, with_overrides(EndpointOptions, options, overrides)),
-            tenant=tenant,
-        )
+        key = validate_subscription_key(key)
+        endpoint = with_overrides(EndpointOptions, options, overrides)
+        subscription = attrs.evolve(self.new_subscription(url, endpoint), tenant=tenant, key=key)
         if self.options.strict_event_types:
             self.catalog().check_patterns(subscription.event_types)
-        self.store.add_subscription(subscription)
-        return subscription
+        if key is None:
+            self.store.add_subscription(subscription)
+            return subscription
+        stored = self.store.add_subscription_once(subscription)
+        if stored.id == subscription.id:
+            return subscription
+        return self._converge(stored, subscription, secret_given=endpoint.secret is not None)
+
+    def _converge(
+        self, stored: Subscription, wanted: Subscription, *, secret_given: bool
+    ) -> Subscription:
+        """A keyed subscription that exists already, given the settings of this
+        `subscribe` (its id, secret, health and state stay); written only if they differ,
+        so an application's start-up does not touch the store's change log."""
+        if wanted.signature != stored.signature and not secret_given:
+            raise ConfigurationError(
+                f"subscription key {stored.key!r} signs with {stored.signature!r}; changing "
+                "the signature scheme needs a new secret= of that scheme"
+            )
+        kept = {"id", "created_at", "updated_at", "previous_secrets", "enabled"}
+        kept |= {"disabled_reason", "failing_since", "consecutive_failures", "tenant", "key"}
+        if not secret_given:
+            kept.add("secret")
+        changes = {
+            field.name: getattr(wanted, field.name)
+            for field in attrs.fields(Subscription)
+            if field.name not in kept
+        }
+        converged = attrs.evolve(stored, **changes)
+        if converged == stored:
+            return stored
+        converged = attrs.evolve(converged, updated_at=self.clock.now())
+        self.store.save_subscription(converged)
+        return converged
 
     # -- the event catalog ---------------------------------------------------------------
     def define_event_type(
@@ -1228,6 +1265,7 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         options: EndpointOptions | None = None,
         *,
         tenant: str | None = None,
+        key: str | None = None,
         **overrides: Unpack[EndpointKwargs],
     ) -> Subscription:
         """Register an endpoint for the event types matching ``event_types``.
@@ -1259,8 +1297,15 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         ``[A-Za-z0-9_.:-]``): it receives only events published with that ``tenant=``.
         None (the default) is the application's own endpoint, which gets only untenanted
         events. A tenant's ``max_subscriptions`` (`set_tenant`) is enforced here.
+
+        ``key`` is your own stable name for the endpoint (1 to 255 characters of
+        ``[A-Za-z0-9_.:-]``, unique per tenant): if the tenant has a subscription with
+        that key, it is updated to these settings and returned (same id, same secret
+        unless ``secret=`` is given, health and enabled state kept) instead of a second
+        one being added, so start-up code can call ``subscribe`` on every run. Nothing is
+        written when the settings are the same.
         """
-        return self._core.subscribe(url, options, overrides, tenant)
+        return self._core.subscribe(url, options, overrides, tenant, key)
 
     def unsubscribe(self, subscription_id: str) -> None:
         """Remove a subscription; its unfinished deliveries are cancelled."""
@@ -1609,10 +1654,11 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
         options: EndpointOptions | None = None,
         *,
         tenant: str | None = None,
+        key: str | None = None,
         **overrides: Unpack[EndpointKwargs],
     ) -> Subscription:
         """See `Dispatcher.subscribe`."""
-        return await self._core.call(self._core.subscribe, url, options, overrides, tenant)
+        return await self._core.call(self._core.subscribe, url, options, overrides, tenant, key)
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """See `Dispatcher.unsubscribe`."""

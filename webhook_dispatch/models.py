@@ -218,6 +218,9 @@ class Subscription:
     """Failed attempts since the last success (auto-disable counts these)."""
     tenant: str | None = None
     """The customer this endpoint belongs to, or None for the application's own."""
+    key: str | None = None
+    """The application's own stable name for this endpoint, unique per tenant
+    (``subscribe(key=)`` updates the endpoint that has it instead of adding one)."""
     body_format: str = "standard"
     """How the body is written: ``standard`` (as published), ``raw`` (the payload
     alone), ``cloudevents`` or ``cloudevents-binary`` (`webhook_dispatch.formats`)."""

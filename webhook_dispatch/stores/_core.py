@@ -66,7 +66,7 @@ MESSAGE_COLUMNS = (
 SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, secret, previous_secrets, headers, metadata, enabled, "
     "disabled_reason, timeout, created_at, updated_at, options, failing_since, "
-    "consecutive_failures, tenant, filter"
+    "consecutive_failures, tenant, filter, key"
 )
 TENANT_COLUMNS = (
     "id, rate_limit, max_in_flight, max_subscriptions, metadata, created_at, updated_at"
@@ -204,6 +204,7 @@ def subscription_row(codec: Codec, s: Subscription) -> tuple[Any, ...]:
         s.consecutive_failures,
         tenant_key(s.tenant),
         None if s.filter is None else codec.document(s.filter.document),
+        s.key,
     )
 
 
@@ -229,6 +230,7 @@ def subscription(codec: Codec, row: Sequence[Any]) -> Subscription:
         consecutive_failures=row[14],
         tenant=row[15] or None,
         filter=None if row[16] is None else codec.from_document(row[16]),
+        key=row[17],
         **options_fields(codec.from_document(row[12])),
     )
 
@@ -387,6 +389,10 @@ def plan_publish(
         new_messages.append(candidate)
         results.append(PublishResult(candidate, True, len(subscription_ids)))
     return results, new_messages
+
+
+def _subscription_of(codec: Codec, row: Sequence[Any]) -> Subscription:
+    return subscription(codec, row)
 
 
 def _replay_cursor(codec: Codec, cursor: str) -> tuple[Any, int]:
@@ -631,6 +637,44 @@ class SQLStore(Store):
             # An id used before may have open deliveries (retried after its removal).
             self._follow_ordered(db, subscription)
             self._bump_subscriptions_version(db, [subscription.tenant])
+
+    def add_subscription_once(self, subscription: Subscription) -> Subscription:
+        """Store a subscription with a ``key``, unless the tenant has one with that key
+        already: then that one is returned, unchanged."""
+        if subscription.key is None:
+            self.add_subscription(subscription)
+            return subscription
+        marks = ", ".join("?" * len(SUBSCRIPTION_COLUMNS.split(",")))
+        with self._writing() as db:
+            found = self._keyed(db, subscription)
+            if found is not None:
+                return found
+            if subscription.tenant is not None:
+                self._admit_subscription(db, subscription)
+            # Another writer may have added the key since the read (PostgreSQL): the
+            # unique index decides, and the row it kept is returned.
+            inserted = self._run(
+                db,
+                f"INSERT INTO {{schema}}.subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ({marks}) "
+                "ON CONFLICT (tenant, key) WHERE key IS NOT NULL DO NOTHING",
+                subscription_row(self.codec, subscription),
+            ).rowcount
+            if not inserted:
+                kept = self._keyed(db, subscription)
+                assert kept is not None
+                return kept
+            self._follow_ordered(db, subscription)
+            self._bump_subscriptions_version(db, [subscription.tenant])
+            return subscription
+
+    def _keyed(self, db: Connection, subscription: Subscription) -> Subscription | None:
+        row = self._run(
+            db,
+            f"SELECT {SUBSCRIPTION_COLUMNS} FROM {{schema}}.subscriptions "
+            f"WHERE tenant = ? AND key = ?{self.lock_rows}",
+            (tenant_key(subscription.tenant), subscription.key),
+        ).fetchone()
+        return None if row is None else _subscription_of(self.codec, row)
 
     def _admit_subscription(self, db: Connection, subscription: Subscription) -> None:
         """Create the subscription's tenant if new, and hold its ``max_subscriptions``

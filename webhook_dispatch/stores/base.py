@@ -521,6 +521,17 @@ class Store(abc.ABC):
         one (``limit=None``, for building a tenant's matching index); ``tenant`` keeps
         one tenant's (None: the untenanted ones)."""
 
+    def add_subscription_once(self, subscription: Subscription) -> Subscription:
+        """`add_subscription`, unless the subscription's tenant already has one with its
+        ``key``: then that one is returned, unchanged (``subscribe(key=)``). The default
+        looks the key up and adds; a backend makes the two one transaction."""
+        if subscription.key is not None:
+            for existing in self.list_subscriptions(tenant=subscription.tenant):
+                if existing.key == subscription.key:
+                    return existing
+        self.add_subscription(subscription)
+        return subscription
+
     def subscription_patterns(self, tenant: str | None) -> list[Route]:
         """The `Route` of each of the tenant's enabled subscriptions, oldest first: what
         a publisher's matching index is built from. The default reads them through

@@ -89,6 +89,7 @@ class MemoryStore(Store):
         self._rate_tats: dict[str, int] = {}
         self._changes: list[tuple[int, str]] = []  # (version, tenant), oldest first
         self._event_types: dict[str, EventType] = {}
+        self._keys: dict[tuple[str, str], str] = {}  # (tenant, key) -> subscription id
         self._sequence = itertools.count()
         # Publish order of every unfinished delivery, by subscription: an ordered
         # subscription delivers only its oldest (the smallest number).
@@ -104,6 +105,19 @@ class MemoryStore(Store):
         return "MemoryStore()"
 
     # -- subscriptions -----------------------------------------------------------
+    def _index_key(self, subscription: Subscription) -> None:
+        if subscription.key is not None:
+            self._keys[(_key(subscription.tenant), subscription.key)] = subscription.id
+
+    def add_subscription_once(self, subscription: Subscription) -> Subscription:
+        """`add_subscription` unless the tenant has a subscription with this key."""
+        with self._lock:
+            found = self._keys.get((_key(subscription.tenant), subscription.key or ""))
+            if subscription.key is not None and found is not None:
+                return self._subscriptions[found]
+            self.add_subscription(subscription)
+            return subscription
+
     def add_subscription(self, subscription: Subscription) -> None:
         """Store a new subscription."""
         with self._lock:
@@ -112,6 +126,7 @@ class MemoryStore(Store):
             if subscription.tenant is not None:
                 self._admit(subscription)
             self._subscriptions[subscription.id] = subscription
+            self._index_key(subscription)
             self._positions[subscription.id] = next(self._next_position)
             self._bump([subscription.tenant])
             # An id used before may have open deliveries (retried after its removal).
@@ -163,6 +178,7 @@ class MemoryStore(Store):
         with self._lock:
             before = self._subscription(subscription.id)
             self._subscriptions[subscription.id] = subscription
+            self._index_key(subscription)
             self._bump([before.tenant, subscription.tenant])
             # held deliveries stay in the due heap; enabling frees them
 
@@ -171,6 +187,7 @@ class MemoryStore(Store):
         with self._lock:
             removed = self._subscription(subscription_id)
             del self._subscriptions[subscription_id]
+            self._keys.pop((_key(removed.tenant), removed.key or ""), None)
             self._positions.pop(subscription_id, None)
             self._bump([removed.tenant])
             for delivery in list(self._deliveries.values()):
@@ -874,6 +891,7 @@ class MemoryStore(Store):
             for subscription in list(self._subscriptions.values()):
                 if subscription.tenant == tenant_id:
                     del self._subscriptions[subscription.id]
+                    self._keys.pop((tenant_id, subscription.key or ""), None)
                     self._positions.pop(subscription.id, None)
             self._cancel_tenant(tenant_id, now)
             self._bump([tenant_id])

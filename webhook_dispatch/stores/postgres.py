@@ -242,6 +242,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # Routing (see the SQLite store).
         "ALTER TABLE {schema}.subscriptions ADD COLUMN filter jsonb",
+        "ALTER TABLE {schema}.subscriptions ADD COLUMN key text",
+        "CREATE UNIQUE INDEX subscriptions_key ON {schema}.subscriptions (tenant, key) "
+        "WHERE key IS NOT NULL",
         "ALTER TABLE {schema}.messages ADD COLUMN headers jsonb",
         "ALTER TABLE {schema}.messages ADD COLUMN test boolean NOT NULL DEFAULT false",
         "ALTER TABLE {schema}.attempts ADD COLUMN request_headers jsonb",

@@ -258,6 +258,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Routing: a subscription's payload filter (JSON), a message's own headers
         # (JSON pairs), the request headers each attempt sent, and the event catalog.
         "ALTER TABLE subscriptions ADD COLUMN filter TEXT",
+        # subscribe(key=): the application's own stable name of an endpoint, per tenant.
+        "ALTER TABLE subscriptions ADD COLUMN key TEXT",
+        "CREATE UNIQUE INDEX subscriptions_key ON subscriptions (tenant, key) "
+        "WHERE key IS NOT NULL",
         "ALTER TABLE messages ADD COLUMN headers TEXT",
         # A test event (send_example): never replayed to other endpoints.
         "ALTER TABLE messages ADD COLUMN test INTEGER NOT NULL DEFAULT 0",

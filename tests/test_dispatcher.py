@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -464,3 +465,24 @@ def test_stop_that_waits_too_long_raises_stop_timeout_and_can_be_called_again() 
         dispatcher.stop()  # waits for the attempt still in flight
         [delivery] = dispatcher.deliveries()
     assert delivery.status is wd.DeliveryStatus.SUCCEEDED
+
+
+def test_closing_the_default_memory_store_with_unsent_deliveries_warns() -> None:
+    dispatcher = wd.Dispatcher(transport=MockReceiver([200]))
+    dispatcher.subscribe("https://h.example/x")
+    dispatcher.publish("order.paid", {})
+    dispatcher.publish("order.paid", {})
+    with pytest.warns(wd.UnsentDeliveriesWarning, match="drops 2 deliveries not yet sent"):
+        dispatcher.close()
+
+
+def test_no_warning_when_delivered_or_memory_chosen_on_purpose() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wd.UnsentDeliveriesWarning)
+        with wd.Dispatcher("memory://") as chosen:
+            chosen.subscribe("https://h.example/x")
+            chosen.publish("order.paid", {})
+        with wd.Dispatcher(transport=MockReceiver([200])) as delivered:
+            delivered.subscribe("https://h.example/x")
+            delivered.publish("order.paid", {})
+            delivered.run_until_idle()

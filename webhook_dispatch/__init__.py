@@ -21,7 +21,7 @@ from .auth import (
     register_auth,
 )
 from .clock import Clock, SystemClock
-from .dispatcher import AsyncDispatcher, Dispatcher
+from .dispatcher import AsyncDispatcher, Dispatcher, UnsentDeliveriesWarning
 from .errors import (
     AuthError,
     BlockedAddress,
@@ -136,6 +136,7 @@ __all__ = [
     "SystemClock",
     "Tenant",
     "TenantLimitExceeded",
+    "UnsentDeliveriesWarning",
     "Verdict",
     "WebhookDispatchError",
     "__version__",

@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -94,6 +95,7 @@ __all__ = [
     "PURGE_BATCH",
     "REPLAY_BATCH",
     "ReplayProgress",
+    "UnsentDeliveriesWarning",
     "AsyncDispatcher",
     "Dispatcher",
     "EventSpec",
@@ -178,6 +180,19 @@ def _check_idempotency_key(key: object) -> str | None:
         )
     return key
 
+
+class UnsentDeliveriesWarning(UserWarning):
+    """A dispatcher on the default in-memory store closed with deliveries not sent."""
+
+
+class _ImplicitStore(str):
+    """The default store URL, told apart from ``"memory://"`` passed on purpose: only a
+    dispatcher that was given no store warns that closing it loses deliveries."""
+
+    __slots__ = ()
+
+
+_DEFAULT_STORE = _ImplicitStore("memory://")
 
 _SUBSCRIPTION_FIELD = {"retry": "retry_schedule"}
 """`EndpointOptions` fields whose `Subscription` field has another name."""
@@ -301,6 +316,7 @@ class _Core:
         self.envelope = options.envelope
         self.clock: Clock = options.clock or SystemClock()
         self.owns_store = isinstance(store, str)
+        self.implicit_memory = isinstance(store, _ImplicitStore)
         self.store = open_store(store)
         # The SSRF guard is part of the default transport: one passed as transport=
         # decides for itself where it connects (subscribe-time checks still apply).
@@ -1062,6 +1078,17 @@ class _Core:
 
     def close_store(self) -> None:
         self.worker.close()
+        if self.implicit_memory:
+            stats = self.store.stats(self.clock.now())
+            unsent = stats.pending + stats.delivering
+            if unsent:
+                warnings.warn(
+                    f"closing a Dispatcher that was given no store (memory://) drops "
+                    f"{unsent} {'delivery' if unsent == 1 else 'deliveries'} not yet sent; "
+                    "pass a store such as 'sqlite:///webhooks.db' to keep them",
+                    UnsentDeliveriesWarning,
+                    stacklevel=4,
+                )
         if self.owns_store:
             self.store.close()
 
@@ -1159,7 +1186,7 @@ class _Face(Generic[R]):
     @spelled_out(DispatcherKwargs, DispatcherOptions)
     def __init__(
         self,
-        store: str | Store = "memory://",
+        store: str | Store = _DEFAULT_STORE,
         options: DispatcherOptions | None = None,
         **overrides: Unpack[DispatcherKwargs],
     ) -> None:

@@ -352,9 +352,36 @@ def test_store_from_environment_and_before_the_command(
 
 
 def test_default_store_is_webhooks_db_in_the_working_directory(cli: Runner, tmp_path: Path) -> None:
-    code, _, _ = cli("subscriptions", "list", store=False)
+    code, _, _ = cli("subscriptions", "add", "https://h.example/in", store=False)
     assert code == 0
     assert (tmp_path / "webhooks.db").exists()
+    code, out, _ = cli("subscriptions", "list", store=False)
+    assert code == 0 and "https://h.example/in" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["subscriptions", "list"],
+        ["stats"],
+        ["messages", "list"],
+        ["deliveries", "list"],
+        ["attempts", "msg_1"],
+        ["retry", "dlv_1"],
+        ["purge"],
+        ["catalog", "export"],
+        ["replay", "sub_1", "--since", "1h"],
+    ],
+)
+def test_inspection_and_repair_commands_never_create_a_store(
+    cli: Runner, tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "typo.db"
+    code, out, err = cli(*command, "--store", f"sqlite:///{missing}", store=False)
+    assert code == 2 and out == ""
+    assert f"no store at '{missing}'" in err and "creates none" in err
+    assert not missing.exists()
+    assert not list(tmp_path.glob("typo.db*"))
 
 
 def test_format_table_aligns_columns() -> None:

@@ -31,12 +31,13 @@ from ._redact import redact_store_url
 from ._version import __version__
 from .auth import auth_to_document
 from .dispatcher import PURGE_BATCH, Dispatcher, ReplayProgress
-from .errors import ConfigurationError, WebhookDispatchError
+from .errors import ConfigurationError, InvalidStoreURL, WebhookDispatchError
 from .formats import BODY_FORMATS
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
 from .paging import DEFAULT_PAGE_SIZE, Page
 from .retry import RetryPolicy
 from .signing import generate_secret, public_key, signer_names
+from .stores.sqlite import SQLiteStore
 
 __all__ = ["DEFAULT_STORE", "STORE_ENV", "format_table", "main", "parse_moment"]
 
@@ -286,9 +287,22 @@ def _positive(text: str) -> int:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _open(args: argparse.Namespace) -> Dispatcher:
+def _open(args: argparse.Namespace, *, create: bool = False) -> Dispatcher:
+    """The dispatcher of ``--store``. Only commands that set a store up (``create``)
+    may make a new SQLite file: inspecting a mistyped path must not leave an empty
+    database behind it."""
+    url = _store_url(args)
+    if not create and url.partition("://")[0].lower() == "sqlite":
+        path = SQLiteStore.path_of(url)
+        if path != ":memory:" and not os.path.exists(path):
+            raise InvalidStoreURL(
+                f"no store at {path!r}: this command reads an existing store and creates "
+                "none (check --store or WEBHOOK_DISPATCH_STORE; `subscriptions add` or a "
+                "worker creates it)",
+                path=path,
+            )
     allow = bool(getattr(args, "allow_private_networks", False))
-    return Dispatcher(_store_url(args), allow_private_networks=allow)
+    return Dispatcher(url, allow_private_networks=allow)
 
 
 def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
@@ -359,7 +373,7 @@ def _read_secret(value: str | None) -> str | None:
 def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
     given_secret = _read_secret(args.secret)
     headers = dict(args.header or [])
-    with _open(args) as dispatcher:
+    with _open(args, create=True) as dispatcher:
         subscription = dispatcher.subscribe(
             args.url,
             event_types=args.event_type or None,
@@ -518,7 +532,7 @@ def _cmd_tenants_set(args: argparse.Namespace) -> int:
             settings[name] = None if value == 0 else value
     if args.metadata:
         settings["metadata"] = dict(args.metadata)
-    with _open(args) as dispatcher:
+    with _open(args, create=True) as dispatcher:
         tenant = dispatcher.set_tenant(args.id, **settings)
     print(json.dumps(_tenant_json(tenant), indent=2))
     return 0

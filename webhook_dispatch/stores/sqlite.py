@@ -348,6 +348,11 @@ class SQLiteStore(SQLStore):
         ``sqlite:///:memory:`` gives a private in-memory database. Query strings are
         refused: there are no options to pass that way.
         """
+        return cls(cls.path_of(url), busy_timeout=busy_timeout)
+
+    @staticmethod
+    def path_of(url: str) -> str:
+        """The file path a ``sqlite:///`` URL names (`InvalidStoreURL` if it names none)."""
         scheme, sep, rest = url.partition("://")
         shown = redact_store_url(url)
         if not sep or scheme.lower() != "sqlite":
@@ -366,7 +371,7 @@ class SQLiteStore(SQLStore):
         path = rest[1:]
         if not path:
             raise InvalidStoreURL(f"SQLite store URL {shown!r} has no file path")
-        return cls(path, busy_timeout=busy_timeout)
+        return path
 
     @property
     def path(self) -> str:

@@ -278,9 +278,38 @@ def test_purge(cli: Runner) -> None:
     assert len(cli.json("messages", "list")) == 1
 
     time.sleep(0.01)
+    code, out, _ = cli("purge", "--older-than", "0s", "--dry-run")
+    assert code == 0 and "would purge 1 finished message " in out
+    assert len(cli.json("messages", "list")) == 1
+    code, out, err = cli("purge", "--older-than", "0s")
+    assert code == 0 and "purged 1 finished message " in out
+    assert "[##############################] 1/1 messages" in err
+    assert cli.json("messages", "list") == []
+
+
+class _Terminal(io.StringIO):
+    """Standard input that says it is a terminal, with the user's answer in it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_purge_asks_on_a_terminal(cli: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli("subscriptions", "add", "https://hooks.example.com/in")
+    _deliver(cli.store, "order.created", script=[200])
+    time.sleep(0.01)
+    monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
+    code, out, _ = cli("purge", "--older-than", "0s")
+    assert code == 1 and "purge 1 finished message created" in out and "nothing purged" in out
+    assert len(cli.json("messages", "list")) == 1
+    monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
     code, out, _ = cli("purge", "--older-than", "0s")
     assert code == 0 and "purged 1 finished message " in out
-    assert cli.json("messages", "list") == []
+    _deliver(cli.store, "order.created", script=[200])
+    time.sleep(0.01)
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))  # --yes: nothing is read
+    code, out, _ = cli("purge", "--older-than", "0s", "--yes")
+    assert code == 0 and "purged 1 finished message " in out
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from ._receiver import LoopbackReceiver
 from ._redact import redact_store_url
 from ._version import __version__
 from .auth import auth_to_document
-from .dispatcher import PURGE_BATCH, Dispatcher, ReplayProgress
+from .dispatcher import Dispatcher, ReplayProgress
 from .errors import ConfigurationError, InvalidStoreURL, WebhookDispatchError
 from .formats import BODY_FORMATS
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
@@ -783,15 +783,37 @@ def _cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _purge_progress(total: int) -> None:
-    print(f"\rpurging... {total:,} messages so far", end="", file=sys.stderr, flush=True)
+def _purge_bar(done: int, total: int) -> None:
+    width = 30
+    filled = width if not total else min(width, width * done // total)
+    print(
+        f"\rpurging [{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} messages",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         cutoff = dispatcher.clock.now() - args.older_than
-        removed = dispatcher.purge(cutoff, on_progress=_purge_progress)
-    if removed >= PURGE_BATCH:
+        count = dispatcher.store.count_purgeable(cutoff)
+        if args.dry_run:
+            print(
+                f"would purge {_plural(count, 'finished message')} created before "
+                f"{_when(cutoff)} UTC, with their deliveries and attempts (dry run)"
+            )
+            return 0
+        if count and not args.yes and sys.stdin.isatty():
+            answer = input(
+                f"purge {_plural(count, 'finished message')} created before {_when(cutoff)} "
+                "UTC, with their deliveries and attempts? [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing purged")
+                return 1
+        removed = dispatcher.purge(cutoff, on_progress=lambda done: _purge_bar(done, count))
+    if count:
         print(file=sys.stderr)  # end the progress line
     print(
         f"purged {_plural(removed, 'finished message')} created before {_when(cutoff)} UTC, "
@@ -1299,6 +1321,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=timedelta(days=30),
         metavar="AGE",
         help="age of messages to delete: 12h, 30d, 1w (default: 30d)",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="only say how many messages would go")
+    purge.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation on a terminal"
     )
     return parser
 

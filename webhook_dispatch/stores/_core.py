@@ -391,6 +391,12 @@ def plan_publish(
     return results, new_messages
 
 
+_PURGEABLE = (
+    "WHERE m.created_at < ? AND NOT EXISTS (SELECT 1 FROM {schema}.deliveries AS d "
+    f"WHERE d.message_id = m.id AND d.status IN {UNFINISHED})"
+)
+
+
 def _subscription_of(codec: Codec, row: Sequence[Any]) -> Subscription:
     return subscription(codec, row)
 
@@ -1206,14 +1212,22 @@ class SQLStore(Store):
             self._notify(db)
         return updated
 
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many messages `purge` would delete now."""
+        rows = self._rows(
+            "SELECT COUNT(*) FROM {schema}.messages AS m " + _PURGEABLE,
+            (self.codec.time(older_than),),
+        )
+        return int(rows[0][0])
+
     def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
         """Delete up to ``limit`` (None: all) messages created before ``older_than`` whose
         deliveries are all final, oldest first; their deliveries and attempts go with them
         (foreign-key cascade)."""
         text = (
             "DELETE FROM {schema}.messages WHERE id IN (SELECT m.id FROM {schema}.messages AS m "
-            "WHERE m.created_at < ? AND NOT EXISTS (SELECT 1 FROM {schema}.deliveries AS d "
-            f"WHERE d.message_id = m.id AND d.status IN {UNFINISHED}) ORDER BY m.created_at"
+            + _PURGEABLE
+            + " ORDER BY m.created_at"
         )
         parameters: list[Any] = [self.codec.time(older_than)]
         if limit is not None:

@@ -558,6 +558,10 @@ class Store(abc.ABC):
         subscription matched, so a replay also reaches what a disabled endpoint missed."""
         raise _unsupported(self, "replay (messages_between, deliveries_for, add_manual_deliveries)")
 
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many messages `purge` would delete now (``purge --dry-run``)."""
+        raise _unsupported(self, "count_purgeable")
+
     def record_test(self, message: Message, state: Delivery, attempt: Attempt) -> None:
         """Keep a test send (`Dispatcher.send_example`): its message (``test=True``),
         its delivery, already final, and its one attempt."""

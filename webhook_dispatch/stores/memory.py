@@ -778,18 +778,26 @@ class MemoryStore(Store):
                 added.append(delivery)
             return added
 
+    def count_purgeable(self, older_than: datetime) -> int:
+        """How many messages `purge` would delete now."""
+        with self._lock:
+            return len(self._purgeable(older_than))
+
+    def _purgeable(self, older_than: datetime) -> list[str]:
+        return [
+            m.id
+            for m in self._messages.values()
+            if m.created_at < older_than
+            and all(
+                self._deliveries[i].status.is_final
+                for i in self._deliveries_by_message.get(m.id, [])
+            )
+        ]
+
     def purge(self, older_than: datetime, *, limit: int | None = None) -> int:
         """Drop old messages whose deliveries are all final, with their attempts."""
         with self._lock:
-            doomed = [
-                m.id
-                for m in self._messages.values()
-                if m.created_at < older_than
-                and all(
-                    self._deliveries[i].status.is_final
-                    for i in self._deliveries_by_message.get(m.id, [])
-                )
-            ]
+            doomed = self._purgeable(older_than)
             if limit is not None:
                 doomed = doomed[:limit]
             self._forget_messages(doomed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import ipaddress
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -257,7 +258,10 @@ def _resolver(*answers: list[str]) -> tuple[list[str], object]:
     return calls, resolve
 
 
-def test_name_resolving_to_loopback_is_blocked_and_not_retried(tmp_path: Path) -> None:
+def test_name_resolving_to_loopback_is_blocked_and_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="webhook_dispatch")
     server = _serve("127.0.0.1")
     try:
         port = server.server_address[1]
@@ -280,6 +284,11 @@ def test_name_resolving_to_loopback_is_blocked_and_not_retried(tmp_path: Path) -
         assert delivery.status is wd.DeliveryStatus.FAILED
         assert calls == ["hooks.internal.test"]
         assert server.hits == 0  # type: ignore[attr-defined]
+        [warning] = [r for r in caplog.records if "network guard" in r.getMessage()]
+        assert warning.levelno == logging.WARNING
+        text = warning.getMessage()
+        assert attempt.subscription_id in text and "127.0.0.1 (loopback)" in text
+        assert "allow_private_networks=True" in text and "--allow-private-networks" in text
     finally:
         server.shutdown()
         server.server_close()

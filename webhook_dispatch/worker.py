@@ -37,7 +37,7 @@ from .events import (
 )
 from .flow import TokenBucket
 from .health import AutoDisable
-from .models import Attempt, DeliveryStatus, RetrySchedule
+from .models import Attempt, DeliveryStatus, ErrorKind, RetrySchedule
 from .registry import pattern_matches
 from .retry import RetryPolicy
 from .scheduler import GiveBack, Move, Scheduler
@@ -730,6 +730,26 @@ class Worker:
 
 
 def _log_attempt(attempt: Attempt, status: DeliveryStatus) -> None:
+    if attempt.error_kind is ErrorKind.BLOCKED:
+        # Never retried: a guard refusal that nobody sees loses the delivery silently.
+        logger.warning(
+            "attempt %d of %s to %s refused by the network guard: %s; the delivery is "
+            "%s (allow_private_networks=True, allowed_networks=[...] or the worker's "
+            "--allow-private-networks let such addresses through)",
+            attempt.number,
+            attempt.message_id,
+            attempt.subscription_id,
+            attempt.error,
+            status.value,
+            extra={
+                "message_id": attempt.message_id,
+                "subscription_id": attempt.subscription_id,
+                "delivery_id": attempt.delivery_id,
+                "error": attempt.error,
+                "delivery_status": status.value,
+            },
+        )
+        return
     if not logger.isEnabledFor(logging.INFO):
         return
     logger.info(

@@ -696,3 +696,39 @@ def test_subscriptions_add_takes_a_filter(cli: Runner) -> None:
         cli("subscriptions", "add", "https://h.example/in", "--filter", "{bad")
     assert exited.value.code == 2 and "not JSON" in cli.capsys.readouterr().err
     assert len(cli.json("subscriptions", "list")) == 1
+
+
+def test_worker_says_what_it_does_and_logs_json(tmp_path: Path, processes: Processes) -> None:
+    """The startup line names the retry policy, the guard and the retention; a refused
+    endpoint is a WARNING, and ``--log-format json`` makes it one JSON object with the
+    attempt's fields."""
+    store = "sqlite:///" + (tmp_path / "worker.db").as_posix()
+    with wd.Dispatcher(store, allow_private_networks=True) as dispatcher:
+        sub = dispatcher.subscribe("http://127.0.0.1:9/hook")
+        message = dispatcher.publish("order.created", {"id": "ord_1"})
+    worker = processes.start(
+        [
+            sys.executable,
+            "-m",
+            "webhook_dispatch",
+            "worker",
+            "--store",
+            store,
+            "--log-format",
+            "json",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    first = processes.read_line(worker)
+    assert "retry 10 attempts (0s, 5s, 5m" in first and "network guard on" in first
+    assert "retention 30d" in first and "log level info" in first
+    logged = json.loads(processes.read_line(worker))
+    assert logged["level"] == "warning" and "network guard" in logged["message"]
+    assert logged["subscription_id"] == sub.id and logged["message_id"] == message.id
+    assert logged["delivery_status"] == "failed"
+    stopped = processes.terminate(worker)
+    assert stopped.returncode == 0

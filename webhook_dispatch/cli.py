@@ -826,10 +826,64 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+class JSONLogFormatter(logging.Formatter):
+    """One JSON object per record, for log shippers: time, level, logger, message, and
+    the structured fields the library attaches (``message_id``, ``subscription_id``,
+    ``status_code``, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):
+                document[name] = value
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str)
+
+
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+}
+
+
+def _configure_logging(level: str, form: str) -> None:
+    handler = logging.StreamHandler()
+    if form == "json":
+        handler.setFormatter(JSONLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("webhook_dispatch").setLevel(level.upper())
+
+
+def _age(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _describe_retry(policy: RetryPolicy | None) -> str:
+    schedule = (policy or RetryPolicy()).schedule
+    if schedule is None:
+        return "custom tenacity strategies"
+    delays = ", ".join(_age(timedelta(seconds=d)) for d in schedule.delays)
+    return f"{len(schedule.delays)} attempts ({delays})"
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.log_level, args.log_format)
     store = _store_url(args)
     dispatcher = Dispatcher(
         store,
@@ -845,9 +899,23 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         if in_main_thread
         else {}
     )
+    options = dispatcher.options
+    retention = "off" if options.retention is None else _age(options.retention)
+    guard = (
+        "off (private networks allowed)"
+        if options.allow_private_networks
+        else "on"
+        + (
+            f", allowed {len(options.allowed_networks)} networks"
+            if options.allowed_networks
+            else ""
+        )
+    )
     print(
         f"webhook-dispatch worker {__version__}: store {redact_store_url(store)}, "
-        f"concurrency {args.concurrency} (Ctrl-C or SIGTERM stops it)",
+        f"concurrency {args.concurrency}, retry {_describe_retry(options.retry)}, "
+        f"network guard {guard}, retention {retention}, secrets kept unencrypted in the "
+        f"store, log level {args.log_level} (Ctrl-C or SIGTERM stops it)",
         flush=True,
     )
     try:
@@ -1120,6 +1188,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-private-networks",
         action="store_true",
         help="let endpoints on loopback and private addresses be reached",
+    )
+    worker.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="info (default): retries and blocked endpoints; warning: given-up deliveries "
+        "and disabled endpoints only; debug: every attempt",
+    )
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line, with the attempt's fields",
     )
 
     subscriptions = commands.add_parser(

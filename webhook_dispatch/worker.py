@@ -750,14 +750,25 @@ def _log_attempt(attempt: Attempt, status: DeliveryStatus) -> None:
             },
         )
         return
-    if not logger.isEnabledFor(logging.INFO):
+    # Successes are routine (DEBUG); a retry is worth a line (INFO); a delivery given up
+    # is news (WARNING).
+    if status is DeliveryStatus.SUCCEEDED:
+        level = logging.DEBUG
+    elif status is DeliveryStatus.PENDING:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    if not logger.isEnabledFor(level):
         return
-    logger.info(
+    logger.log(
+        level,
         "attempt %d of %s to %s: %s -> %s",
         attempt.number,
         attempt.message_id,
         attempt.subscription_id,
-        attempt.status_code if attempt.status_code is not None else attempt.error_kind,
+        attempt.status_code
+        if attempt.status_code is not None
+        else getattr(attempt.error_kind, "value", "error"),
         status.value,
         extra={
             "message_id": attempt.message_id,

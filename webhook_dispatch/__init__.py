@@ -21,7 +21,7 @@ from .auth import (
     register_auth,
 )
 from .clock import Clock, SystemClock
-from .dispatcher import AsyncDispatcher, Dispatcher, UnsentDeliveriesWarning
+from .dispatcher import AsyncDispatcher, Dispatcher
 from .errors import (
     AuthError,
     BlockedAddress,
@@ -45,6 +45,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
     TenantLimitExceeded,
+    UnsentDeliveriesWarning,
     WebhookDispatchError,
 )
 from .events import Hooks, OperationalEvent

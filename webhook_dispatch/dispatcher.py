@@ -40,6 +40,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     StopTimeout,
+    UnsentDeliveriesWarning,
 )
 from .events import OPERATIONAL_PREFIX, OperationalEvent
 from .filters import FilterIndex, compile_filter
@@ -95,7 +96,6 @@ __all__ = [
     "PURGE_BATCH",
     "REPLAY_BATCH",
     "ReplayProgress",
-    "UnsentDeliveriesWarning",
     "AsyncDispatcher",
     "Dispatcher",
     "EventSpec",
@@ -179,10 +179,6 @@ def _check_idempotency_key(key: object) -> str | None:
             "idempotency_key must be a string of 1 to 255 characters without control characters"
         )
     return key
-
-
-class UnsentDeliveriesWarning(UserWarning):
-    """A dispatcher on the default in-memory store closed with deliveries not sent."""
 
 
 class _ImplicitStore(str):

@@ -27,7 +27,9 @@ WebhookDispatchError
 │   └── SchemaError                        foreign, corrupt or newer-than-known database
 │                                          .schema .found_version .supported_version
 ├── DrainIncomplete (RuntimeError)         `testing.drain()` gave up with work still pending
-└── StopTimeout (TimeoutError)             `Dispatcher.stop(timeout=)` waited in vain  .timeout
+├── StopTimeout (TimeoutError)             `Dispatcher.stop(timeout=)` waited in vain  .timeout
+└── UnsentDeliveriesWarning (UserWarning)  a warning, not raised: a `Dispatcher()` given no
+                                           store closed with deliveries not yet sent
 ```
 
 Every error has ``.subscription`` and ``.message`` (None unless the library knows which
@@ -69,6 +71,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TenantLimitExceeded",
+    "UnsentDeliveriesWarning",
     "WebhookDispatchError",
 ]
 
@@ -387,3 +390,9 @@ class StopTimeout(WebhookDispatchError, TimeoutError):
     ) -> None:
         super().__init__(text, subscription=subscription, message=message)
         self.timeout = timeout
+
+
+class UnsentDeliveriesWarning(WebhookDispatchError, UserWarning):
+    """Issued (with `warnings.warn`, never raised) when a `Dispatcher` that was given no
+    store, so keeps everything in memory, closes with deliveries not yet sent: they are
+    lost."""

@@ -141,6 +141,7 @@ class Processes:
         with contextlib.suppress(ProcessLookupError):
             process.kill()  # not a group leader (started with start_new_session=False)
         process.wait()
+        _wait_until_group_gone(process.pid)
 
     def finish(
         self,
@@ -256,6 +257,30 @@ class Processes:
             # Closes the pipes; a grandchild that left the group could hold them open.
             with contextlib.suppress(ValueError, OSError, subprocess.TimeoutExpired):
                 process.communicate(timeout=10)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes in group ``pgid``, read from ``/proc``; empty
+    where there is no ``/proc``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _wait_until_group_gone(pgid: int, *, limit: float = 30) -> None:
+    """SIGKILL is delivered asynchronously: a grandchild may still be running for a
+    moment after ``killpg`` returns. Wait until none is (``limit`` is a safety net)."""
+    deadline = time.monotonic() + limit
+    while _group_members(pgid) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def _text(output: str | bytes | None) -> str:

@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -630,22 +630,26 @@ def test_demo_lines_hide_the_store_password(
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "expected"),
     [
-        f"postgresql://app:{STORE_PASSWORD}@127.0.0.1:1/db?connect_timeout=2",
-        f"postgresql://:{STORE_PASSWORD}@127.0.0.1:1/db?connect_timeout=2",
-        f"postgresql://app@127.0.0.1:1/db?connect_timeout=2&password={STORE_PASSWORD}",
-        f"postgresql//app:{STORE_PASSWORD}@127.0.0.1:1/db",
-        f"host=127.0.0.1 port=1 dbname=db password={STORE_PASSWORD}",
+        # Well-formed, but port 1 on loopback is closed: the command ran and failed (1).
+        (f"postgresql://app:{STORE_PASSWORD}@127.0.0.1:1/db?connect_timeout=2", 1),
+        (f"postgresql://:{STORE_PASSWORD}@127.0.0.1:1/db?connect_timeout=2", 1),
+        (f"postgresql://app@127.0.0.1:1/db?connect_timeout=2&password={STORE_PASSWORD}", 1),
+        # Not a store URL at all: a bad value on the command line (2).
+        (f"postgresql//app:{STORE_PASSWORD}@127.0.0.1:1/db", 2),
+        (f"host=127.0.0.1 port=1 dbname=db password={STORE_PASSWORD}", 2),
     ],
 )
-def test_store_errors_from_every_command_hide_the_password(cli: Runner, url: str) -> None:
+def test_store_errors_from_every_command_hide_the_password(
+    cli: Runner, url: str, expected: int
+) -> None:
     if "://" in url:
         pytest.importorskip("psycopg")
-    # Port 1 on loopback is closed: the store fails at once, before any command runs.
+    # The store fails at once, before any command runs.
     for command in (["worker"], ["demo"], ["stats"], ["subscriptions", "list"]):
         code, out, err = cli(*command, "--store", url, store=False)
-        assert code == 2 and err.startswith("error: "), (command, err)
+        assert code == expected and err.startswith("error: "), (command, err)
         assert STORE_PASSWORD not in out + err
 
 
@@ -705,6 +709,9 @@ def test_worker_says_what_it_does_and_logs_json(tmp_path: Path, processes: Proce
     store = "sqlite:///" + (tmp_path / "worker.db").as_posix()
     with wd.Dispatcher(store, allow_private_networks=True) as dispatcher:
         sub = dispatcher.subscribe("http://127.0.0.1:9/hook")
+    # Published with the defaults the worker runs with (a publisher allowing private
+    # networks would make the worker refuse to start: see test_worker_refuses_...).
+    with wd.Dispatcher(store) as dispatcher:
         message = dispatcher.publish("order.created", {"id": "ord_1"})
     worker = processes.start(
         [
@@ -732,3 +739,166 @@ def test_worker_says_what_it_does_and_logs_json(tmp_path: Path, processes: Proce
     assert logged["delivery_status"] == "failed"
     stopped = processes.terminate(worker)
     assert stopped.returncode == 0
+
+
+@pytest.mark.slow
+def test_worker_logs_progress_lines_while_it_runs(
+    tmp_path: Path, loopback: LoopbackReceiver, processes: Processes
+) -> None:
+    """``--progress-every``: each line counts what happened since the previous one, so
+    the lines add up to every attempt made; and says where the store stands."""
+    store = "sqlite:///" + (tmp_path / "worker.db").as_posix()
+    loopback.route("/ok", [200])
+    loopback.route("/flaky", [503, 200])
+    with wd.Dispatcher(store, allow_private_networks=True) as d:
+        d.subscribe(loopback.url("/ok"))
+        d.subscribe(loopback.url("/flaky"), retry=[0, 0])  # the endpoint's own schedule
+        for number in range(3):
+            d.publish("order.created", {"id": number})
+    worker = processes.start(
+        [
+            sys.executable,
+            "-m",
+            "webhook_dispatch",
+            "worker",
+            "--store",
+            store,
+            "--allow-private-networks",
+            "--log-format",
+            "json",
+            "--progress-every",
+            "0.2",
+        ],
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert "webhook-dispatch worker" in processes.read_line(worker)
+    totals = {"attempts": 0, "delivered": 0, "retrying": 0, "given_up": 0}
+    last: dict[str, Any] = {}
+    while not (totals["delivered"] == 6 and last.get("pending") == 0):
+        line = processes.read_line(worker)
+        assert line, "the worker exited"
+        record = json.loads(line)
+        if not record["message"].startswith("progress: "):
+            continue  # the retried attempt's own INFO line
+        last = record
+        for name in totals:
+            totals[name] += record[name]
+        assert record["level"] == "info" and record["in_flight"] >= 0
+    # /flaky answered 503 once: one attempt to retry, then its second attempt succeeded.
+    assert totals == {"attempts": 7, "delivered": 6, "retrying": 1, "given_up": 0}
+    assert last["oldest_pending_seconds"] is None
+    assert processes.terminate(worker).returncode == 0
+
+
+def test_exit_codes_tell_a_failure_from_a_wrong_command_line(cli: Runner) -> None:
+    """0 done; 1 the command ran and failed (an unknown id); 2 the command line is wrong
+    (a bad value, an unknown option)."""
+    assert cli("subscriptions", "add", "https://h.example/in")[0] == 0
+    code, _, err = cli("retry", "dlv_01aaaaaaaaaaaaaaaaaaaaaaaa")
+    assert code == 1 and err.startswith("error: ")
+    code, _, err = cli("subscriptions", "add", "ftp://h.example/in")
+    assert code == 2 and err.startswith("error: ")
+    with pytest.raises(SystemExit) as exited:
+        cli("subscriptions", "list", "--no-such-option")
+    assert exited.value.code == 2
+
+
+def test_every_action_speaks_json_for_scripts(cli: Runner, store: str) -> None:
+    """``--json`` on the commands that change things: one JSON object saying what was
+    done, with no progress bar on stderr."""
+    cli("subscriptions", "add", "https://h.example/a")
+    [message] = _deliver(store, "order.created", script=[500])
+    with wd.Dispatcher(store) as dispatcher:
+        [delivery] = dispatcher.deliveries(message_id=message.id)
+        sub = delivery.subscription_id
+
+    def run(*argv: str) -> dict[str, Any]:
+        code, out, err = cli(*argv, "--json")
+        assert code == 0 and err == "", (argv, err)
+        document = json.loads(out)
+        assert isinstance(document, dict)
+        return document
+
+    added = run("subscriptions", "add", "https://h.example/b", "--event-type", "order.*")
+    assert added["subscription"]["url"] == "https://h.example/b"
+    assert added["secret"].startswith("whsec_")  # generated: shown this once
+    assert "secret" not in added["subscription"]
+    retried = run("retry", delivery.id)
+    assert retried["scheduled"] is True and retried["delivery"]["id"] == delivery.id
+    assert run("subscriptions", "disable", sub, "--reason", "maintenance")["enabled"] is False
+    assert run("subscriptions", "enable", sub)["enabled"] is True
+    assert run("resend", message.id, sub)["message_id"] == message.id
+    recovered = run("recover", sub, "--since", "1h")
+    assert recovered["subscription_id"] == sub and isinstance(recovered["deliveries"], list)
+    assert run("replay", sub, "--since", "1h")["queued"] >= 0
+    dry = run("purge", "--older-than", "1s", "--dry-run")
+    assert dry == {"dry_run": True, "messages": 0, "before": dry["before"]}
+    assert run("purge", "--older-than", "1s", "--yes")["messages"] == 0
+    assert run("subscriptions", "remove", sub) == {"removed": sub, "url": "https://h.example/a"}
+    cli("tenants", "set", "acme")
+    assert run("tenants", "delete", "acme", "--yes") == {"deleted": "acme", "messages": 0}
+
+
+def _doctor(cli: Runner, *argv: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    code, out, err = cli("doctor", "--json", *argv)
+    document = json.loads(out)
+    assert document["ok"] is (code == 0), err
+    checks: dict[str, dict[str, Any]] = {}
+    for check in document["checks"]:
+        checks[check["name"]] = check
+    return code, checks
+
+
+def test_doctor_names_each_endpoint_the_guard_would_refuse(cli: Runner, store: str) -> None:
+    with wd.Dispatcher(store, allow_private_networks=True) as dispatcher:
+        local = dispatcher.subscribe("http://localhost:8000/hook")  # /etc/hosts: loopback
+        nowhere = dispatcher.subscribe("https://nowhere.invalid/hook")  # never resolves
+        dispatcher.subscribe("https://93.184.216.34/hook")  # a public literal: fine
+        metadata = dispatcher.subscribe("http://169.254.169.254/latest")
+        dispatcher.disable(metadata.id, reason="test")
+    code, checks = _doctor(cli)
+    assert code == 1
+    assert checks["store"]["status"] == "ok" and "schema version" in checks["store"]["detail"]
+    assert checks["store file"]["status"] == "ok"  # created readable by its owner only
+    refused = checks[f"endpoint {local.id}"]
+    assert refused["status"] == "problem" and "127.0.0.1 (loopback)" in refused["detail"]
+    assert "allow_private_networks=True" in refused["fix"]
+    assert checks[f"endpoint {nowhere.id}"]["status"] == "warning"
+    assert len([name for name in checks if name.startswith("endpoint ")]) == 2  # not disabled
+    assert checks["disabled"]["status"] == "warning"
+    assert checks["secrets"]["status"] == "warning"  # no encryption at rest: said plainly
+    # Judged as a worker allowing private networks would: the endpoint is fine then.
+    code, checks = _doctor(cli, "--allow-private-networks")
+    assert f"endpoint {local.id}" not in checks and checks["network guard"]["status"] == "warning"
+
+
+def test_doctor_finds_a_store_others_can_read_and_settings_that_differ(
+    cli: Runner, store: str
+) -> None:
+    with wd.Dispatcher(store, retry=wd.RetryPolicy.fixed([0, 1])) as dispatcher:
+        dispatcher.subscribe("https://93.184.216.34/hook")
+        dispatcher.publish("order.created", {"id": 1})
+    path = Path(store.removeprefix("sqlite:///"))
+    path.chmod(0o644)
+    code, checks = _doctor(cli)
+    assert code == 1
+    assert checks["store file"]["status"] == "problem"
+    assert checks["store file"]["fix"] == f"chmod 600 {path}"
+    assert checks["settings"]["status"] == "problem" and "retry:" in checks["settings"]["detail"]
+    assert checks["endpoints"] == {
+        "name": "endpoints",
+        "status": "ok",
+        "detail": "1 enabled endpoint reachable",
+        "fix": None,
+    }
+    path.chmod(0o600)
+
+
+def test_doctor_reports_a_missing_store_as_a_problem(cli: Runner) -> None:
+    code, out, _ = cli("doctor")
+    assert code == 1
+    assert out.splitlines()[0].startswith("problem  store  no store at")
+    assert out.splitlines()[-1] == "doctor: 1 problem, 0 warnings"

@@ -4,12 +4,15 @@ transactions, the worker command delivers to a real loopback receiver, settings 
 are clear.
 
 On PostgreSQL the store lives in Django's own database and a publish inside ``atomic()``
-is written on Django's psycopg connection (the outbox); on SQLite it waits for
-``transaction.on_commit``. Either way a view that raises sends nothing.
+is written on Django's psycopg connection (the outbox); so it is with a SQLite store in
+the Django database's own file ("sqlite-outbox", on Django's sqlite3 connection); with a
+SQLite store in another file it waits for ``transaction.on_commit``. Either way a view
+that raises sends nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -113,10 +116,13 @@ def _orders(alias: str) -> list[str]:
         return [row[0] for row in cursor.fetchall()]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", "sqlite-outbox", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """Settings for one database: on SQLite a SQLite store file next to it; on
-    PostgreSQL no STORE, so the store is Django's database (a fresh schema)."""
+    """Settings for one database: on SQLite a SQLite store file next to it, or the
+    Django database's own file; on PostgreSQL no STORE, so the store is Django's
+    database (a fresh schema)."""
     options = {"allow_private_networks": True}
     if request.param == "sqlite":
         alias = "default"
@@ -124,6 +130,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
             "STORE": f"sqlite:///{tmp_path / 'webhooks.db'}",
             "OPTIONS": options,
         }
+    elif request.param == "sqlite-outbox":
+        alias = "default"
+        config = {"STORE": f"sqlite:///{_django_file(alias)}", "OPTIONS": options}
     else:
         request.getfixturevalue("postgres_dsn")  # skips, or fails when unreachable
         alias = "postgres"
@@ -143,6 +152,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     with connections[alias].cursor() as cursor:
         cursor.execute(f"DROP TABLE {ORDERS}")
     connections[alias].close()
+    if request.param == "sqlite-outbox":  # the store's tables go with the file
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(_django_file(alias) + suffix)
+
+
+def _django_file(alias: str) -> str:
+    return str(connections[alias].settings_dict["NAME"])
 
 
 @pytest.fixture
@@ -204,6 +221,7 @@ def test_inside_atomic_the_event_exists_only_after_commit(
 
             raw = connections[backend].connection
             assert isinstance(raw, psycopg.Connection)  # Django's backend is psycopg 3
+        if current.outbox:
             # The outbox: written inside Django's transaction, not deferred.
             assert transaction.get_connection(backend).run_on_commit == []
         else:
@@ -260,6 +278,83 @@ def test_idempotency_key_inside_atomic(backend: str, receiver: LoopbackReceiver)
     assert len(get_dispatcher().messages()) == 1
     _deliver()
     assert len(receiver.requests_to("/hooks")) == 1
+
+
+# -- a SQLite store in the Django database's own file -----------------------------------------
+@pytest.fixture
+def shared_file(tmp_path: Any) -> Iterator[str]:
+    """The Django database's file, holding one of Django's tables (the orders) before
+    the store ever opens it; removed, with the store's tables, afterwards."""
+    alias = "default"
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {ORDERS} (id varchar(40) PRIMARY KEY, total int)")
+    name = str(connections[alias].settings_dict["NAME"])
+    yield name
+    reset_dispatcher()
+    connections[alias].close()
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name + suffix)
+
+
+def test_a_sqlite_store_in_the_django_file_writes_on_djangos_connection(
+    shared_file: str, loopback: LoopbackReceiver
+) -> None:
+    url = loopback.route("/hooks", [200], secret=SECRET)
+    config = {"STORE": f"sqlite:///{shared_file}", "OPTIONS": {"allow_private_networks": True}}
+    with override_settings(WEBHOOK_DISPATCH=config):
+        current = get_dispatcher()
+        assert current.outbox is True
+        current.subscribe(url, event_types=["order.*"], secret=SECRET)
+        with transaction.atomic():
+            with connections["default"].cursor() as cursor:
+                cursor.execute(f"INSERT INTO {ORDERS} (id, total) VALUES (%s, %s)", ["o1", 1])
+            message = publish("order.created", {"id": "o1"})
+            assert transaction.get_connection().run_on_commit == []
+            # Django's own sqlite3 connection holds it, uncommitted.
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM messages WHERE id = %s", [message.id])
+                assert cursor.fetchone() == (1,)
+            assert current.deliveries(message_id=message.id) == []
+        assert "1 attempt(s) made" in _deliver()
+    assert [r.webhook_id for r in loopback.requests_to("/hooks")] == [message.id]
+
+
+def test_outbox_false_keeps_on_commit_for_the_django_file(shared_file: str) -> None:
+    with override_settings(WEBHOOK_DISPATCH={"STORE": f"sqlite:///{shared_file}", "OUTBOX": False}):
+        current = get_dispatcher()
+        current.subscribe("https://example.com/hooks")
+        with transaction.atomic():
+            message = publish("order.created", {})
+            assert len(transaction.get_connection().run_on_commit) == 1
+        assert len(current.deliveries(message_id=message.id)) == 1
+
+
+def test_outbox_true_with_a_sqlite_store_in_another_file_is_refused_at_publish(
+    tmp_path: Any,
+) -> None:
+    config = {"STORE": f"sqlite:///{tmp_path / 'elsewhere.db'}", "OUTBOX": True}
+    with override_settings(WEBHOOK_DISPATCH=config):
+        get_dispatcher().subscribe("https://example.com/hooks")
+        with (
+            transaction.atomic(),
+            pytest.raises(wd.ConfigurationError, match="store's file"),
+        ):
+            publish("order.created", {})
+        assert get_dispatcher().messages() == []
+    reset_dispatcher()
+    connections["default"].close()
+
+
+def test_the_command_line_opens_the_shared_django_file_first(
+    shared_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``manage.py webhook_dispatch`` before any publish: the file holds only Django's
+    tables, and the command adds ours rather than refusing a foreign database."""
+    with override_settings(WEBHOOK_DISPATCH={"STORE": f"sqlite:///{shared_file}"}):
+        call_command("webhook_dispatch", "subscriptions", "add", "https://example.com/hooks")
+        assert "whsec_" in capsys.readouterr().out
+        assert [s.url for s in get_dispatcher().subscriptions()] == ["https://example.com/hooks"]
 
 
 # -- configuration --------------------------------------------------------------------------

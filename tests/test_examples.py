@@ -147,6 +147,59 @@ def test_the_fastapi_app_delivers_from_its_lifespan_worker(
     assert status in (0, -signal.SIGTERM), output
 
 
+def test_fastapi_app_and_a_worker_with_app_deliver_to_a_standardwebhooks_receiver(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """The newcomer's path: a FastAPI app publishes, ``webhook-dispatch worker --app``
+    delivers with the app's own retry policy and hook, and the receiver verifies each
+    signature with the ``standardwebhooks`` package."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("standardwebhooks")
+    shutil.copytree(EXAMPLES / "fastapi_worker", tmp_path / "shop")
+    shutil.copy(EXAMPLES / "receiver.py", tmp_path)
+    folder = tmp_path / "shop"
+    receiver_port, app_port = free_port(), free_port()
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base_env.pop("WEBHOOK_DISPATCH_STORE", None)
+    receiver = start(
+        processes,
+        ["../receiver.py", "--port", str(receiver_port), "--verify-with", "standardwebhooks"],
+        folder,
+        base_env,
+    )
+    assert "listening on" in processes.read_line(receiver)
+    env = {**base_env, "WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/hooks"}
+    server = start(processes, ["-m", "uvicorn", "app:app", "--port", str(app_port)], folder, env)
+    base = f"http://127.0.0.1:{app_port}"
+    wait_until_serving(f"{base}/docs", server)
+    worker = start(
+        processes,
+        ["-m", "webhook_dispatch", "worker", "--app", "webhooks:make_dispatcher"],
+        folder,
+        env,
+    )
+    startup = processes.read_line(worker)
+    assert "store app webhooks:make_dispatcher" in startup, startup
+    assert "retry 4 attempts (0s, 2s, 10s, 1m)" in startup
+    response = httpx.post(f"{base}/orders", params={"total": 4200}, timeout=10)
+    assert response.status_code == 200
+    webhook_id = response.json()["webhook_id"]
+    line = processes.read_line(receiver)
+    assert line.startswith(f"verified {webhook_id} order.created"), line
+    assert "'total': 4200" in line
+    status, output = stop(processes, worker)
+    assert status == 0, output
+    # A worker without --app refuses: the app publishes with another retry policy.
+    refused = processes.run(
+        [sys.executable, "-m", "webhook_dispatch", "worker", "--allow-private-networks"],
+        cwd=folder,
+        env=env,
+        text=True,
+    )
+    assert refused.returncode == 1 and "refusing to start" in refused.stderr
+    assert "webhooks.report_given_up" in refused.stderr
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def django_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
     """The Django example on SQLite, and on PostgreSQL (the outbox) when the test server

@@ -37,6 +37,7 @@ BAD_OPTIONS: list[tuple[str, Any]] = [
     ("allowed_networks", "10.0.0.0/8"),
     ("allowed_networks", ["intranet"]),
     ("https_only", 1),
+    ("resolve", {"hooks.example.com": ["192.0.2.1"]}),
     ("default_max_in_flight", 0),
     ("default_max_in_flight", "auto"),
     ("auto_disable", "bad"),

@@ -161,6 +161,7 @@ def test_schema_tables_indexes_and_repr(postgres_dsn: str, postgres_schema: str)
         "tenants",
         "subscription_changes",
         "event_types",
+        "settings",
     }
     [(kind, default)] = _sql(
         postgres_dsn,
@@ -252,6 +253,7 @@ def undo_version_7(dsn: str, schema: str) -> None:
     _sql(dsn, f"ALTER TABLE {schema}.messages DROP COLUMN test")
     _sql(dsn, f"ALTER TABLE {schema}.attempts DROP COLUMN request_headers")
     _sql(dsn, f"DROP TABLE {schema}.event_types")
+    _sql(dsn, f"DROP TABLE {schema}.settings")
     _sql(dsn, f"UPDATE {schema}.webhook_dispatch_meta SET value = 6 WHERE key = 'schema_version'")
 
 

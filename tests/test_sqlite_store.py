@@ -172,6 +172,7 @@ def undo_version_7(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE messages DROP COLUMN test")
     connection.execute("ALTER TABLE attempts DROP COLUMN request_headers")
     connection.execute("DROP TABLE event_types")
+    connection.execute("DROP TABLE settings")
     connection.execute("UPDATE webhook_dispatch_meta SET value = 6 WHERE key = 'schema_version'")
 
 

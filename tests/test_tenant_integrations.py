@@ -87,38 +87,44 @@ def _assert_received(
         assert all(r.verified is True for r in received), tenant
 
 
-# -- the outbox on SQLite: refused, the application's transaction untouched ---------------
-def test_sqlite_store_refuses_the_apps_connection_and_stores_nothing(
+# -- the outbox on SQLite: the application's own connection to the store's file ----------
+def test_sqlite_outbox_commit_reaches_the_tenant_and_rollback_no_one(
     tmp_path: Path, loopback: LoopbackReceiver
 ) -> None:
-    """SQLite cannot join the caller's transaction (only PostgreSQL can): ``connection=``
-    is refused before anything is written, with or without a tenant, and the caller's
-    own open transaction goes on. Publishing after its commit reaches only acme."""
+    """``connection=`` with the application's sqlite3 connection to the store's file:
+    each event reaches only its tenant's endpoint once committed, none when rolled back;
+    a connection to another file is refused with nothing written, tenant or not."""
     path = tmp_path / "shop.db"
     with wd.Dispatcher(f"sqlite:///{path}", allow_private_networks=True) as dispatcher:
         subscriptions = _subscribe_all(dispatcher, loopback)
         app = sqlite3.connect(path)
+        other = sqlite3.connect(tmp_path / "other.db")
         try:
             app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
             app.commit()
             app.execute("INSERT INTO orders VALUES (1)")
-            assert app.in_transaction
-            with pytest.raises(wd.ConfigurationError, match="PostgreSQL"):
-                dispatcher.publish("order.created", {"id": 1}, connection=app, tenant="acme")
-            with pytest.raises(wd.ConfigurationError, match="PostgreSQL"):
-                dispatcher.publish_many(
-                    [("order.created", {"id": 1}, None, "acme")], connection=app
-                )
-            assert app.in_transaction
+            dispatcher.publish("order.created", {"id": 1}, connection=app, tenant="globex")
+            app.rollback()
+
+            app.execute("INSERT INTO orders VALUES (2)")
+            acme = dispatcher.publish("order.created", {"id": 2}, connection=app, tenant="acme")
+            [own, globex] = dispatcher.publish_many(
+                [("order.created", {"id": 2}), ("order.paid", {"id": 2}, None, "globex")],
+                connection=app,
+            )
+            with pytest.raises(wd.ConfigurationError, match="store's file"):
+                dispatcher.publish("order.created", {}, connection=other, tenant="acme")
+            with pytest.raises(wd.InvalidTenant):
+                dispatcher.publish("order.created", {}, connection=app, tenant=BAD_TENANT)
+            assert dispatcher.messages(tenant=wd.ALL_TENANTS) == []  # not committed yet
             app.commit()
-            assert app.execute("SELECT count(*) FROM orders").fetchone() == (1,)
         finally:
             app.close()
-        assert dispatcher.messages() == []
-        message = dispatcher.publish("order.created", {"id": 1}, tenant="acme")
-        _assert_stored(dispatcher, subscriptions, {"acme": [message]})
-        assert dispatcher.run_until_idle() == 1
-    _assert_received(loopback, {"acme": [message.id]})
+            other.close()
+        assert (acme.tenant, own.tenant, globex.tenant) == ("acme", None, "globex")
+        _assert_stored(dispatcher, subscriptions, {"acme": [acme], "globex": [globex], None: [own]})
+        assert dispatcher.run_until_idle() == 3
+    _assert_received(loopback, {"acme": [acme.id], "globex": [globex.id], None: [own.id]})
 
 
 # -- the outbox on PostgreSQL -------------------------------------------------------------
@@ -354,12 +360,16 @@ class _DjangoURLs:
     urlpatterns: ClassVar[list[Any]] = []
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", "sqlite-outbox", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def django_backend(
     request: pytest.FixtureRequest, tmp_path: Path, django_settings: Any
 ) -> Iterator[str]:
     """The Django database alias the store follows: on SQLite a separate SQLite store
-    (``on_commit``); on PostgreSQL the store in Django's database (the outbox)."""
+    (``on_commit``) or a store in the Django database's own file (the outbox, on
+    Django's sqlite3 connection); on PostgreSQL the store in Django's database (the
+    outbox)."""
     from django.db import connections
     from django.test import override_settings
     from django.urls import path
@@ -374,6 +384,10 @@ def django_backend(
             "STORE": f"sqlite:///{tmp_path / 'webhooks.db'}",
             "OPTIONS": options,
         }
+    elif request.param == "sqlite-outbox":
+        alias = "default"
+        shared = str(connections[alias].settings_dict["NAME"])
+        config = {"STORE": f"sqlite:///{shared}", "OPTIONS": options}
     else:
         request.getfixturevalue("postgres_dsn")  # skips, or fails when unreachable
         alias = "postgres"
@@ -386,6 +400,10 @@ def django_backend(
         yield alias
     reset_dispatcher()
     connections[alias].close()
+    if request.param == "sqlite-outbox":  # the store's tables go with the file
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(shared + suffix)
 
 
 def _django_deliver() -> str:
@@ -446,8 +464,8 @@ def test_django_atomic_commit_keeps_the_tenant_and_rollback_stores_nothing(
         assert message.tenant == "acme"
         assert current.deliveries(message_id=message.id) == []  # not committed yet
         pending_hooks = transaction.get_connection(django_backend).run_on_commit
-        # PostgreSQL: written in Django's transaction; SQLite: stored from on_commit.
-        assert len(pending_hooks) == (0 if django_backend == "postgres" else 1)
+        # The outbox: written in Django's transaction; else stored from on_commit.
+        assert len(pending_hooks) == (0 if current.outbox else 1)
     with pytest.raises(RuntimeError, match="payment declined"):
         Client().post("/orders?tenant=globex&fail=1")
     with pytest.raises(RuntimeError, match="rolled back"):

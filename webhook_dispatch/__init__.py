@@ -25,6 +25,7 @@ from .dispatcher import AsyncDispatcher, Dispatcher
 from .errors import (
     AuthError,
     BlockedAddress,
+    BlockedEndpoint,
     ConfigurationError,
     DrainIncomplete,
     InvalidAuth,
@@ -90,6 +91,7 @@ __all__ = [
     "BasicAuth",
     "BearerToken",
     "BlockedAddress",
+    "BlockedEndpoint",
     "Clock",
     "ConfigurationError",
     "DEFAULT_SCHEDULE",

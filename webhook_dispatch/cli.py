@@ -8,17 +8,25 @@ with ``--json``. Secrets are printed once, when ``subscriptions add`` generates 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import inspect
+import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+import urllib.parse
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -26,25 +34,41 @@ from typing import Any
 
 import attrs
 
+from . import _settings
 from ._receiver import LoopbackReceiver
 from ._redact import redact_store_url
 from ._version import __version__
 from .auth import auth_to_document
-from .dispatcher import Dispatcher, ReplayProgress
+from .dispatcher import AsyncDispatcher, Dispatcher, ReplayProgress
 from .errors import ConfigurationError, InvalidStoreURL, WebhookDispatchError
 from .formats import BODY_FORMATS
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
-from .paging import DEFAULT_PAGE_SIZE, Page
+from .netguard import NetworkPolicy, parse_host_literal
+from .paging import DEFAULT_PAGE_SIZE, Page, every
 from .retry import RetryPolicy
 from .signing import generate_secret, public_key, signer_names
+from .stores._core import SCHEMA_VERSION
+from .stores.memory import MemoryStore
 from .stores.sqlite import SQLiteStore
 
-__all__ = ["DEFAULT_STORE", "STORE_ENV", "format_table", "main", "parse_moment"]
+logger = logging.getLogger("webhook_dispatch.cli")
+
+__all__ = [
+    "APP_ENV",
+    "DEFAULT_STORE",
+    "STORE_ENV",
+    "format_table",
+    "load_app",
+    "main",
+    "parse_moment",
+]
 
 DEFAULT_STORE = "sqlite:///webhooks.db"
 """The store commands use when neither ``--store`` nor ``WEBHOOK_DISPATCH_STORE`` is set."""
 STORE_ENV = "WEBHOOK_DISPATCH_STORE"
 """The environment variable naming the default store URL."""
+APP_ENV = "WEBHOOK_DISPATCH_APP"
+"""The environment variable naming the application's dispatcher (as ``--app`` does)."""
 
 _DEMO_RETRY = (0.0, 0.5, 1.0, 2.0)
 _DEMO_DEADLINE = 15.0
@@ -287,10 +311,104 @@ def _positive(text: str) -> int:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _open(args: argparse.Namespace, *, create: bool = False) -> Dispatcher:
-    """The dispatcher of ``--store``. Only commands that set a store up (``create``)
-    may make a new SQLite file: inspecting a mistyped path must not leave an empty
-    database behind it."""
+def load_app(spec: str) -> Dispatcher | AsyncDispatcher:
+    """The application's dispatcher named by ``spec``, ``"package.module:attribute"``
+    (the import-string convention of uvicorn, gunicorn and ``celery -A``).
+
+    The attribute (``dispatcher`` when ``spec`` names only a module; dots reach into
+    objects) is a `Dispatcher` or `AsyncDispatcher`, or a callable taking no arguments
+    that returns one (a factory). The current directory is importable, as it is for
+    ``python -m``. Raises `ConfigurationError` saying what could not be found.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigurationError("--app needs 'package.module:attribute'")
+    module_name, _, attribute = spec.strip().partition(":")
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise ConfigurationError(f"--app {spec!r}: {module_name!r} is not a module name")
+    path = attribute or "dispatcher"
+    if not all(part.isidentifier() for part in path.split(".")):
+        raise ConfigurationError(f"--app {spec!r}: {path!r} is not an attribute name")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # the application's own import failed: its traceback says why
+        raise ConfigurationError(
+            f"--app {spec!r}: no module named {exc.name!r} (run from the project's folder, "
+            "or install it)"
+        ) from None
+    for part in path.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"--app {spec!r}: {module_name} has no attribute {path!r}"
+            ) from None
+    if not isinstance(found, (Dispatcher, AsyncDispatcher)) and callable(found):
+        found = found()
+        if inspect.isawaitable(found):
+            if inspect.iscoroutine(found):
+                found.close()
+            raise ConfigurationError(
+                f"--app {spec!r} is an async function: make the factory a plain function "
+                "that returns the AsyncDispatcher"
+            )
+    if not isinstance(found, (Dispatcher, AsyncDispatcher)):
+        raise ConfigurationError(
+            f"--app {spec!r} is a {type(found).__name__}, not a webhook_dispatch.Dispatcher, "
+            "an AsyncDispatcher, or a function returning one"
+        )
+    return found
+
+
+def _app_spec(args: argparse.Namespace) -> str | None:
+    given: str | None = getattr(args, "app", None)
+    return given or os.environ.get(APP_ENV) or None
+
+
+@contextlib.contextmanager
+def _open(
+    args: argparse.Namespace, *, create: bool = False, **overrides: Any
+) -> Iterator[Dispatcher]:
+    """The application's dispatcher (``--app``), or one on ``--store``; closed after.
+
+    Only commands that set a store up (``create``) may make a new SQLite file: inspecting
+    a mistyped path must not leave an empty database behind it. ``overrides`` are options
+    a command line may change (the worker's ``--concurrency``).
+    """
+    spec = _app_spec(args)
+    if spec is not None:
+        if getattr(args, "store", None):
+            raise _UsageError(
+                "--store and --app both name a store: the application's dispatcher brings "
+                "its own (drop --store, or set it in the application)"
+            )
+        if getattr(args, "allow_private_networks", False):
+            raise _UsageError(
+                "--allow-private-networks and --app: the network guard is the "
+                "application's setting (allow_private_networks=True in its dispatcher)"
+            )
+        app = load_app(spec)
+        try:
+            if isinstance(app.store, MemoryStore):
+                raise ConfigurationError(
+                    f"--app {spec!r}: that dispatcher keeps its deliveries in memory, which "
+                    "no other process can read; give it a store such as "
+                    "'sqlite:///webhooks.db' or a PostgreSQL URL"
+                )
+            if isinstance(app, Dispatcher) and not overrides:
+                yield app
+            else:  # the sync face of the same configuration, on the same store
+                with Dispatcher(app.store, app.options, **overrides) as dispatcher:
+                    yield dispatcher
+        finally:
+            if isinstance(app, AsyncDispatcher):
+                asyncio.run(app.aclose())
+            else:
+                app.close()
+        return
     url = _store_url(args)
     if not create and url.partition("://")[0].lower() == "sqlite":
         path = SQLiteStore.path_of(url)
@@ -302,7 +420,12 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> Dispatcher:
                 path=path,
             )
     allow = bool(getattr(args, "allow_private_networks", False))
-    return Dispatcher(url, allow_private_networks=allow)
+    with Dispatcher(url, allow_private_networks=allow, **overrides) as dispatcher:
+        yield dispatcher
+
+
+class _UsageError(ConfigurationError):
+    """Options that cannot go together on the command line (exit code 2, with usage)."""
 
 
 def _cmd_subscriptions_list(args: argparse.Namespace) -> int:
@@ -387,7 +510,16 @@ def _cmd_subscriptions_add(args: argparse.Namespace) -> int:
             body_format=args.body_format,
             event_source=args.event_source,
             tenant=args.tenant,
+            resolve_host=args.resolve_host,
         )
+    if args.json:
+        document: dict[str, Any] = {"subscription": _subscription_json(subscription)}
+        if subscription.signature == "standard-ed25519":
+            document["public_key"] = public_key(subscription.secret)
+        elif given_secret is None:
+            document["secret"] = subscription.secret  # shown once, as in the text output
+        print(json.dumps(document, indent=2))
+        return 0
     print(f"created subscription {subscription.id}")
     if subscription.tenant is not None:
         print(f"  tenant:      {subscription.tenant}")
@@ -548,10 +680,17 @@ def _cmd_tenants_delete(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        progress = _Progress(f"deleting tenant {tenant.id}")
-        removed = dispatcher.delete_tenant(args.id, on_progress=progress.update)
-        progress.done()
-    print(f"deleted tenant {args.id}: {removed} messages with their deliveries and attempts")
+        progress = None if args.json else _Progress(f"deleting tenant {tenant.id}")
+        removed = dispatcher.delete_tenant(
+            args.id, on_progress=None if progress is None else progress.update
+        )
+        if progress is not None:
+            progress.done()
+    _report(
+        args,
+        f"deleted tenant {args.id}: {removed} messages with their deliveries and attempts",
+        {"deleted": args.id, "messages": removed},
+    )
     return 0
 
 
@@ -580,17 +719,34 @@ def _metadata_item(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _report(args: argparse.Namespace, text: str, document: Mapping[str, Any]) -> None:
+    """Print what an action did: ``text`` for people, or ``document`` as one JSON object
+    with ``--json``."""
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2))
+    else:
+        print(text)
+
+
 def _cmd_subscriptions_disable(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         subscription = dispatcher.disable(args.id, reason=args.reason)
-    print(f"disabled {subscription.id} ({subscription.disabled_reason}); pending deliveries held")
+    _report(
+        args,
+        f"disabled {subscription.id} ({subscription.disabled_reason}); pending deliveries held",
+        _subscription_json(subscription),
+    )
     return 0
 
 
 def _cmd_subscriptions_enable(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         subscription = dispatcher.enable(args.id)
-    print(f"enabled {subscription.id}; held deliveries resume when a worker runs")
+    _report(
+        args,
+        f"enabled {subscription.id}; held deliveries resume when a worker runs",
+        _subscription_json(subscription),
+    )
     return 0
 
 
@@ -598,7 +754,11 @@ def _cmd_subscriptions_remove(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         subscription = dispatcher.get_subscription(args.id)
         dispatcher.unsubscribe(args.id)
-    print(f"removed {subscription.id} ({subscription.url}); unfinished deliveries cancelled")
+    _report(
+        args,
+        f"removed {subscription.id} ({subscription.url}); unfinished deliveries cancelled",
+        {"removed": subscription.id, "url": subscription.url},
+    )
     return 0
 
 
@@ -703,12 +863,14 @@ def _cmd_attempts(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         delivery = dispatcher.retry(args.delivery_id)
-    if delivery.status is DeliveryStatus.DELIVERING:
-        print(f"delivery {delivery.id} is being attempted right now; not rescheduled")
-        return 0
-    print(
+    scheduled = delivery.status is not DeliveryStatus.DELIVERING
+    _report(
+        args,
         f"delivery {delivery.id} scheduled for one manual attempt; "
         "a running worker sends it (webhook-dispatch worker)"
+        if scheduled
+        else f"delivery {delivery.id} is being attempted right now; not rescheduled",
+        {"scheduled": scheduled, "delivery": _delivery_json(delivery)},
     )
     return 0
 
@@ -720,14 +882,23 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         subscription = dispatcher.get_subscription(args.subscription_id)
         deliveries = dispatcher.recover(subscription.id, since, until)
     span = f"{_when(since)} to {_when(until or now)} UTC"
-    print(
+    lines = [
         f"scheduled {_plural(len(deliveries), 'delivery', 'deliveries')} of {subscription.id} "
-        f"for a manual attempt (failed or exhausted, messages from {span})"
-    )
-    for delivery in deliveries:
-        print(f"  {delivery.id}  message {delivery.message_id}")
+        f"for a manual attempt (failed or exhausted, messages from {span})",
+        *(f"  {delivery.id}  message {delivery.message_id}" for delivery in deliveries),
+    ]
     if deliveries:
-        print("a running worker sends them (webhook-dispatch worker)")
+        lines.append("a running worker sends them (webhook-dispatch worker)")
+    _report(
+        args,
+        "\n".join(lines),
+        {
+            "subscription_id": subscription.id,
+            "since": _iso(since),
+            "until": _iso(until or now),
+            "deliveries": [_delivery_json(delivery) for delivery in deliveries],
+        },
+    )
     return 0
 
 
@@ -763,23 +934,38 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             since=since,
             until=until,
             statuses=args.status or None,
-            on_progress=_replay_bar,
+            on_progress=None if args.json else _replay_bar,
         )
-    print(file=sys.stderr)  # end the progress line
+    if not args.json:
+        print(file=sys.stderr)  # end the progress line
     span = f"{_when(since)} to {_when(until or now)} UTC"
-    print(
+    text = (
         f"queued {_plural(queued, 'delivery', 'deliveries')} of {args.subscription_id} for a "
         f"manual attempt (messages from {span})"
     )
     if queued:
-        print("a running worker sends them (webhook-dispatch worker)")
+        text += "\na running worker sends them (webhook-dispatch worker)"
+    _report(
+        args,
+        text,
+        {
+            "subscription_id": args.subscription_id,
+            "since": _iso(since),
+            "until": _iso(until or now),
+            "queued": queued,
+        },
+    )
     return 0
 
 
 def _cmd_resend(args: argparse.Namespace) -> int:
     with _open(args) as dispatcher:
         delivery = dispatcher.resend(args.message_id, args.subscription_id)
-    print(f"queued {delivery.id} (message {delivery.message_id} to {delivery.subscription_id})")
+    _report(
+        args,
+        f"queued {delivery.id} (message {delivery.message_id} to {delivery.subscription_id})",
+        _delivery_json(delivery),
+    )
     return 0
 
 
@@ -799,9 +985,11 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         cutoff = dispatcher.clock.now() - args.older_than
         count = dispatcher.store.count_purgeable(cutoff)
         if args.dry_run:
-            print(
+            _report(
+                args,
                 f"would purge {_plural(count, 'finished message')} created before "
-                f"{_when(cutoff)} UTC, with their deliveries and attempts (dry run)"
+                f"{_when(cutoff)} UTC, with their deliveries and attempts (dry run)",
+                {"dry_run": True, "messages": count, "before": _iso(cutoff)},
             )
             return 0
         if count and not args.yes and sys.stdin.isatty():
@@ -812,12 +1000,15 @@ def _cmd_purge(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing purged")
                 return 1
-        removed = dispatcher.purge(cutoff, on_progress=lambda done: _purge_bar(done, count))
-    if count:
+        bar = None if args.json else (lambda done: _purge_bar(done, count))
+        removed = dispatcher.purge(cutoff, on_progress=bar)
+    if count and bar is not None:
         print(file=sys.stderr)  # end the progress line
-    print(
+    _report(
+        args,
         f"purged {_plural(removed, 'finished message')} created before {_when(cutoff)} UTC, "
-        "with their deliveries and attempts"
+        "with their deliveries and attempts",
+        {"dry_run": False, "messages": removed, "before": _iso(cutoff)},
     )
     return 0
 
@@ -852,6 +1043,25 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None
 }
 
 
+@contextlib.contextmanager
+def _logging_configured(level: str, form: str) -> Iterator[None]:
+    """The worker's logging (one stderr handler on the root logger, the library's level)
+    while it runs; the previous configuration is put back after, so calling `main`
+    in-process leaves no handler on a stream that may be gone."""
+    root, library = logging.getLogger(), logging.getLogger("webhook_dispatch")
+    saved = (list(root.handlers), root.level, library.level)
+    _configure_logging(level, form)
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        library.setLevel(saved[2])
+
+
 def _configure_logging(level: str, form: str) -> None:
     handler = logging.StreamHandler()
     if form == "json":
@@ -864,6 +1074,28 @@ def _configure_logging(level: str, form: str) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("webhook_dispatch").setLevel(level.upper())
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
+
+
+def _span(seconds: float) -> str:
+    """``seconds`` for people: 45s, 3m20s, 2h05m, 3d04h."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def _age(span: timedelta) -> str:
@@ -883,22 +1115,62 @@ def _describe_retry(policy: RetryPolicy | None) -> str:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_level, args.log_format)
-    store = _store_url(args)
-    dispatcher = Dispatcher(
-        store,
-        concurrency=args.concurrency,
-        allow_private_networks=args.allow_private_networks,
+    with _logging_configured(args.log_level, args.log_format):
+        return _work(args)
+
+
+def _work(args: argparse.Namespace) -> int:
+    overrides = {} if args.concurrency is None else {"concurrency": args.concurrency}
+    if _app_spec(args) is None:
+        overrides.setdefault("concurrency", 64)
+    with _open(args, create=True, **overrides) as dispatcher:
+        refusal = _settings_refusal(dispatcher, args)
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 1
+        with _stopped_by_signals():
+            print(_startup_line(dispatcher, args), flush=True)
+            with _ProgressLog(dispatcher, args.progress_every):
+                try:
+                    dispatcher.run()
+                except KeyboardInterrupt:
+                    pass  # arrived before or after run() handled one: close() still stops
+                finally:
+                    dispatcher.close()  # gracefully: attempts in flight finish
+    print("webhook-dispatch worker stopped: attempts in flight finished and were recorded")
+    return 0
+
+
+def _settings_refusal(dispatcher: Dispatcher, args: argparse.Namespace) -> str | None:
+    """Why this worker must not start: its delivery settings differ from those the
+    publishers wrote into the store. With ``--app`` a difference is only logged: the
+    application is the configuration, and during a deploy old publishers may still run."""
+    publishers = _settings.read(dispatcher.store)
+    if publishers is None:
+        return None
+    lines = _settings.differences(
+        publishers.settings, _settings.delivery_settings(dispatcher.options)
     )
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    # SIGTERM and SIGINT both behave like Ctrl-C: Dispatcher.run() then stops the worker
-    # gracefully. SIGINT is set explicitly because shells start background jobs with it ignored.
-    stop_signals = (signal.SIGTERM, signal.SIGINT)
-    previous = (
-        {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals}
-        if in_main_thread
-        else {}
+    if not lines:
+        return None
+    written = f"written {_iso(publishers.written_at)} by {publishers.written_by}"
+    if _app_spec(args) is not None:
+        logger.warning(
+            "this worker's settings differ from the publishers' (%s): %s",
+            written,
+            "; ".join(lines),
+        )
+        return None
+    shown = "\n".join(f"  - {line}" for line in lines)
+    return (
+        f"error: refusing to start: the publishers' dispatcher is configured differently "
+        f"from this worker ({written}):\n{shown}\n"
+        f"Run the worker with the application's own dispatcher: webhook-dispatch worker "
+        f"--app package.module:dispatcher (or set ${APP_ENV})."
     )
+
+
+def _startup_line(dispatcher: Dispatcher, args: argparse.Namespace) -> str:
     options = dispatcher.options
     retention = "off" if options.retention is None else _age(options.retention)
     guard = (
@@ -911,26 +1183,322 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    print(
-        f"webhook-dispatch worker {__version__}: store {redact_store_url(store)}, "
-        f"concurrency {args.concurrency}, retry {_describe_retry(options.retry)}, "
-        f"network guard {guard}, retention {retention}, secrets kept unencrypted in the "
-        f"store, log level {args.log_level} (Ctrl-C or SIGTERM stops it)",
-        flush=True,
+    spec = _app_spec(args)
+    store = f"app {spec}, {dispatcher.store!r}" if spec else redact_store_url(_store_url(args))
+    return (
+        f"webhook-dispatch worker {__version__}: store {store}, "
+        f"concurrency {options.concurrency}, "
+        f"retry {_describe_retry(options.retry)}, network guard {guard}, retention "
+        f"{retention}, secrets kept unencrypted in the store, log level {args.log_level} "
+        "(Ctrl-C or SIGTERM stops it)"
+    )
+
+
+class _ProgressLog:
+    """While the worker runs, log every ``every`` seconds (at INFO) what it did since the
+    last line, and where the store stands: attempts and their rate, delivered, retrying
+    and given up; pending, in flight, and the oldest pending delivery's age."""
+
+    def __init__(self, dispatcher: Dispatcher, every: float) -> None:
+        self._dispatcher = dispatcher
+        self._every = every
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress-log", daemon=True)
+
+    def __enter__(self) -> _ProgressLog:
+        if self._every > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        last, since = self._dispatcher.attempt_counts(), time.monotonic()
+        while not self._stopped.wait(self._every):
+            counts, now = self._dispatcher.attempt_counts(), time.monotonic()
+            try:
+                self.report({s: counts[s] - last.get(s, 0) for s in counts}, now - since)
+            except WebhookDispatchError as exc:  # the store is down: the worker says so too
+                logger.warning("progress: cannot read the store's counts: %s", exc)
+            last, since = counts, now
+
+    def report(self, made: Mapping[DeliveryStatus, int], seconds: float) -> None:
+        attempts = sum(made.values())
+        delivered = made[DeliveryStatus.SUCCEEDED]
+        retrying = made[DeliveryStatus.PENDING]
+        given_up = made[DeliveryStatus.FAILED] + made[DeliveryStatus.EXHAUSTED]
+        stats = self._dispatcher.stats()
+        oldest = stats.oldest_pending_age(self._dispatcher.clock.now())
+        rate = attempts / seconds if seconds > 0 else 0.0
+        logger.info(
+            "progress: %d attempts in the last %s (%.1f/s): %d delivered, %d to retry, "
+            "%d given up; now %d pending, %d in flight, oldest pending %s",
+            attempts,
+            _span(seconds),
+            rate,
+            delivered,
+            retrying,
+            given_up,
+            stats.pending,
+            stats.delivering,
+            "-" if oldest is None else _span(oldest),
+            extra={
+                "attempts": attempts,
+                "attempts_per_second": round(rate, 2),
+                "delivered": delivered,
+                "retrying": retrying,
+                "given_up": given_up,
+                "pending": stats.pending,
+                "in_flight": stats.delivering,
+                "oldest_pending_seconds": None if oldest is None else round(oldest, 1),
+            },
+        )
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT both act as Ctrl-C inside (`Dispatcher.run` then stops the
+    worker gracefully); the previous handlers are put back after. SIGINT is set
+    explicitly because shells start background jobs with it ignored. Set before the
+    startup line is printed, so a signal sent on seeing it is never the default kill."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = (
+        {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals}
+        if in_main_thread
+        else {}
     )
     try:
-        dispatcher.run()
-    except KeyboardInterrupt:
-        pass  # arrived before or after run() handled one; close() still stops gracefully
+        yield
     finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be restored
+                signal.signal(signum, handler)
+
+
+# -- doctor -------------------------------------------------------------------------------
+_DOCTOR_LOOKUPS = 16
+"""Endpoint names `doctor` resolves at once."""
+_DOCTOR_LOOKUP_TIMEOUT = 3.0
+"""Seconds `doctor` waits for one name; a slower one counts as not resolving."""
+
+
+@attrs.frozen
+class _Check:
+    """One finding of `doctor`: ``ok``, ``warning`` (works, but look) or ``problem``."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str | None = None
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    checks: list[_Check] = []
+    try:
+        with _open(args) as dispatcher:
+            checks.append(
+                _Check(
+                    "store",
+                    "ok",
+                    f"{dispatcher.store!r} opened, schema version {SCHEMA_VERSION} (current)",
+                )
+            )
+            checks += _doctor_store_file(args)
+            checks += _doctor_policy(dispatcher)
+            checks += _doctor_settings(dispatcher, args)
+            checks += _doctor_endpoints(dispatcher)
+            checks += _doctor_backlog(dispatcher)
+    except _UsageError:
+        raise
+    except WebhookDispatchError as exc:
+        checks.append(
+            _Check(
+                "store",
+                "problem",
+                str(exc),
+                "check --store, --app or $WEBHOOK_DISPATCH_STORE, and that the database "
+                "server runs",
+            )
+        )
+    problems = sum(check.status == "problem" for check in checks)
+    warnings = sum(check.status == "warning" for check in checks)
+    if args.json:
+        document = {"ok": problems == 0, "checks": [attrs.asdict(c) for c in checks]}
+        print(json.dumps(document, indent=2))
+    else:
+        width = max(len(check.name) for check in checks)
+        for check in checks:
+            print(f"{check.status:<8} {check.name:<{width}}  {check.detail}")
+            if check.fix:
+                print(f"{'':<8} {'':<{width}}  fix: {check.fix}")
+        print(f"doctor: {_plural(problems, 'problem')}, {_plural(warnings, 'warning')}")
+    return 1 if problems else 0
+
+
+def _doctor_store_file(args: argparse.Namespace) -> list[_Check]:
+    """A SQLite file others may read exposes every endpoint's secret."""
+    if _app_spec(args) is not None:
+        return []
+    url = _store_url(args)
+    if url.partition("://")[0].lower() != "sqlite":
+        return []
+    path = SQLiteStore.path_of(url)
+    if path == ":memory:":
+        return []
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        return [
+            _Check(
+                "store file",
+                "problem",
+                f"{path} is readable or writable by others (mode {mode:o}); it holds every "
+                "endpoint's signing secret",
+                f"chmod 600 {path}",
+            )
+        ]
+    return [_Check("store file", "ok", f"{path} is its owner's only (mode {mode:o})")]
+
+
+def _doctor_policy(dispatcher: Dispatcher) -> list[_Check]:
+    options = dispatcher.options
+    if options.allow_private_networks:
+        guard = _Check(
+            "network guard",
+            "warning",
+            "off: endpoints may reach loopback, private and cloud-metadata addresses",
+            "allow private networks only for local testing; open chosen ranges with "
+            "allowed_networks=[...] instead",
+        )
+    else:
+        opened = ", ".join(str(network) for network in options.allowed_networks)
+        guard = _Check(
+            "network guard",
+            "ok",
+            "on: loopback, private, link-local, CGNAT and reserved addresses refused"
+            + (f"; allowed: {opened}" if opened else ""),
+        )
+    secrets = _Check(
+        "secrets",
+        "warning",
+        "signing secrets are kept unencrypted in the store (this version has no "
+        "encryption at rest)",
+        "let only the application and its workers read the store (file mode 600, a "
+        "database role of its own)",
+    )
+    return [guard, secrets]
+
+
+def _doctor_settings(dispatcher: Dispatcher, args: argparse.Namespace) -> list[_Check]:
+    publishers = _settings.read(dispatcher.store)
+    if publishers is None:
+        return [_Check("settings", "ok", "no publisher has written its settings yet")]
+    lines = _settings.differences(
+        publishers.settings, _settings.delivery_settings(dispatcher.options)
+    )
+    if not lines:
+        return [_Check("settings", "ok", "this configuration matches the publishers'")]
+    written = f"written {_iso(publishers.written_at)} by {publishers.written_by}"
+    with_app = _app_spec(args) is not None
+    return [
+        _Check(
+            "settings",
+            "warning" if with_app else "problem",
+            f"differs from the publishers' ({written}): " + "; ".join(lines),
+            "run the worker with the application's dispatcher (--app package.module:name)"
+            if not with_app
+            else "deploy the same version everywhere",
+        )
+    ]
+
+
+def _doctor_endpoints(dispatcher: Dispatcher) -> list[_Check]:
+    """Every enabled endpoint's host, resolved here and judged by the network guard."""
+    policy = dispatcher.options.network_policy
+    enabled = [s for s in every(dispatcher.subscriptions) if s.enabled]
+    with concurrent.futures.ThreadPoolExecutor(_DOCTOR_LOOKUPS) as pool:
+        verdicts = list(pool.map(lambda s: _judge_endpoint(s, policy), enabled))
+    found = [check for check in verdicts if check is not None]
+    if not found:
+        return [_Check("endpoints", "ok", f"{_plural(len(enabled), 'enabled endpoint')} reachable")]
+    return found
+
+
+def _judge_endpoint(subscription: Subscription, policy: NetworkPolicy) -> _Check | None:
+    """None when the guard lets ``subscription``'s URL through from here."""
+    name = f"endpoint {subscription.id}"
+    parts = urllib.parse.urlsplit(subscription.url)
+    host = parts.hostname or ""
+    allow = (
+        "allow_private_networks=True (--allow-private-networks) or allowed_networks=[...] "
+        "if it is yours, else update or disable the endpoint"
+    )
+    reason = policy.check_scheme(parts.scheme)
+    if reason is not None:
+        return _Check(name, "problem", f"{subscription.url}: {reason}", "use an https URL")
+    literal = parse_host_literal(host)
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
         try:
-            dispatcher.close()
-        finally:
-            for signum, handler in previous.items():
-                if handler is not None:  # None: set outside Python, cannot be restored
-                    signal.signal(signum, handler)
-    print("webhook-dispatch worker stopped: attempts in flight finished and were recorded")
-    return 0
+            addresses = _resolve_for_doctor(host, parts.port or 443)
+        except OSError as exc:
+            return _Check(
+                name,
+                "warning",
+                f"{subscription.url}: {host} does not resolve from here ({exc})",
+                "check the name, or run doctor where the worker runs",
+            )
+    refused = [(a, policy.check_address(ipaddress.ip_address(a))) for a in addresses]
+    if all(why is not None for _, why in refused):
+        shown = ", ".join(f"{address} ({why})" for address, why in refused[:4])
+        return _Check(name, "problem", f"{subscription.url}: refused by the guard: {shown}", allow)
+    return None
+
+
+def _resolve_for_doctor(host: str, port: int) -> list[str]:
+    """The addresses of ``host``; `OSError` when it does not resolve in time."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        try:
+            infos = future.result(timeout=_DOCTOR_LOOKUP_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            raise OSError(f"no answer in {_DOCTOR_LOOKUP_TIMEOUT:g} s") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _doctor_backlog(dispatcher: Dispatcher) -> list[_Check]:
+    stats = dispatcher.stats()
+    checks = []
+    if stats.disabled_subscriptions:
+        checks.append(
+            _Check(
+                "disabled",
+                "warning",
+                f"{_plural(stats.disabled_subscriptions, 'endpoint')} disabled; their "
+                "deliveries are held",
+                "webhook-dispatch subscriptions list, then subscriptions enable ID",
+            )
+        )
+    age = stats.oldest_pending_age(dispatcher.clock.now())
+    if age is not None and age > 3600:
+        checks.append(
+            _Check(
+                "backlog",
+                "warning",
+                f"{_plural(stats.pending, 'delivery', 'deliveries')} pending, the oldest for "
+                f"{_span(age)}",
+                "check that a worker runs (webhook-dispatch worker --app ...)",
+            )
+        )
+    else:
+        checks.append(
+            _Check("backlog", "ok", f"{_plural(stats.pending, 'delivery', 'deliveries')} pending")
+        )
+    return checks
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -1126,6 +1694,16 @@ def _store_option(parser: argparse.ArgumentParser, help_text: str | None = None)
     )
 
 
+def _app_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app",
+        default=argparse.SUPPRESS,
+        metavar="MODULE:NAME",
+        help=f"the application's Dispatcher (or a function returning one), loaded with its "
+        f"store and every option, e.g. mypkg.webhooks:dispatcher (default: ${APP_ENV})",
+    )
+
+
 def _store_url(args: argparse.Namespace) -> str:
     given: str | None = getattr(args, "store", None)
     return given or os.environ.get(STORE_ENV) or DEFAULT_STORE
@@ -1133,6 +1711,12 @@ def _store_url(args: argparse.Namespace) -> str:
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+
+
+def _result_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print what was done as one JSON object"
+    )
 
 
 def _window_options(parser: argparse.ArgumentParser) -> None:
@@ -1158,6 +1742,7 @@ def _command(
     parser.set_defaults(handler=handler)
     if store:
         _store_option(parser)
+        _app_option(parser)
     return parser
 
 
@@ -1169,6 +1754,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"webhook-dispatch {__version__}")
     _store_option(parser)
+    _app_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = _command(
@@ -1182,7 +1768,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = _command(commands, "worker", _cmd_worker, "deliver from a store until stopped")
     worker.add_argument(
-        "--concurrency", type=_positive, default=64, metavar="N", help="attempts in flight"
+        "--concurrency",
+        type=_positive,
+        metavar="N",
+        help="attempts in flight (default: the application's setting with --app, else 64)",
     )
     worker.add_argument(
         "--allow-private-networks",
@@ -1201,6 +1790,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         default="text",
         help="json: one JSON object per line, with the attempt's fields",
+    )
+    worker.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="log a progress line this often, at info (default 60; 0: never)",
     )
 
     subscriptions = commands.add_parser(
@@ -1242,6 +1838,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept an endpoint on a loopback or private IP address",
     )
     add.add_argument(
+        "--no-resolve-host",
+        dest="resolve_host",
+        action="store_false",
+        help="do not refuse a host name that resolves here to a loopback or private "
+        "address (it resolves otherwise where the worker runs)",
+    )
+    add.add_argument(
         "--rate-limit",
         type=float,
         metavar="PER_SECOND",
@@ -1276,6 +1879,8 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("id", help="subscription id")
     remove = _command(actions, "remove", _cmd_subscriptions_remove, "delete a subscription")
     remove.add_argument("id", help="subscription id")
+    for action in (add, disable, enable, remove):
+        _result_option(action)
 
     stats = _command(
         commands,
@@ -1336,6 +1941,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete_tenant.add_argument("id", help="tenant id")
     delete_tenant.add_argument("--yes", action="store_true", help="really delete it")
+    _result_option(delete_tenant)
 
     messages = commands.add_parser("messages", help="list published messages")
     message_actions = messages.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -1407,19 +2013,44 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation on a terminal"
     )
+    for action in (retry, replay, resend, recover, purge):
+        _result_option(action)
+
+    doctor = _command(
+        commands,
+        "doctor",
+        _cmd_doctor,
+        "check the store, the network guard, the settings and every endpoint; say what to fix",
+    )
+    doctor.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="judge endpoints as a worker with this flag would",
+    )
+    _result_option(doctor)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``webhook-dispatch`` with ``argv`` (default: the process arguments); return the
-    exit code: 0 success, 1 the demo's expectations failed, 2 usage or library error."""
-    args = build_parser().parse_args(argv)
+    exit code: 0 success; 1 the command ran and failed (nothing found, the store
+    unreachable, the demo's expectations unmet, the worker refused to start); 2 the
+    command line is wrong (an unknown option, a bad value)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
-    except WebhookDispatchError as exc:
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ConfigurationError as exc:  # a bad value given: a store URL, a filter, a header
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WebhookDispatchError as exc:  # the command ran and failed: not found, store down
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error worth a traceback.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import json
+import logging
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 import attrs
 import httpx
 
+from . import _settings
 from ._validation import (
     validate_headers,
     validate_subscription_key,
@@ -32,14 +34,16 @@ from .catalog import Catalog, asyncapi_document, new_event_type, openapi_documen
 from .clock import Clock, SystemClock, utc
 from .engine import Engine
 from .errors import (
+    BlockedAddress,
+    BlockedEndpoint,
     ConfigurationError,
     InvalidHeader,
     InvalidPayload,
     InvalidTenant,
-    InvalidURL,
     NotFound,
     PayloadTooLarge,
     StopTimeout,
+    StoreError,
     UnsentDeliveriesWarning,
 )
 from .events import OPERATIONAL_PREFIX, OperationalEvent
@@ -59,7 +63,7 @@ from .models import (
     TenantFilter,
     new_id,
 )
-from .netguard import parse_host_literal
+from .netguard import check_resolved_host, check_resolved_host_async, parse_host_literal
 from .options import (
     AUTO,
     DEFAULT_MAX_PAYLOAD_SIZE,
@@ -87,6 +91,8 @@ if sys.version_info >= (3, 11):
     from typing import Unpack
 else:
     from typing_extensions import Unpack
+
+logger = logging.getLogger("webhook_dispatch.dispatcher")
 
 __all__ = [
     "AUTO",
@@ -236,6 +242,21 @@ def _message_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return checked
 
 
+def _blocked_endpoint(blocked: BlockedAddress) -> BlockedEndpoint:
+    """The guard's refusal of a resolved name, as `subscribe` and `update` report it."""
+    shown = ", ".join(f"{address} ({why})" for address, why in blocked.refused[:4])
+    more = f" and {len(blocked.refused) - 4} more" if len(blocked.refused) > 4 else ""
+    return BlockedEndpoint(
+        f"endpoint URL host {blocked.host!r} resolves to {shown}{more}, refused by the "
+        "network guard, so every delivery would be blocked: allow_private_networks=True "
+        "(--allow-private-networks) or allowed_networks= opens it; resolve_host=False "
+        "(--no-resolve-host) skips this check for a name that resolves otherwise where "
+        "the worker runs",
+        host=blocked.host,
+        refused=blocked.refused,
+    )
+
+
 def _unexpected(call: str, given: Iterable[str], known: frozenset[str]) -> TypeError:
     unknown = sorted(set(given) - known)
     return TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r}")
@@ -317,7 +338,14 @@ class _Core:
         # The SSRF guard is part of the default transport: one passed as transport=
         # decides for itself where it connects (subscribe-time checks still apply).
         transport = options.transport or HTTPTransport(
-            max_connections=max(options.concurrency, 16), network_policy=self.network_policy
+            max_connections=max(options.concurrency, 16),
+            network_policy=self.network_policy,
+            resolve=options.resolve,
+        )
+        # Names are resolved at subscribe only when the guard delivers: through a mock or
+        # a user's own transport nothing is refused after DNS, so nothing is refused before.
+        self.resolves_names = options.transport is None or isinstance(
+            options.transport, HTTPTransport
         )
         self.engine = Engine(transport, self.clock)
         self.worker = self._build_worker(spans)
@@ -327,6 +355,7 @@ class _Core:
         self._registry_version: int | None = None
         self._catalog: Catalog | None = None
         self._registry_lock = threading.Lock()
+        self._settings_kept = False
 
     def _build_worker(self, spans: Any) -> Worker:
         """The one place a `Worker` is made from the options."""
@@ -396,18 +425,61 @@ class _Core:
 
     def check_url(self, url: object, *, what: str = "endpoint URL") -> str:
         """`validate_url` plus the network policy: https_only, and IP-literal hosts (in
-        any spelling) the guard refuses. Names are checked when resolved, at delivery."""
+        any spelling) the guard refuses. Names are resolved by `check_host`."""
         checked = validate_url(url, https_only=self.network_policy.https_only)
         host = httpx.URL(checked).host
         literal = parse_host_literal(host)
         if literal is not None:
             reason = self.network_policy.check_address(literal)
             if reason is not None:
-                raise InvalidURL(
+                raise BlockedEndpoint(
                     f"{what} host {host!r} is a {reason} address, refused by the network "
-                    "guard (allow_private_networks=True or allowed_networks= open it)"
+                    "guard (allow_private_networks=True or allowed_networks= open it)",
+                    host=host,
+                    refused=[(str(literal), reason)],
                 )
         return checked
+
+    # -- the host check: a name resolving only to refused addresses ---------------
+    # Both faces run the same check; only the lookup differs (a bounded thread for the
+    # sync face, loop.getaddrinfo for the async one), and netguard judges the answer.
+    def host_to_resolve(self, url: str | None, resolve_host: bool) -> tuple[str, int] | None:
+        """The name and port `check_host` looks up for ``url`` (already checked), or None
+        when there is nothing to look up: no URL, ``resolve_host=False``, or deliveries
+        going through a ``transport=`` of the user's own (no guard refuses them)."""
+        if not isinstance(resolve_host, bool):
+            raise ConfigurationError("resolve_host must be True or False")
+        if url is None or not resolve_host or not self.resolves_names:
+            return None
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        # The ASCII (IDNA) form of the name, as the transport resolves it.
+        return parsed.raw_host.decode("ascii"), port
+
+    def check_host(self, url: str | None, resolve_host: bool) -> None:
+        """Refuse (`BlockedEndpoint`) a URL whose host name resolves only to addresses
+        the network guard refuses; names that do not resolve in time pass."""
+        target = self.host_to_resolve(url, resolve_host)
+        if target is None:
+            return
+        try:
+            check_resolved_host(
+                target[0], self.network_policy, port=target[1], resolve=self.options.resolve
+            )
+        except BlockedAddress as blocked:
+            raise _blocked_endpoint(blocked) from None
+
+    async def check_host_async(self, url: str | None, resolve_host: bool) -> None:
+        """`check_host` for the async face, on the running loop."""
+        target = self.host_to_resolve(url, resolve_host)
+        if target is None:
+            return
+        try:
+            await check_resolved_host_async(
+                target[0], self.network_policy, port=target[1], resolve=self.options.resolve
+            )
+        except BlockedAddress as blocked:
+            raise _blocked_endpoint(blocked) from None
 
     def message_for(self, event_type: str, payload: Any, options: PublishKwargs) -> Message:
         """`new_message` from `publish`'s keyword arguments."""
@@ -508,6 +580,27 @@ class _Core:
         self.check_message(message, self._catalog_at(version))
         return self._routes_at(message.tenant, version).match(message)
 
+    def _keep_settings_once(self, connection: Any) -> None:
+        """On the first publish, keep this dispatcher's delivery settings in the store,
+        for a worker to compare its own with (`webhook_dispatch._settings`).
+
+        Inside the caller's transaction (``connection=``) this writes on a thread of its
+        own: the caller may hold the database's write lock (SQLite) until it commits."""
+        if self._settings_kept:
+            return
+        self._settings_kept = True
+        if connection is None:
+            self._keep_settings()
+        else:
+            threading.Thread(target=self._keep_settings, name="keep-settings", daemon=True).start()
+
+    def _keep_settings(self) -> None:
+        try:
+            _settings.record(self.store, self.options, self.clock.now())
+        except StoreError as exc:  # advisory: publishing goes on without it, tries again
+            self._settings_kept = False
+            logger.warning("could not keep the publishers' settings in the store: %s", exc)
+
     def routes(self, tenant: str | None) -> _Routes:
         """The tenant's matching index: cached, and reloaded (that tenant's subscriptions
         only) when the store says they changed, in this process or another."""
@@ -587,20 +680,39 @@ class _Core:
         overrides: EndpointKwargs,
         tenant: str | None = None,
         key: str | None = None,
+        resolve_host: bool = True,
     ) -> Subscription:
+        subscription, secret_given = self.new_endpoint(url, options, overrides, tenant, key)
+        self.check_host(subscription.url, resolve_host)
+        return self.add_endpoint(subscription, secret_given)
+
+    def new_endpoint(
+        self,
+        url: str,
+        options: EndpointOptions | None,
+        overrides: EndpointKwargs,
+        tenant: str | None,
+        key: str | None,
+    ) -> tuple[Subscription, bool]:
+        """`subscribe`'s new subscription, every input checked (nothing is stored), and
+        whether ``secret=`` was given."""
         tenant = validate_tenant(tenant)
         key = validate_subscription_key(key)
         endpoint = with_overrides(EndpointOptions, options, overrides)
         subscription = attrs.evolve(self.new_subscription(url, endpoint), tenant=tenant, key=key)
         if self.options.strict_event_types:
             self.catalog().check_patterns(subscription.event_types)
-        if key is None:
+        return subscription, endpoint.secret is not None
+
+    def add_endpoint(self, subscription: Subscription, secret_given: bool) -> Subscription:
+        """Store a `new_endpoint` (or converge the one with its key)."""
+        if subscription.key is None:
             self.store.add_subscription(subscription)
             return subscription
         stored = self.store.add_subscription_once(subscription)
         if stored.id == subscription.id:
             return subscription
-        return self._converge(stored, subscription, secret_given=endpoint.secret is not None)
+        return self._converge(stored, subscription, secret_given=secret_given)
 
     def _converge(
         self, stored: Subscription, wanted: Subscription, *, secret_given: bool
@@ -663,10 +775,22 @@ class _Core:
         self.store.remove_subscription(subscription_id, self.clock.now())
 
     def update_endpoint(
-        self, subscription_id: str, url: str | None, overrides: EndpointKwargs
+        self,
+        subscription_id: str,
+        url: str | None,
+        overrides: EndpointKwargs,
+        resolve_host: bool = True,
     ) -> Subscription:
         """`Dispatcher.update`: the endpoint's current settings with ``overrides``,
         validated as a whole before anything is written."""
+        changes = self.endpoint_changes(subscription_id, url, overrides)
+        self.check_host(changes.get("url"), resolve_host)
+        return self.update(subscription_id, **changes)
+
+    def endpoint_changes(
+        self, subscription_id: str, url: str | None, overrides: EndpointKwargs
+    ) -> dict[str, Any]:
+        """The `Subscription` fields `update_endpoint` changes, every one checked."""
         for fixed, instead in (("secret", "rotate_secret()"), ("signature", "a new subscription")):
             if fixed in overrides:
                 raise ConfigurationError(f"update() cannot change {fixed}; use {instead}")
@@ -683,7 +807,7 @@ class _Core:
             tls = TLSSettings(options.ca_bundle, options.client_cert, options.client_key)
             if not tls.is_default:
                 load_ssl_context(tls)
-        return self.update(subscription_id, **changes)
+        return changes
 
     def enable(self, subscription_id: str) -> Subscription:
         return self.update(
@@ -707,6 +831,7 @@ class _Core:
         return self.publish(message, options.get("connection"))
 
     def publish(self, message: Message, connection: Any = None) -> Message:
+        self._keep_settings_once(connection)
         result = self.store.publish(
             message,
             self.match(message),
@@ -722,6 +847,7 @@ class _Core:
 
     def publish_many(self, messages: Sequence[Message], connection: Any = None) -> list[Message]:
         items = [(message, self.match(message)) for message in messages]
+        self._keep_settings_once(connection)
         results = self.store.publish_many(items, self.clock.now(), **self._outbox(connection))
         if any(result.deliveries for result in results):
             self.worker.wake()
@@ -754,8 +880,8 @@ class _Core:
             return {}
         if not self.store.transactional_outbox:
             raise ConfigurationError(
-                f"connection= (publishing inside your transaction) needs the PostgreSQL "
-                f"store; {self.store!r} cannot join a database transaction"
+                f"connection= (publishing inside your transaction) needs the SQLite or "
+                f"PostgreSQL store; {self.store!r} cannot join a database transaction"
             )
         return {"connection": connection}
 
@@ -767,6 +893,7 @@ class _Core:
         items = await asyncio.to_thread(
             lambda: [(message, self.match(message)) for message in messages]
         )
+        self._keep_settings_once(connection)
         results = await self.store.publish_many_async(
             items, self.clock.now(), connection=connection
         )
@@ -1212,6 +1339,12 @@ class _Face(Generic[R]):
         """The options this dispatcher was built with."""
         return self._core.options
 
+    def attempt_counts(self) -> dict[DeliveryStatus, int]:
+        """Attempts this dispatcher's worker made so far, by the status each left its
+        delivery in (``SUCCEEDED``; ``PENDING``: a retry is due; ``FAILED`` or
+        ``EXHAUSTED``: given up). A copy; safe to call from any thread."""
+        return dict(self._core.worker.tally)
+
     def _delete_wait(self, wait: float | None) -> float:
         """`delete_tenant`'s ``wait``: by default as long as a lease lasts, plus 10 s."""
         if wait is None:
@@ -1262,6 +1395,11 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
     127.0.0.1), ``allowed_networks=["10.1.0.0/16"]`` opens chosen networks,
     ``https_only=True`` refuses plain-http endpoints. The guard is part of the default
     transport: with your own ``transport=`` only the subscribe-time checks apply.
+    `subscribe` applies the guard ahead of time: an IP-literal host it refuses raises
+    `BlockedEndpoint`, and so does a name resolving only to refused addresses when the
+    guard delivers (the default transport or an `HTTPTransport`; ``resolve_host=False``
+    skips the lookup). ``resolve`` replaces the system resolver for the guard (tests
+    inject one).
 
     Operating it (see "Operating in production" in the docs): ``default_max_in_flight``
     caps concurrent attempts per subscription without its own ``max_in_flight``
@@ -1289,6 +1427,7 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         *,
         tenant: str | None = None,
         key: str | None = None,
+        resolve_host: bool = True,
         **overrides: Unpack[EndpointKwargs],
     ) -> Subscription:
         """Register an endpoint for the event types matching ``event_types``.
@@ -1327,8 +1466,17 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         unless ``secret=`` is given, health and enabled state kept) instead of a second
         one being added, so start-up code can call ``subscribe`` on every run. Nothing is
         written when the settings are the same.
+
+        The network guard is applied ahead of delivery: an IP-literal host it refuses,
+        or a host name that resolves only to addresses it refuses (``localhost``, a name
+        pointing at 10.0.0.5 or 169.254.169.254), raises `BlockedEndpoint` with the
+        guard's reason, and nothing is stored. A name that does not resolve, or not
+        within a couple of seconds, is accepted: it may resolve only where the worker
+        runs. ``resolve_host=False`` skips the lookup (IP literals are still checked),
+        for a name that resolves differently where the worker runs. Names are not
+        looked up when deliveries go through your own ``transport=``.
         """
-        return self._core.subscribe(url, options, overrides, tenant, key)
+        return self._core.subscribe(url, options, overrides, tenant, key, resolve_host)
 
     def unsubscribe(self, subscription_id: str) -> None:
         """Remove a subscription; its unfinished deliveries are cancelled."""
@@ -1344,13 +1492,20 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
 
     @spelled_out(EndpointKwargs, {})
     def update(
-        self, subscription_id: str, *, url: str | None = None, **changes: Unpack[EndpointKwargs]
+        self,
+        subscription_id: str,
+        *,
+        url: str | None = None,
+        resolve_host: bool = True,
+        **changes: Unpack[EndpointKwargs],
     ) -> Subscription:
         """Change a subscription's settings: ``url`` and any keyword `subscribe` takes
         (``filter=None`` removes a filter), checked together before anything is stored.
-        The secret changes with `rotate_secret`; the signature scheme does not change.
-        Deliveries not yet sent go out with the new settings."""
-        return self._core.update_endpoint(subscription_id, url, changes)
+        A new ``url`` gets `subscribe`'s network-guard check (``resolve_host=False``
+        skips the lookup of its host name). The secret changes with `rotate_secret`; the
+        signature scheme does not change. Deliveries not yet sent go out with the new
+        settings."""
+        return self._core.update_endpoint(subscription_id, url, changes, resolve_host)
 
     def rotate_secret(
         self,
@@ -1430,9 +1585,11 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         as-is. With a durable store the message is safe once this returns. The same
         ``idempotency_key=`` returns the first message and sends nothing again.
 
-        ``connection=`` (PostgreSQL store only) takes a psycopg 3 connection with an open
-        transaction: the event is written in that transaction and not committed, so it
-        is delivered if and only if the caller commits (the transactional outbox).
+        ``connection=`` takes your own database connection with an open transaction: a
+        psycopg 3 connection (PostgreSQL store) or a ``sqlite3.Connection`` to the store's
+        own file (SQLite store). The event is written in that transaction and not
+        committed, so it is delivered if and only if the caller commits (the
+        transactional outbox).
 
         ``tenant="acme"`` sends the event only to acme's matching subscriptions (and
         scopes ``idempotency_key`` to acme); None, the default, only to untenanted ones.
@@ -1678,10 +1835,16 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
         *,
         tenant: str | None = None,
         key: str | None = None,
+        resolve_host: bool = True,
         **overrides: Unpack[EndpointKwargs],
     ) -> Subscription:
         """See `Dispatcher.subscribe`."""
-        return await self._core.call(self._core.subscribe, url, options, overrides, tenant, key)
+        core = self._core
+        subscription, secret_given = await core.call(
+            core.new_endpoint, url, options, overrides, tenant, key
+        )
+        await core.check_host_async(subscription.url, resolve_host)
+        return await core.call(core.add_endpoint, subscription, secret_given)
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """See `Dispatcher.unsubscribe`."""
@@ -1699,10 +1862,18 @@ class AsyncDispatcher(_Face["asyncio.Task[int]"]):
 
     @spelled_out(EndpointKwargs, {})
     async def update(
-        self, subscription_id: str, *, url: str | None = None, **changes: Unpack[EndpointKwargs]
+        self,
+        subscription_id: str,
+        *,
+        url: str | None = None,
+        resolve_host: bool = True,
+        **changes: Unpack[EndpointKwargs],
     ) -> Subscription:
         """See `Dispatcher.update`."""
-        return await self._core.call(self._core.update_endpoint, subscription_id, url, changes)
+        core = self._core
+        fields = await core.call(core.endpoint_changes, subscription_id, url, changes)
+        await core.check_host_async(fields.get("url"), resolve_host)
+        return await core.call(core.update, subscription_id, **fields)
 
     async def rotate_secret(
         self,

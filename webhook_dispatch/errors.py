@@ -4,6 +4,8 @@
 WebhookDispatchError
 ├── ConfigurationError (ValueError)        bad option passed to a constructor or call
 │   ├── InvalidURL                         endpoint URL not http(s), malformed, with credentials
+│   │   └── BlockedEndpoint                its host is, or resolves only to, addresses the
+│   │                                      network guard refuses        .host .refused
 │   ├── InvalidHeader                      CR/LF, bad name, reserved name
 │   ├── InvalidSecret                      not a usable signing secret
 │   ├── InvalidEventType                   not dotted [A-Za-z0-9_] segments / bad pattern
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthError",
     "BlockedAddress",
+    "BlockedEndpoint",
     "ConfigurationError",
     "DrainIncomplete",
     "InvalidAuth",
@@ -107,6 +110,36 @@ class ConfigurationError(WebhookDispatchError, ValueError):
 
 class InvalidURL(ConfigurationError):
     """An endpoint URL is malformed, not http(s), or carries credentials."""
+
+
+class BlockedEndpoint(InvalidURL):
+    """`subscribe` or `update` refused an endpoint URL because the network guard would
+    refuse every delivery to it: its host is an IP literal the guard refuses, or a name
+    that resolves only to such addresses. Nothing was stored.
+
+    The message names the guard's reason and the options that would allow the address
+    (``allow_private_networks=True``, ``allowed_networks=``), or, for a name that
+    resolves differently where the worker runs, ``resolve_host=False``.
+    """
+
+    host: str | None
+    """The host of the refused URL (an IP literal or a name)."""
+    refused: tuple[tuple[str, str], ...]
+    """``(address, why)`` for each address the host is or resolved to, as the guard
+    judged it (``("127.0.0.1", "loopback")``)."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        host: str | None = None,
+        refused: Sequence[tuple[str, str]] = (),
+        subscription: Subscription | None = None,
+        message: Message | None = None,
+    ) -> None:
+        super().__init__(text, subscription=subscription, message=message)
+        self.host = host
+        self.refused = tuple(refused)
 
 
 class InvalidHeader(ConfigurationError):

@@ -4,13 +4,18 @@ pins every connection to an address that was checked.
 Classification is pure (`refusal_reason`, `NetworkPolicy.check_address`); `GuardedResolver`
 resolves a name once, drops refused addresses and hands the transport only the allowed ones, so
 the address connected to is the address checked and DNS rebinding has nothing to slip into.
+`check_resolved_host` (and its async twin) asks the same question ahead of time, when an
+endpoint is registered, within a time bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
 import ipaddress
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Union
 
@@ -26,9 +31,12 @@ __all__ = [
     "GuardedResolver",
     "IPAddress",
     "IPNetwork",
+    "LOOKUP_TIMEOUT",
     "NetworkPolicy",
     "ResolveFunction",
     "check_literal_host",
+    "check_resolved_host",
+    "check_resolved_host_async",
     "embedded_ipv4",
     "parse_host_literal",
     "parse_networks",
@@ -44,6 +52,10 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007
 ResolveFunction = Callable[[str, int], Union[Sequence[str], Awaitable[Sequence[str]]]]  # noqa: UP007
 """``resolve(host, port) -> ["192.0.2.1", ...]`` (or an awaitable of it): a name lookup
 `GuardedResolver` can use instead of the system resolver (tests inject one)."""
+
+LOOKUP_TIMEOUT = 2.0
+"""Seconds `check_resolved_host` waits for a name's addresses; a name that takes longer
+is treated as one that does not resolve."""
 
 
 def _networks(*specs: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
@@ -271,17 +283,123 @@ class GuardedResolver:
     async def resolve(self, host: str, port: int = 0) -> list[str]:
         """Resolve ``host`` once and return only its allowed addresses."""
         name = host.rstrip(".") or host
-        allowed: list[str] = []
-        refused: list[tuple[str, str]] = []
-        for text in await self._lookup(name, port):
-            address = ipaddress.ip_address(text)
-            reason = self._policy.check_address(address)
-            if reason is None:
-                allowed.append(str(address))
-            else:
-                refused.append((str(address), reason))
+        allowed, refused = _screen(self._policy, await self._lookup(name, port))
         if not allowed:
             if not refused:
                 raise httpx.ConnectError(f"{name} did not resolve to any address")
             raise BlockedAddress(name, refused)
         return allowed
+
+
+def _screen(
+    policy: NetworkPolicy, addresses: Iterable[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """``addresses`` split into those ``policy`` allows and ``(address, why)`` for the rest."""
+    allowed: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        reason = policy.check_address(address)
+        if reason is None:
+            allowed.append(str(address))
+        else:
+            refused.append((str(address), reason))
+    return allowed, refused
+
+
+def _name_to_check(host: str, policy: NetworkPolicy) -> str | None:
+    """The name `check_resolved_host` looks up, or None when there is nothing to look up
+    (the guard is off, or ``host`` is an IP literal: `check_literal_host` judges those)."""
+    if not policy.checks_addresses or parse_host_literal(host) is not None:
+        return None
+    return host.rstrip(".") or host
+
+
+def _judge(name: str, addresses: Sequence[str], policy: NetworkPolicy) -> None:
+    """Raise `BlockedAddress` when every one of ``addresses`` is refused, as the guard
+    would refuse the connection (an empty answer is a name that does not resolve)."""
+    allowed, refused = _screen(policy, addresses)
+    if refused and not allowed:
+        raise BlockedAddress(name, refused)
+
+
+async def _awaited(found: Awaitable[Sequence[str]]) -> Sequence[str]:
+    return await found
+
+
+def _lookup_blocking(name: str, port: int, resolve: ResolveFunction | None) -> Sequence[str]:
+    if resolve is None:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    found = resolve(name, port)
+    return asyncio.run(_awaited(found)) if isinstance(found, Awaitable) else found
+
+
+async def _lookup_async(name: str, port: int, resolve: ResolveFunction | None) -> Sequence[str]:
+    if resolve is None:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    found: Sequence[str] | Awaitable[Sequence[str]]
+    if inspect.iscoroutinefunction(resolve):
+        found = resolve(name, port)
+    else:  # a plain function may block: off the loop, so the time bound holds
+        call: Callable[[str, int], Sequence[str] | Awaitable[Sequence[str]]] = resolve
+        found = await asyncio.to_thread(call, name, port)
+    return await found if isinstance(found, Awaitable) else found
+
+
+def check_resolved_host(
+    host: str,
+    policy: NetworkPolicy,
+    *,
+    port: int = 0,
+    resolve: ResolveFunction | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Raise `BlockedAddress` when the name ``host`` resolves only to addresses ``policy``
+    refuses, so that the guard would refuse every connection to it.
+
+    Returns quietly when some address is allowed, when the name does not resolve (it may
+    resolve where the worker runs) and when no answer comes within ``timeout`` seconds
+    (default `LOOKUP_TIMEOUT`): the lookup runs on a daemon thread, which is left to
+    finish on its own. IP literals and a policy that checks nothing are not looked up.
+    ``resolve`` replaces the system resolver, as in `GuardedResolver`.
+    """
+    name = _name_to_check(host, policy)
+    if name is None:
+        return
+    answer: concurrent.futures.Future[Sequence[str]] = concurrent.futures.Future()
+
+    def lookup() -> None:
+        try:
+            answer.set_result(_lookup_blocking(name, port, resolve))
+        except BaseException as exc:  # handed to the waiting caller
+            answer.set_exception(exc)
+
+    threading.Thread(target=lookup, name="webhook-dispatch-lookup", daemon=True).start()
+    try:
+        addresses = answer.result(LOOKUP_TIMEOUT if timeout is None else timeout)
+    except (concurrent.futures.TimeoutError, OSError):  # too slow, or not resolvable
+        return
+    _judge(name, addresses, policy)
+
+
+async def check_resolved_host_async(
+    host: str,
+    policy: NetworkPolicy,
+    *,
+    port: int = 0,
+    resolve: ResolveFunction | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`check_resolved_host` on the running event loop (``loop.getaddrinfo``)."""
+    name = _name_to_check(host, policy)
+    if name is None:
+        return
+    bound = LOOKUP_TIMEOUT if timeout is None else timeout
+    try:
+        addresses = await asyncio.wait_for(_lookup_async(name, port, resolve), bound)
+    except (asyncio.TimeoutError, OSError):  # too slow, or not resolvable
+        return
+    _judge(name, addresses, policy)

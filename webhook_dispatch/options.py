@@ -24,7 +24,7 @@ from .filters import Filter, compile_filter
 from .formats import check_body_format, check_event_source
 from .health import AutoDisable
 from .models import RetrySchedule
-from .netguard import IPNetwork, NetworkPolicy, parse_networks
+from .netguard import IPNetwork, NetworkPolicy, ResolveFunction, parse_networks
 from .registry import normalize_patterns, validate_pattern
 from .retry import RetryPolicy, ScheduleWait
 from .signing import DEFAULT_SIGNATURE, get_signer
@@ -110,6 +110,14 @@ def _positive_timedelta(optional: bool) -> Callable[[object, attrs.Attribute[Any
             raise ConfigurationError(f"{attribute.name} must be a positive timedelta{tail}")
 
     return check
+
+
+def _resolve(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            "resolve must be None or a callable resolve(host, port) returning a list of "
+            "IP address strings (or an awaitable of one)"
+        )
 
 
 def _callback(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -209,6 +217,11 @@ class DispatcherOptions:
     """CIDR networks the guard lets through (``["10.1.0.0/16"]``)."""
     https_only: bool = attrs.field(default=False, validator=_flag)
     """Refuse plain-http endpoints."""
+    resolve: ResolveFunction | None = attrs.field(default=None, validator=_resolve)
+    """The name lookup the network guard uses instead of the system resolver:
+    ``resolve(host, port) -> ["192.0.2.1", ...]``, or an awaitable of it (tests inject
+    one). The default transport resolves through it, and so does the host check of
+    `Dispatcher.subscribe` and `Dispatcher.update`."""
     default_max_in_flight: int | None = attrs.field(default=AUTO, validator=_default_max_in_flight)
     """Concurrent attempts per subscription without its own ``max_in_flight`` (`AUTO`: a
     quarter of ``concurrency``; None: no cap)."""
@@ -279,6 +292,7 @@ class DispatcherKwargs(TypedDict, total=False):
     allow_private_networks: bool
     allowed_networks: Iterable[str]
     https_only: bool
+    resolve: ResolveFunction | None
     default_max_in_flight: int | None
     auto_disable: AutoDisable | None
     retry_by_event_type: Mapping[str, RetryPolicy] | None

@@ -137,6 +137,9 @@ class Worker:
         self.publish_operational = publish_operational
         self.observer = observer
         self.spans = spans
+        self.tally: dict[DeliveryStatus, int] = dict.fromkeys(DeliveryStatus, 0)
+        """Attempts made since this worker was built, by the status each left its delivery
+        in (every key present from the start, so another thread may copy it)."""
         self._buckets: dict[str, TokenBucket] = {}
         # Slow start: subscriptions this worker has seen succeed get their full share of
         # slots; the others two, so an endpoint that never answers cannot hold many
@@ -527,6 +530,7 @@ class Worker:
             self._proven.discard(subscription_id)
             self._proven_changed = True
         _log_attempt(record.attempt, status)
+        self.tally[status] += 1
         if self.observer is not None:
             try:
                 self.observer.observe_attempt(record.attempt, status)

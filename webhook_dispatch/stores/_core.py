@@ -797,6 +797,23 @@ class SQLStore(Store):
             for row in rows
         ]
 
+    # -- settings ---------------------------------------------------------------------------
+    def read_setting(self, name: str) -> tuple[str, datetime] | None:
+        """A setting's value and when it was written, or None."""
+        rows = self._rows("SELECT value, updated_at FROM {schema}.settings WHERE name = ?", [name])
+        return None if not rows else (rows[0][0], self.codec.from_time(rows[0][1]))
+
+    def write_setting(self, name: str, value: str, now: datetime) -> None:
+        """Set a setting (replacing it)."""
+        with self._writing() as db:
+            self._run(
+                db,
+                "INSERT INTO {schema}.settings (name, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (name, value, self.codec.time(now)),
+            )
+
     # -- the event catalog -----------------------------------------------------------------
     def put_event_type(self, event_type: EventType) -> None:
         """Add or replace (by name) a catalog entry."""

@@ -12,9 +12,9 @@ never probe with ``getattr``:
 - `Store.transactional_outbox`: True when `Store.publish` and `Store.publish_many`
   accept a keyword-only ``connection=`` (a database connection with an open
   transaction, in which the rows are written and not committed; PostgreSQL: a
-  ``psycopg.Connection``) and `Store.publish_many_async` takes a
-  ``psycopg.AsyncConnection``. The dispatcher refuses ``connection=`` with
-  `ConfigurationError` for other stores.
+  ``psycopg.Connection``, SQLite: a ``sqlite3.Connection`` to the store's own file)
+  and `Store.publish_many_async` takes a ``psycopg.AsyncConnection`` (PostgreSQL).
+  The dispatcher refuses ``connection=`` with `ConfigurationError` for other stores.
 - `Store.listen_for_work`: call back whenever another process may have made work due
   (PostgreSQL ``LISTEN/NOTIFY``); the default never calls, and the worker's poll
   remains the fallback.
@@ -586,6 +586,16 @@ class Store(abc.ABC):
         has none of (those it has are skipped). `NotFound` for a missing subscription or
         message, or a message of another tenant than the subscription's."""
         raise _unsupported(self, "replay (messages_between, deliveries_for, add_manual_deliveries)")
+
+    # -- settings ----------------------------------------------------------------
+    def read_setting(self, name: str) -> tuple[str, datetime] | None:
+        """A named setting kept in the store, and when it was written; None if it has
+        none. Publishers keep their `delivery_settings` here for workers to compare.
+        A store without settings (this default) keeps none, and the check is skipped."""
+        return None
+
+    def write_setting(self, name: str, value: str, now: datetime) -> None:  # noqa: B027
+        """Keep a named setting (replacing it); this default keeps nothing."""
 
     # -- the event catalog -------------------------------------------------------
     def put_event_type(self, event_type: EventType) -> None:

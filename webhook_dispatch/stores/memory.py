@@ -89,6 +89,7 @@ class MemoryStore(Store):
         self._rate_tats: dict[str, int] = {}
         self._changes: list[tuple[int, str]] = []  # (version, tenant), oldest first
         self._event_types: dict[str, EventType] = {}
+        self._settings: dict[str, tuple[str, datetime]] = {}
         self._keys: dict[tuple[str, str], str] = {}  # (tenant, key) -> subscription id
         self._sequence = itertools.count()
         # Publish order of every unfinished delivery, by subscription: an ordered
@@ -202,6 +203,16 @@ class MemoryStore(Store):
             self._unfinished.pop(subscription_id, None)
 
     # -- the event catalog ---------------------------------------------------------
+    def read_setting(self, name: str) -> tuple[str, datetime] | None:
+        """See `Store.read_setting`."""
+        with self._lock:
+            return self._settings.get(name)
+
+    def write_setting(self, name: str, value: str, now: datetime) -> None:
+        """See `Store.write_setting`."""
+        with self._lock:
+            self._settings[name] = (value, now)
+
     def put_event_type(self, event_type: EventType) -> None:
         """Add or replace (by name) a catalog entry."""
         with self._lock:

@@ -258,6 +258,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at timestamptz NOT NULL,
             updated_at timestamptz NOT NULL
         )""",
+        """CREATE TABLE {schema}.settings (
+            name text PRIMARY KEY,
+            value text NOT NULL,
+            updated_at timestamptz NOT NULL
+        )""",
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import sys
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 from webhook_dispatch._redact import redact_store_url
 from webhook_dispatch.errors import (
+    ConfigurationError,
     InvalidStoreURL,
     NotFound,
     SchemaError,
@@ -276,9 +278,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL
         )""",
+        # What publishers run with (delivery_settings), which a worker compares with its own.
+        """CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+SETTING_WAIT = 60.0
+"""Seconds `SQLiteStore.write_setting` waits for the file's write lock."""
 
 _CHUNK = 500
 """Ids per ``IN (...)`` list: far below SQLite's oldest variable limit (999)."""
@@ -298,17 +309,26 @@ class SQLiteStore(SQLStore):
 
     ``path`` is a file path (created, readable by its owner only, when missing) or
     ``":memory:"``. ``busy_timeout`` is how many seconds a write waits for another
-    writer before `StoreUnavailable` is raised.
+    writer before `StoreUnavailable` is raised. A file holding tables other than ours is
+    refused, unless ``shared=True``: the file is also the application's own database
+    (for `publish` with ``connection=``), and our tables are added next to its tables.
     """
 
     blocking = True
     atomic_round = True
     codec = TextCodec()
+    transactional_outbox = True
+    """`publish` and `publish_many` accept ``connection=``, a `sqlite3.Connection` to this
+    store's file (see `publish_many`)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, shared: bool = False
+    ) -> None:
         self._path = os.fspath(path)
         if not isinstance(self._path, str) or not self._path:
             raise InvalidStoreURL("SQLite store needs a file path (or ':memory:')")
+        self._shared = shared
+        self._file = os.path.abspath(self._path)  # as opened, whatever the cwd later
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         # subscription id -> (its row when decoded, the Subscription)
@@ -424,10 +444,11 @@ class SQLiteStore(SQLStore):
             )
         }
         if _META not in tables:
-            if tables:
+            if tables and not self._shared:
                 raise SchemaError(
                     f"{self._path}: not a webhook_dispatch database (it holds other tables: "
-                    f"{', '.join(sorted(tables)[:5])}); use another file",
+                    f"{', '.join(sorted(tables)[:5])}); use another file, or shared=True to "
+                    "keep ours next to the application's",
                     path=self._path,
                 )
             return 0
@@ -478,6 +499,26 @@ class SQLiteStore(SQLStore):
             if self._checkpointer is not None:
                 self._checkpointer.committed()
 
+    def write_setting(self, name: str, value: str, now: datetime) -> None:
+        """See `Store.write_setting`. On a connection of its own, waiting up to
+        `SETTING_WAIT` seconds for the write lock without holding this store: an
+        application transaction that holds the lock (``publish(connection=...)``) then
+        delays only this write, not every other call."""
+        if self._path == ":memory:":
+            super().write_setting(name, value, now)
+            return
+        with self._translate():
+            connection = sqlite3.connect(self._path, timeout=SETTING_WAIT, isolation_level=None)
+            try:
+                connection.execute(
+                    "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    (name, value, self.codec.time(now)),
+                )
+            finally:
+                connection.close()
+
     def _open_connection(self) -> sqlite3.Connection:
         if self._connection is None:
             raise StoreError(f"{self._path}: the store is closed", path=self._path)
@@ -496,69 +537,169 @@ class SQLiteStore(SQLStore):
 
     # -- messages ----------------------------------------------------------------
     def publish(
-        self, message: Message, subscription_ids: Sequence[str], now: datetime
+        self,
+        message: Message,
+        subscription_ids: Sequence[str],
+        now: datetime,
+        *,
+        connection: sqlite3.Connection | None = None,
     ) -> PublishResult:
-        """Store a message and one pending delivery per subscription, in one transaction."""
-        return self.publish_many([(message, subscription_ids)], now)[0]
+        """Store a message and one pending delivery per subscription, in one transaction
+        (or in the caller's, with ``connection=``: see `publish_many`)."""
+        return self.publish_many([(message, subscription_ids)], now, connection=connection)[0]
 
     def publish_many(
-        self, items: Sequence[tuple[Message, Sequence[str]]], now: datetime
+        self,
+        items: Sequence[tuple[Message, Sequence[str]]],
+        now: datetime,
+        *,
+        connection: sqlite3.Connection | None = None,
     ) -> list[PublishResult]:
         """`publish` for a batch, in one transaction, results in input order.
 
         The idempotency check reads and inserts under the file's write lock (``BEGIN
         IMMEDIATE``), so concurrent publishers in other threads or processes cannot both
         create a message for one key; the unique index on the key is the backstop.
+
+        With ``connection=`` (the caller's `sqlite3.Connection` to this store's file,
+        `ConfigurationError` for any other file or ``:memory:``) the rows are written in
+        that connection's transaction and nothing is committed: a worker sees them once
+        the caller commits, and never if it rolls back. A connection in no transaction:
+        with sqlite3's implicit transactions (``isolation_level`` a string, the default)
+        this begins one (``BEGIN IMMEDIATE``) and leaves it open for the caller's
+        ``commit()``; an autocommit connection (``isolation_level=None``,
+        ``autocommit=True``) is refused with `ConfigurationError`. Either way a refused
+        or failed publish writes nothing.
         """
         if not items:
             return []
         now_us = to_us(now)
+        if connection is not None:
+            return self._publish_in(connection, items, now_us)
         with self._writing() as db:
-            stored: dict[tuple[str, str], Message] = {}
-            keys = idempotency_keys(items)
-            if keys:
-                # CROSS JOIN: the few keys are the outer loop, each looked up in the
-                # (tenant, idempotency_key) index.
-                rows = db.execute(
-                    f"SELECT {prefixed('m', MESSAGE_COLUMNS)} FROM json_each(?) AS k "
-                    "CROSS JOIN messages AS m ON m.tenant = json_extract(k.value, '$[0]') "
-                    "AND m.idempotency_key = json_extract(k.value, '$[1]')",
-                    (dumps(keys),),
-                )
-                stored.update(((row[6], row[5]), message(self.codec, row)) for row in rows)
-            results, new_messages = plan_publish(items, stored)
-            if not new_messages:
-                return results
-            by_id = {m.id: ids for m, ids in items}
-            deliveries = [
-                (
-                    new_id("dlv"),
-                    m.id,
-                    subscription_id,
-                    now_us,
-                    now_us,
-                    now_us,
-                    0,
-                    tenant_key(m.tenant),
-                )
-                for m in new_messages
-                for subscription_id in by_id[m.id]
-            ]
-            ordered = _require_subscriptions(db, {(row[2], row[7]) for row in deliveries})
-            if ordered:
-                deliveries = [
-                    (*row[:6], 1, row[7]) if row[2] in ordered else row for row in deliveries
-                ]
-            db.executemany(
-                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [message_row(self.codec, m) for m in new_messages],
+            return self._publish_rows(db, items, now_us)
+
+    def _publish_in(
+        self,
+        connection: sqlite3.Connection,
+        items: Sequence[tuple[Message, Sequence[str]]],
+        now_us: int,
+    ) -> list[PublishResult]:
+        """`publish_many` in the caller's transaction, inside a savepoint: SQLite keeps
+        the statements before a failed one, so a half-written publish is undone here."""
+        with self._translate():
+            begin = self._outbox_needs_begin(connection)
+            if begin:
+                connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute("SAVEPOINT webhook_dispatch_publish")
+                try:
+                    # A write first takes the file's write lock (as BEGIN IMMEDIATE does
+                    # for our own transactions): the idempotency read sees the last commit.
+                    connection.execute(f"UPDATE {_META} SET value = value WHERE 0")
+                    results = self._publish_rows(connection, items, now_us)
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK TO webhook_dispatch_publish")
+                    raise
+                finally:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("RELEASE webhook_dispatch_publish")
+            except BaseException:
+                if begin and connection.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                raise
+        return results
+
+    def _outbox_needs_begin(self, connection: Any) -> bool:
+        """Refuse a ``connection=`` this store cannot write through; True when it is in
+        no transaction and sqlite3 would begin one implicitly (so we begin it)."""
+        if not isinstance(connection, sqlite3.Connection):
+            raise ConfigurationError(
+                f"connection= takes a sqlite3.Connection for {self!r}, not "
+                f"{type(connection).__module__}.{type(connection).__name__}"
             )
-            db.executemany(
-                "INSERT INTO deliveries (id, message_id, subscription_id, status, "
-                "attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered, "
-                "tenant) VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?, ?, ?)",
-                deliveries,
+        if not self.is_store_file(connection):
+            raise ConfigurationError(
+                f"connection= must be a connection whose main database is this store's "
+                f"file {self._path!r}, not {_main_file(connection) or 'an in-memory one'!r}: "
+                "nothing was written"
             )
+        if connection.in_transaction:
+            return False
+        if _autocommits(connection):
+            raise ConfigurationError(
+                "connection= joins the caller's open transaction, but this autocommit "
+                "connection has none: execute 'BEGIN' first (Django: publish inside "
+                "transaction.atomic())"
+            )
+        return True
+
+    def is_store_file(self, connection: sqlite3.Connection) -> bool:
+        """Whether ``connection``'s main database is this store's file (by
+        ``PRAGMA database_list``, the same file however its path is spelled)."""
+        if self._path == ":memory:":
+            return False
+        with self._translate():
+            main = _main_file(connection)
+        if not main:
+            return False
+        try:
+            return os.path.samefile(main, self._file)
+        except OSError:
+            return False
+
+    def _publish_rows(
+        self,
+        db: sqlite3.Connection,
+        items: Sequence[tuple[Message, Sequence[str]]],
+        now_us: int,
+    ) -> list[PublishResult]:
+        """The publish statements, in whichever transaction ``db`` is in."""
+        stored: dict[tuple[str, str], Message] = {}
+        keys = idempotency_keys(items)
+        if keys:
+            # CROSS JOIN: the few keys are the outer loop, each looked up in the
+            # (tenant, idempotency_key) index.
+            rows = db.execute(
+                f"SELECT {prefixed('m', MESSAGE_COLUMNS)} FROM json_each(?) AS k "
+                "CROSS JOIN messages AS m ON m.tenant = json_extract(k.value, '$[0]') "
+                "AND m.idempotency_key = json_extract(k.value, '$[1]')",
+                (dumps(keys),),
+            )
+            stored.update(((row[6], row[5]), message(self.codec, row)) for row in rows)
+        results, new_messages = plan_publish(items, stored)
+        if not new_messages:
+            return results
+        by_id = {m.id: ids for m, ids in items}
+        deliveries = [
+            (
+                new_id("dlv"),
+                m.id,
+                subscription_id,
+                now_us,
+                now_us,
+                now_us,
+                0,
+                tenant_key(m.tenant),
+            )
+            for m in new_messages
+            for subscription_id in by_id[m.id]
+        ]
+        ordered = _require_subscriptions(db, {(row[2], row[7]) for row in deliveries})
+        if ordered:
+            deliveries = [(*row[:6], 1, row[7]) if row[2] in ordered else row for row in deliveries]
+        db.executemany(
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [message_row(self.codec, m) for m in new_messages],
+        )
+        db.executemany(
+            "INSERT INTO deliveries (id, message_id, subscription_id, status, "
+            "attempt_count, next_attempt_at, next_trigger, created_at, updated_at, ordered, "
+            "tenant) VALUES (?, ?, ?, 'pending', 0, ?, 'scheduled', ?, ?, ?, ?)",
+            deliveries,
+        )
         return results
 
     # -- deliveries --------------------------------------------------------------
@@ -1123,6 +1264,22 @@ def _check_path(path: str) -> None:
         raise InvalidStoreURL(
             f"SQLite store path {path!r} cannot be created: {exc.strerror}", path=path
         ) from exc
+
+
+def _main_file(connection: sqlite3.Connection) -> str:
+    """The file of a connection's main database ('' when in memory or temporary)."""
+    for row in connection.execute("PRAGMA database_list").fetchall():
+        if row[1] == "main":
+            return str(row[2] or "")
+    return ""
+
+
+def _autocommits(connection: sqlite3.Connection) -> bool:
+    """Whether a connection outside a transaction runs each statement as its own:
+    sqlite3 begins no transaction before a write by itself."""
+    if sys.version_info >= (3, 12) and connection.autocommit != sqlite3.LEGACY_TRANSACTION_CONTROL:
+        return bool(connection.autocommit)
+    return connection.isolation_level is None
 
 
 def _translate_error(

@@ -15,13 +15,15 @@ with transaction.atomic():
 ```
 
 Inside ``atomic()`` an event takes effect only when the transaction commits: written in
-the same transaction (the outbox) when the store lives in the Django database, handed
-to ``transaction.on_commit`` otherwise. A rolled-back view never sends anything.
+the same transaction (the outbox) when the store lives in the Django database (its
+PostgreSQL database, or its SQLite file), handed to ``transaction.on_commit`` otherwise.
+A rolled-back view never sends anything.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -34,8 +36,9 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from ...cli import DEFAULT_STORE
 from ...dispatcher import Dispatcher, EventSpec
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, InvalidStoreURL
 from ...models import Message
+from ...stores.sqlite import SQLiteStore
 
 __all__ = [
     "DjangoDispatcher",
@@ -140,15 +143,58 @@ def store_url() -> str:
     return DEFAULT_STORE
 
 
+def _sqlite_file(alias: str) -> str | None:
+    """The file of Django's SQLite database ``alias`` (None: not SQLite, or in memory)."""
+    wrapper = connections[alias]
+    if wrapper.vendor != "sqlite" or wrapper.is_in_memory_db():
+        return None
+    name = os.fspath(wrapper.settings_dict["NAME"])
+    return None if name.startswith("file:") else name
+
+
+def _same_sqlite_file(store: str, alias: str) -> str | None:
+    """The store's file when ``store`` is a SQLite URL naming Django's database
+    ``alias`` itself, else None."""
+    if not store.lower().startswith("sqlite:"):
+        return None
+    try:
+        path = SQLiteStore.path_of(store)
+    except InvalidStoreURL:
+        return None
+    database = _sqlite_file(alias)
+    if database is None or path == ":memory:":
+        return None
+    if os.path.realpath(path) == os.path.realpath(database):
+        return path
+    try:
+        return path if os.path.samefile(path, database) else None
+    except OSError:  # one of them does not exist yet
+        return None
+
+
+def _open_shared_file() -> None:
+    """Add our tables to the Django database's SQLite file when ``STORE`` names it, so
+    that plain store URLs (the command line) open it: they refuse a file holding only
+    other tables."""
+    shared = _same_sqlite_file(store_url(), _database_alias(_config()))
+    if shared is not None:
+        SQLiteStore(shared, shared=True).close()
+
+
 def _uses_outbox(config: Mapping[str, Any]) -> bool:
     """Whether the store lives in the Django database, so publishing can join its
-    transactions: ``OUTBOX`` when set, else true for a store derived from DATABASES."""
+    transactions: ``OUTBOX`` when set, else true for a store derived from DATABASES
+    and for a SQLite store in the Django database's own file."""
     outbox = config.get("OUTBOX")
     if outbox is not None:
         if not isinstance(outbox, bool):
             raise ImproperlyConfigured("settings.WEBHOOK_DISPATCH['OUTBOX'] must be True or False")
         return outbox
-    return config.get("STORE") is None and _is_postgresql(_database_alias(config))
+    alias = _database_alias(config)
+    store = config.get("STORE")
+    if store is None:
+        return _is_postgresql(alias)
+    return isinstance(store, str) and _same_sqlite_file(store, alias) is not None
 
 
 class DjangoDispatcher(Dispatcher):
@@ -156,12 +202,15 @@ class DjangoDispatcher(Dispatcher):
 
     Outside ``transaction.atomic()`` they publish at once. Inside, the event takes
     effect only if the transaction commits: it is written in the transaction itself
-    when the store is in that Django database (``outbox=True``, psycopg 3), and
-    published from ``transaction.on_commit`` otherwise. Either way the payload is
-    validated and the `Message` (with its id) returned immediately.
+    when the store is in that Django database (``outbox=True``: PostgreSQL with
+    psycopg 3, or a SQLite store in the database's own file), and published from
+    ``transaction.on_commit`` otherwise. Either way the payload is validated and the
+    `Message` (with its id) returned immediately.
 
     ``database`` is the alias of the Django database the store lives in, or whose
-    transactions to follow; ``using=`` on each call picks another.
+    transactions to follow; ``using=`` on each call picks another. A SQLite store URL
+    naming that database's file opens it with ``shared=True`` (our tables next to
+    Django's).
     """
 
     def __init__(
@@ -172,18 +221,36 @@ class DjangoDispatcher(Dispatcher):
         outbox: bool = False,
         **options: Any,
     ) -> None:
-        super().__init__(store, **options)
+        shared = _same_sqlite_file(store, database) if isinstance(store, str) else None
+        # The Dispatcher closes only the stores it opens from a URL: this one is ours.
+        self._shared_store = None if shared is None else SQLiteStore(shared, shared=True)
+        try:
+            super().__init__(self._shared_store or store, **options)
+        except BaseException:
+            if self._shared_store is not None:
+                self._shared_store.close()
+            raise
         self.database = database
         self.outbox = outbox
+
+    def close(self) -> None:
+        """Stop the worker, close connections and the store. Idempotent."""
+        super().close()
+        if self._shared_store is not None:
+            self._shared_store.close()
 
     def __repr__(self) -> str:
         return f"DjangoDispatcher(store={self.store!r}, database={self.database!r})"
 
     def _outbox_connection(self, alias: str) -> Any:
-        """The psycopg connection to write into, or None to use ``on_commit``."""
+        """Django's own database connection to write into, or None to use ``on_commit``."""
         if not self.outbox or alias != self.database:
             return None
         wrapper = connections[alias]
+        if wrapper.vendor == "sqlite" and isinstance(self.store, SQLiteStore):
+            # The store checks that it is its own file (ConfigurationError if not).
+            wrapper.ensure_connection()
+            return wrapper.connection
         if wrapper.vendor != "postgresql":
             return None
         wrapper.ensure_connection()

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webhook_dispatch.cli import main
-from webhook_dispatch.contrib.django import store_url
+from webhook_dispatch.contrib.django import _open_shared_file, store_url
 
 
 class Command(BaseCommand):
@@ -31,6 +31,7 @@ class Command(BaseCommand):
         arguments = list(options["arguments"])
         if arguments[:1] == ["--"]:
             arguments = arguments[1:]
+        _open_shared_file()
         try:
             status = main(["--store", store_url(), *(arguments or ["--help"])])
         except SystemExit as exc:  # argparse: --help, or a usage error

@@ -9,11 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 
 import webhook_dispatch as wd
 from webhook_dispatch._receiver import LoopbackReceiver
-from webhook_dispatch.engine import USER_AGENT, build_request
+from webhook_dispatch.engine import USER_AGENT, build_request, signed_headers
+from webhook_dispatch.testing import MockReceiver
 
 
 def test_delivers_to_a_real_http_server_which_verifies_the_signature(
@@ -263,3 +265,128 @@ def test_async_dispatcher_delivers_on_the_callers_loop(loopback: LoopbackReceive
     (attempt,) = asyncio.run(scenario())
     assert attempt.status_code == 200
     assert loopback.received[0].verified is True
+
+
+# -- reserved headers never leave a stored subscription or message ---------------------
+# A store written by other means (an older version, a migration, a hand edit) may hold
+# headers `subscribe` and `publish` refuse: the library's own, the transport's framing,
+# the scheme's signature, the auth's credential. No path may send them.
+SMUGGLED = {
+    "Host": "evil.example",
+    "Content-Length": "0",
+    "Transfer-Encoding": "chunked",
+    "Connection": "close",
+    "Expect": "100-continue",
+    "User-Agent": "spoofed/1.0",
+    "Content-Type": "text/evil",
+    "webhook-id": "msg_forged",
+    "webhook-timestamp": "1",
+    "webhook-signature": "v1,forged",
+    "Authorization": "Bearer stored",  # reserved only when auth= sets it
+    "X-Kept": "yes",
+}
+# Sent exactly once, by the library, the transport, auth= or (x-kept) as stored; the
+# rest of SMUGGLED never.
+SENT_ONCE = {"host", "content-length", "user-agent", "content-type", "authorization"} | {
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-kept",
+}
+
+
+def _smuggle(dispatcher: wd.Dispatcher, subscription: wd.Subscription) -> None:
+    """Write the headers straight into the store, past `subscribe`'s validation."""
+    dispatcher.store.save_subscription(attrs.evolve(subscription, headers=SMUGGLED))
+
+
+def _head_lines(head: bytes) -> list[tuple[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return [
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines)
+    ]
+
+
+@pytest.mark.parametrize("auth", [None, wd.BearerToken("t" * 24)], ids=["default", "auth"])
+def test_reserved_headers_in_a_stored_subscription_are_never_sent(
+    raw_server,
+    auth: wd.BearerToken | None,  # type: ignore[no-untyped-def]
+) -> None:
+    heads: list[bytes] = []
+
+    def handle(connection: socket.socket) -> None:
+        heads.append(read_request(connection))
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    server = raw_server(handle)
+    with wd.Dispatcher(allow_private_networks=True, retry=wd.RetryPolicy.fixed([0])) as d:
+        subscription = d.subscribe(server.url, auth=auth, headers={"X-Kept": "yes"})
+        _smuggle(d, subscription)
+        message = d.publish("order.created", {"id": "ord_1"})
+        d.run_until_idle()
+        [attempt] = d.attempts(message.id)
+    assert attempt.status_code == 200, attempt.error
+    [head] = heads
+    lines = _head_lines(head)
+    names = [name for name, _ in lines]
+    for name in {name.lower() for name in SMUGGLED}:
+        assert names.count(name) == (1 if name in SENT_ONCE else 0), (name, head)
+    sent = dict(lines)
+    assert sent["host"] == server.url.split("/")[2]
+    assert sent["user-agent"] == USER_AGENT
+    assert sent["content-type"] == "application/json"
+    assert sent["webhook-id"] == message.id
+    assert sent["x-kept"] == "yes"
+    assert sent["authorization"] == ("Bearer " + "t" * 24 if auth else "Bearer stored")
+    assert "forged" not in head.decode("latin-1") and "evil" not in head.decode("latin-1")
+    assert attempt.request_headers.keys().isdisjoint({"Host", "Transfer-Encoding", "Connection"})
+
+
+def test_reserved_headers_never_reach_a_transport_of_ones_own() -> None:
+    receiver = MockReceiver()
+    with wd.Dispatcher(transport=receiver) as dispatcher:
+        subscription = dispatcher.subscribe("https://example.com/hooks", headers={"X-Kept": "1"})
+        _smuggle(dispatcher, subscription)
+        message = dispatcher.publish("order.created", {"id": "ord_1"})
+        dispatcher.run_until_idle()
+    [request] = receiver.requests
+    assert request.headers["x-kept"] == "yes"
+    assert request.headers.get_list("webhook-signature") == [request.headers["webhook-signature"]]
+    assert "forged" not in request.headers["webhook-signature"]
+    assert request.headers["webhook-id"] == message.id
+    assert request.headers.get_list("user-agent") == [USER_AGENT]
+    assert request.headers.get_list("content-type") == ["application/json"]
+    for name in ("transfer-encoding", "connection", "expect"):
+        assert name not in request.headers, name
+    assert request.headers.get_list("authorization") == ["Bearer stored"]  # no auth= here
+    assert request.headers.get("host", "example.com") == "example.com"
+
+
+def test_signed_headers_drop_reserved_names_of_the_subscription_and_the_message() -> None:
+    now = wd.testing.FakeClock().now()
+    secret = wd.generate_secret()
+    subscription = wd.Subscription(
+        id="sub_1", url="https://example.com/h", secret=secret, created_at=now, updated_at=now
+    )
+    subscription = attrs.evolve(subscription, headers=SMUGGLED)
+    message = wd.Message(
+        id="msg_1",
+        event_type="a.b",
+        payload=b"{}",
+        created_at=now,
+        headers={"content-length": "99", "X-Trace": "t1", "HOST": "evil.example"},
+    )
+    sent = signed_headers(message, subscription, timestamp=1_900_000_000, signing_secrets=[secret])
+    assert [name for name, _ in sent] == ["webhook-signature", "Authorization", "X-Kept", "X-Trace"]
+    with_auth = attrs.evolve(subscription, auth=wd.BearerToken("t" * 24))
+    sent_with_auth = signed_headers(
+        message, with_auth, timestamp=1_900_000_000, signing_secrets=[secret]
+    )
+    assert [name for name, _ in sent_with_auth] == ["webhook-signature", "X-Kept", "X-Trace"]
+    request = build_request(
+        message, subscription, timestamp=1_900_000_000, signing_secrets=[secret]
+    )
+    wd.verify(b"{}", request.headers, secret, now=1_900_000_000)
+    assert request.headers.get_list("host") == ["example.com"]
+    assert "content-length" not in dict(sent)

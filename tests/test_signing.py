@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
+import sys
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ from webhook_dispatch.signing import (
     WEBHOOK_ID_HEADER,
     WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
+    StripeSigner,
+    generate_keypair,
     generate_secret,
     parse_secret,
     sign,
@@ -440,6 +446,134 @@ def test_bad_tolerance_is_a_caller_bug(tolerance: Any) -> None:
 def test_bad_now_is_a_caller_bug(now: Any) -> None:
     with pytest.raises(ConfigurationError):
         verify(BODY, headers_for(), SECRET, now=now)
+
+
+def number_id(value: object) -> str:
+    # pytest's default id is str(), which raises for ints of more than 4,300 digits.
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"{'-' if value < 0 else ''}int_of_{value.bit_length()}_bits"
+    return repr(value)
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        10**400,
+        -(10**400),
+        10**5000,
+        10**20,
+        10**18,
+        -(10**18),
+        1e18,
+        1e300,
+        -1e300,
+        float("-inf"),
+        False,
+    ],
+    ids=number_id,
+)
+def test_out_of_range_now_is_a_caller_bug(now: Any) -> None:
+    with pytest.raises(ConfigurationError, match="now must be"):
+        verify(BODY, headers_for(), SECRET, now=now)
+
+
+@pytest.mark.parametrize("tolerance", [10**400, 10**5000, 1e300, sys.float_info.max], ids=number_id)
+@pytest.mark.parametrize("timestamp", [0, TIMESTAMP, 10**18 - 1])
+def test_huge_tolerance_accepts_every_timestamp(tolerance: Any, timestamp: int) -> None:
+    verify(BODY, headers_for(timestamp=timestamp), SECRET, tolerance, now=TIMESTAMP)
+
+
+@pytest.mark.parametrize(
+    "tolerance",
+    [-(10**400), -1e-9, float("-inf"), False, 1j, Decimal(300), Fraction(300)],
+    ids=number_id,
+)
+def test_more_bad_tolerances_are_a_caller_bug(tolerance: Any) -> None:
+    with pytest.raises(ConfigurationError, match="tolerance must be"):
+        verify(BODY, headers_for(), SECRET, tolerance, now=TIMESTAMP)
+
+
+@pytest.mark.parametrize("timestamp", ["9" * 400, "1" + "0" * 399, str(10**18), "9" * 19])
+@pytest.mark.parametrize("tolerance", [300, 10**400], ids=number_id)
+def test_huge_timestamp_header_is_an_invalid_signature(timestamp: str, tolerance: int) -> None:
+    headers = headers_for()
+    headers[WEBHOOK_TIMESTAMP_HEADER] = timestamp
+    with pytest.raises(InvalidSignature, match="at most 18 digits"):
+        verify(BODY, headers, SECRET, tolerance, now=TIMESTAMP)
+
+
+any_numbers = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    now=any_numbers,
+    tolerance=any_numbers,
+    timestamp=st.one_of(st.integers(min_value=0, max_value=10**18 - 1), st.just(TIMESTAMP)),
+)
+def test_any_number_gets_a_typed_answer(now: Any, tolerance: Any, timestamp: int) -> None:
+    # Every int, float and bool for now and tolerance: ConfigurationError exactly when the
+    # argument is outside its documented domain, otherwise the timestamp is judged, and
+    # nothing else (OverflowError, ValueError from str()) ever escapes.
+    headers = headers_for(timestamp=timestamp)
+    now_usable = not isinstance(now, bool) and -(10**18) < now < 10**18
+    tolerance_usable = not isinstance(tolerance, bool) and 0 <= tolerance < math.inf
+    if not (now_usable and tolerance_usable):
+        with pytest.raises(ConfigurationError):
+            verify(BODY, headers, SECRET, tolerance, now=now)
+        return
+    distance = abs(Fraction(now) - timestamp)  # exact, unlike the float verify() uses
+    try:
+        verify(BODY, headers, SECRET, tolerance, now=now)
+    except InvalidSignature:
+        assert distance > tolerance - 1
+    else:
+        assert distance < tolerance + 1
+
+
+BAD_SIGNING_TIMESTAMPS = [
+    10**400,
+    -(10**400),
+    10**18,
+    -1,
+    True,
+    1614265330.0,
+    float("nan"),
+    float("inf"),
+    "1614265330",
+    None,
+]
+
+
+@pytest.mark.parametrize("timestamp", BAD_SIGNING_TIMESTAMPS, ids=number_id)
+def test_signing_with_an_unverifiable_timestamp_is_a_caller_bug(timestamp: Any) -> None:
+    ed25519_key = generate_keypair()[0]
+    with pytest.raises(ConfigurationError, match="timestamp must be"):
+        sign(SECRET, MSG_ID, timestamp, BODY)
+    with pytest.raises(ConfigurationError, match="timestamp must be"):
+        sign(ed25519_key, MSG_ID, timestamp, BODY)
+    with pytest.raises(ConfigurationError, match="timestamp must be"):
+        sign_all([SECRET, OTHER_SECRET], MSG_ID, timestamp, BODY)
+    with pytest.raises(ConfigurationError, match="timestamp must be"):
+        StripeSigner().sign([SECRET], MSG_ID, timestamp, BODY)
+
+
+def test_error_messages_never_spell_out_a_huge_number() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        sign(SECRET, MSG_ID, 10**5000, BODY)
+    assert "about 5000 digits" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("timestamp", [0, 10**18 - 1])
+def test_signing_accepts_the_whole_verifiable_range(timestamp: int) -> None:
+    verify(BODY, headers_for(timestamp=timestamp), SECRET, now=timestamp)
+    StripeSigner().sign([SECRET], MSG_ID, timestamp, BODY)
 
 
 # --- headers and tampering ---------------------------------------------------------------

@@ -18,6 +18,7 @@ import attrs
 import httpx
 
 from ._redact import MASK
+from ._validation import RESERVED_HEADERS
 from ._version import __version__
 from .clock import Clock
 from .errors import AuthError, BlockedAddress
@@ -34,6 +35,7 @@ __all__ = [
     "Engine",
     "build_request",
     "outcome_from_exception",
+    "reserved_header_names",
 ]
 
 USER_AGENT = f"webhook-dispatch/{__version__}"
@@ -47,25 +49,47 @@ _KEPT_RESPONSE_HEADERS = ("content-type", "location", "retry-after")
 _AUTH_RESPONSE_LIMIT = 1024 * 1024
 
 
+def reserved_header_names(subscription: Subscription) -> frozenset[str]:
+    """The lowercase names an attempt never takes from the subscription's or the
+    message's own headers: `RESERVED_HEADERS` (what the library sets, ``user-agent``,
+    ``content-type`` and ``webhook-*``, and the transport's framing, ``host``,
+    ``content-length``, ``transfer-encoding``, ``connection``, ...), the headers of the
+    subscription's signature scheme, and those its auth= sets.
+
+    `subscribe` and `publish` refuse these names; a store written by other means may
+    still hold them, and every path of an attempt drops them here (`signed_headers`).
+    """
+    taken = RESERVED_HEADERS.union(
+        name.lower() for name in get_signer(subscription.signature).header_names
+    )
+    if subscription.auth is not None:
+        taken = taken.union(name.lower() for name in _auth_header_names(subscription.auth))
+    return taken
+
+
 def signed_headers(
     message: Message, subscription: Subscription, *, timestamp: int, signing_secrets: list[str]
 ) -> list[tuple[str, str]]:
     """The headers of one attempt after the fixed four (content type, user agent,
     ``webhook-id``, ``webhook-timestamp``): the scheme's signature(s) and event headers,
     then the subscription's own headers with the message's own over them (same name,
-    any case). A message header never replaces one that auth= sets."""
+    any case). Own headers with a `reserved_header_names` name are dropped, so a message
+    header never replaces one that auth= sets. Every path of an attempt (the bytes fast
+    path, the auth flow, a transport of the user's own) sends exactly these."""
     signer = get_signer(subscription.signature)
     headers = signer.sign(signing_secrets, message.id, timestamp, message.payload)
     event_headers = _event_headers(signer)
     if event_headers is not None:
         headers += event_headers(message.id, message.event_type)
-    if not message.headers:
-        headers += subscription.headers.items()
-        return headers
-    own = {name.lower() for name in message.headers}
-    if subscription.auth is not None:
-        own -= set(_auth_header_names(subscription.auth))
-    headers += [(n, v) for n, v in subscription.headers.items() if n.lower() not in own]
+    if not subscription.headers and not message.headers:
+        return headers  # the common case: nothing of their own to screen
+    reserved = reserved_header_names(subscription)
+    own = {name.lower() for name in message.headers} - reserved
+    headers += [
+        (n, v)
+        for n, v in subscription.headers.items()
+        if n.lower() not in own and n.lower() not in reserved
+    ]
     headers += [(n, v) for n, v in message.headers.items() if n.lower() in own]
     return headers
 

@@ -107,6 +107,9 @@ _BASE64_SECRET = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _MAX_HEADER_LENGTH = 8192
 _MAX_TIMESTAMP_DIGITS = 18
 _TIMESTAMP = re.compile(f"[0-9]{{1,{_MAX_TIMESTAMP_DIGITS}}}")
+# Timestamps (and `now`, in Unix seconds) lie below this in magnitude, so every
+# difference verify() computes is an ordinary float and never overflows.
+_TIMESTAMP_LIMIT = 10**_MAX_TIMESTAMP_DIGITS
 _SHA256_SIZE = 32
 _MAX_DECODE_CACHE = 1024
 
@@ -179,8 +182,30 @@ def _hmac_for(secret: str) -> hmac.HMAC:
     return _keyed_hmac(secret).copy()
 
 
+def _checked_timestamp(timestamp: int) -> int:
+    # Only what verify() accepts back: a bool, float or 5,000-digit int would sign bytes
+    # no receiver can check (or fail deep inside str()).
+    given: object = timestamp  # checked at run time too: callers may not use mypy
+    if isinstance(given, int) and not isinstance(given, bool) and 0 <= given < _TIMESTAMP_LIMIT:
+        return given
+    raise ConfigurationError(
+        f"timestamp must be integer Unix seconds from 0 to 10**{_MAX_TIMESTAMP_DIGITS} - 1, "
+        f"not {_describe_number(given)}"
+    )
+
+
+def _describe_number(value: object) -> str:
+    # For error messages: a number's repr while it is short, never str() of a huge int
+    # (which is slow, and raises past 4,300 digits); other values by their type only.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"a {type(value).__name__}"
+    if isinstance(value, float) or -(10**30) < value < 10**30:
+        return repr(value)
+    return f"an int of about {int(value.bit_length() * math.log10(2))} digits"
+
+
 def _signed_prefix(msg_id: str, timestamp: int) -> bytes:
-    return f"{msg_id}.{timestamp}.".encode()
+    return f"{msg_id}.{_checked_timestamp(timestamp)}.".encode()
 
 
 def _signature(secret: str, prefix: bytes, body: bytes) -> str:
@@ -199,7 +224,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     The signature is base64 of HMAC-SHA256, keyed with `parse_secret(secret)`, over
     ``f"{msg_id}.{timestamp}.".encode() + body``; ``timestamp`` is integer Unix seconds.
     With a ``whsk_`` ed25519 secret key it is ``"v1a,<base64>"``, the ed25519 signature of
-    the same bytes. Raises `InvalidSecret` for an unusable secret.
+    the same bytes. Raises `InvalidSecret` for an unusable secret, and
+    `ConfigurationError` for a ``timestamp`` that is not an ``int`` from 0 to
+    ``10**18 - 1`` (what `verify` accepts).
     """
     return _signature(secret, _signed_prefix(msg_id, timestamp), body)
 
@@ -209,7 +236,8 @@ def sign_all(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -
 
     Used during a secret rotation so receivers holding either the old or the new secret
     accept the request. A lone ``str`` counts as one secret. Raises `InvalidSecret` when
-    no secret is given or any secret is unusable.
+    no secret is given or any secret is unusable, and `ConfigurationError` for a bad
+    ``timestamp`` (as `sign` does).
     """
     if isinstance(secrets, str):
         secrets = (secrets,)
@@ -243,16 +271,27 @@ def verify(
     timestamp, no matching signature, or a body that is neither bytes nor str. A
     malformed ``secret`` is the caller's bug and raises `InvalidSecret`; a negative
     ``tolerance`` or an unusable ``now`` raises `ConfigurationError`.
+
+    ``tolerance`` is any finite, non-negative ``int`` or ``float`` (not a bool; one larger
+    than any timestamp accepts every timestamp). ``now`` is a datetime, ``None``, or
+    ``int``/``float`` Unix seconds of magnitude below ``10**18``; NaN, infinities, bools
+    and larger numbers raise `ConfigurationError`.
     """
     # Caller mistakes surface first, whatever the request looks like.
     macs, public_keys = _verifiers_for(secret)
     current = _now_seconds(now)
+    given_tolerance: object = tolerance  # checked at run time too: callers may not use mypy
+    # Comparisons between int and float are exact in Python and never overflow, so even
+    # 10**400 is judged here without being converted.
     if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, (int, float))
-        or not 0 <= tolerance < math.inf
+        isinstance(given_tolerance, bool)
+        or not isinstance(given_tolerance, (int, float))
+        or not 0 <= given_tolerance < math.inf
     ):
-        raise ConfigurationError("tolerance must be a finite, non-negative number of seconds")
+        raise ConfigurationError(
+            "tolerance must be a finite, non-negative number of seconds, "
+            f"not {_describe_number(given_tolerance)}"
+        )
 
     payload = _body_bytes(body)
     msg_id, timestamp_text, signature_text = _read_headers(headers)
@@ -263,14 +302,18 @@ def verify(
             f"of Unix seconds with at most {_MAX_TIMESTAMP_DIGITS} digits"
         )
     timestamp = int(timestamp_text)
-    if timestamp < current - tolerance:
+    # Both sides are below 10**18 in magnitude (now checked, the timestamp by its digits),
+    # so the age is an ordinary float; tolerance is only compared with it, never added,
+    # so a huge one cannot overflow, and it is printed only when below the age.
+    age = current - timestamp
+    if age > tolerance:
         raise InvalidSignature(
-            f"the {WEBHOOK_TIMESTAMP_HEADER} is too old: {int(current - timestamp)} s "
+            f"the {WEBHOOK_TIMESTAMP_HEADER} is too old: {int(age)} s "
             f"before now, tolerance is {tolerance} s"
         )
-    if timestamp > current + tolerance:
+    if -age > tolerance:
         raise InvalidSignature(
-            f"the {WEBHOOK_TIMESTAMP_HEADER} is too new: {int(timestamp - current)} s "
+            f"the {WEBHOOK_TIMESTAMP_HEADER} is too new: {int(-age)} s "
             f"after now, tolerance is {tolerance} s"
         )
 
@@ -331,10 +374,18 @@ def _now_seconds(now: datetime | float | None) -> float:
         return time.time()
     if isinstance(now, datetime):
         return utc(now).timestamp()
-    if isinstance(now, (int, float)) and not isinstance(now, bool) and math.isfinite(now):
-        return float(now)
+    given: object = now  # checked at run time too: callers may not use mypy
+    # The chained comparison is exact for any int (no float conversion, so no
+    # OverflowError) and false for NaN; float() below is then safe.
+    if (
+        isinstance(given, (int, float))
+        and not isinstance(given, bool)
+        and -_TIMESTAMP_LIMIT < given < _TIMESTAMP_LIMIT
+    ):
+        return float(given)
     raise ConfigurationError(
-        f"now must be a datetime, finite Unix seconds or None, not {type(now).__name__}"
+        "now must be a datetime, None, or Unix seconds of magnitude below "
+        f"10**{_MAX_TIMESTAMP_DIGITS}, not {_describe_number(given)}"
     )
 
 
@@ -668,6 +719,7 @@ class StripeSigner(_PlainSecretSigner):
         self, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
     ) -> list[tuple[str, str]]:
         """``Stripe-Signature`` with one ``v1=`` entry per secret."""
+        timestamp = _checked_timestamp(timestamp)
         signed_prefix = f"{timestamp}.".encode()
         entries = [f"v1={_hex_hmac(secret, signed_prefix, body)}" for secret in secrets]
         return [("Stripe-Signature", ",".join([f"t={timestamp}", *entries]))]

@@ -864,7 +864,7 @@ def test_doctor_names_each_endpoint_the_guard_would_refuse(cli: Runner, store: s
     assert checks["store"]["status"] == "ok" and "schema version" in checks["store"]["detail"]
     assert checks["store file"]["status"] == "ok"  # created readable by its owner only
     refused = checks[f"endpoint {local.id}"]
-    assert refused["status"] == "problem" and "127.0.0.1 (loopback)" in refused["detail"]
+    assert refused["status"] == "problem" and "127.0.0.1 (Loopback)" in refused["detail"]
     assert "allow_private_networks=True" in refused["fix"]
     assert checks[f"endpoint {nowhere.id}"]["status"] == "warning"
     assert len([name for name in checks if name.startswith("endpoint ")]) == 2  # not disabled

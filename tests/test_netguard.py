@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import webhook_dispatch as wd
 from webhook_dispatch.engine import outcome_from_exception
@@ -67,6 +69,7 @@ REFUSED = [
     "64:ff9b:1::1",
     "2002:7f00:1::1",
     "2002:c0a8:101::1",
+    "2002:808:808::1",  # 6to4 is refused whatever it carries (not globally reachable)
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
     "::127.0.0.1",
 ]
@@ -81,7 +84,6 @@ ALLOWED = [
     "2a00:1450:4001::200e",
     "::ffff:8.8.8.8",
     "64:ff9b::808:808",
-    "2002:808:808::1",
 ]
 
 
@@ -99,10 +101,178 @@ def test_public_addresses_are_allowed(text: str) -> None:
 
 
 def test_reasons_name_the_range() -> None:
-    assert refusal_reason(ipaddress.ip_address("127.0.0.1")) == "loopback"
+    assert refusal_reason(ipaddress.ip_address("127.0.0.1")) == "Loopback"
     assert "metadata" in str(refusal_reason(ipaddress.ip_address("169.254.169.254")))
-    assert "carrier-grade" in str(refusal_reason(ipaddress.ip_address("100.64.1.1")))
+    assert refusal_reason(ipaddress.ip_address("100.64.1.1")) == "Shared Address Space"
     assert "embedded in IPv6" in str(refusal_reason(ipaddress.ip_address("::ffff:10.0.0.1")))
+
+
+# Every block of the IANA IPv4 and IPv6 Special-Purpose Address Registries, with an
+# address in it and the reason (the block's registry name) the guard must give; blocks
+# the registries call globally reachable are in REGISTRY_REACHABLE instead.
+REGISTRY_REFUSED = [
+    ("0.0.0.1", '"This network"'),
+    ("0.255.255.255", '"This network"'),
+    ("0.0.0.0", '"This host on this network"'),
+    ("10.0.0.1", "Private-Use"),
+    ("10.255.255.255", "Private-Use"),
+    ("100.64.0.1", "Shared Address Space"),
+    ("100.127.255.255", "Shared Address Space"),
+    ("127.0.0.1", "Loopback"),
+    ("127.255.255.255", "Loopback"),
+    ("169.254.0.1", "Link Local"),
+    ("169.254.255.255", "Link Local"),
+    ("172.16.0.1", "Private-Use"),
+    ("172.31.255.255", "Private-Use"),
+    ("192.0.0.8", "IPv4 dummy address"),
+    ("192.0.0.1", "IPv4 Service Continuity Prefix"),
+    ("192.0.0.7", "IPv4 Service Continuity Prefix"),
+    ("192.0.0.11", "IETF Protocol Assignments"),
+    ("192.0.0.255", "IETF Protocol Assignments"),
+    ("192.0.0.170", "NAT64/DNS64 Discovery"),
+    ("192.0.0.171", "NAT64/DNS64 Discovery"),
+    ("192.0.2.1", "Documentation (TEST-NET-1)"),
+    ("192.88.99.1", "Deprecated (6to4 Relay Anycast)"),
+    ("192.88.99.2", "6a44-relay anycast address"),
+    ("192.88.99.255", "Deprecated (6to4 Relay Anycast)"),
+    ("192.168.0.1", "Private-Use"),
+    ("198.18.0.1", "Benchmarking"),
+    ("198.19.255.255", "Benchmarking"),
+    ("198.51.100.1", "Documentation (TEST-NET-2)"),
+    ("203.0.113.1", "Documentation (TEST-NET-3)"),
+    ("240.0.0.1", "Reserved"),
+    ("255.255.255.254", "Reserved"),
+    ("255.255.255.255", "Limited Broadcast"),
+    ("::1", "Loopback Address"),
+    ("::", "Unspecified Address"),
+    ("::ffff:10.0.0.1", "Private-Use, embedded in IPv6"),
+    ("::ffff:127.0.0.1", "Loopback, embedded in IPv6"),
+    ("64:ff9b::a00:1", "Private-Use, embedded in IPv6"),
+    ("64:ff9b:1::1", "IPv4-IPv6 Translat."),
+    ("64:ff9b:1:ffff:ffff:ffff:ffff:ffff", "IPv4-IPv6 Translat."),
+    ("100::1", "Discard-Only Address Block"),
+    ("100::ffff:ffff:ffff:ffff", "Discard-Only Address Block"),
+    ("100:0:0:1::1", "Dummy IPv6 Prefix"),
+    ("2001:1::4", "IETF Protocol Assignments"),
+    ("2001:1ff:ffff::1", "IETF Protocol Assignments"),
+    ("2001::1", "TEREDO"),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", "TEREDO"),
+    ("2001:2::1", "Benchmarking"),
+    ("2001:10::1", "Deprecated (previously ORCHID)"),
+    ("2001:db8::1", "Documentation"),
+    ("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "Documentation"),
+    ("2002::1", "6to4"),
+    ("2002:808:808::1", "6to4"),
+    ("3fff::1", "Documentation"),
+    ("3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", "Documentation"),
+    ("5f00::1", "Segment Routing (SRv6) SIDs"),
+    ("fc00::1", "Unique-Local"),
+    ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "Unique-Local"),
+    ("fe80::1", "Link-Local Unicast"),
+    ("febf:ffff::1", "Link-Local Unicast"),
+]
+# The library's own refusals beyond those registries.
+OWN_REFUSED = [
+    ("224.0.0.1", "Multicast"),
+    ("239.255.255.250", "Multicast"),
+    ("ff02::1", "Multicast"),
+    ("ff0e::1", "Multicast"),
+    ("169.254.169.254", "Link Local (cloud metadata service)"),
+    ("100.100.100.200", "Shared Address Space (Alibaba Cloud metadata service)"),
+    ("fd00:ec2::254", "Unique-Local (AWS metadata service)"),
+    ("::127.0.0.1", "IPv4-compatible Address (deprecated)"),
+    ("::8.8.8.8", "IPv4-compatible Address (deprecated)"),
+    ("fec0::1", "Site-Local (deprecated)"),
+    ("::2:0:0:1", "Reserved by IETF"),
+    ("100:0:0:2::1", "Reserved by IETF"),
+    ("400::1", "Reserved by IETF"),
+    ("1fff::1", "Reserved by IETF"),
+    ("4000::1", "Reserved by IETF"),
+    ("e000::1", "Reserved by IETF"),
+    ("fe00::1", "Reserved by IETF"),
+]
+REGISTRY_REACHABLE = [
+    "192.0.0.9",  # Port Control Protocol Anycast
+    "192.0.0.10",  # Traversal Using Relays around NAT Anycast
+    "192.31.196.1",  # AS112-v4
+    "192.52.193.1",  # AMT
+    "192.175.48.1",  # Direct Delegation AS112 Service
+    "64:ff9b::808:808",  # IPv4-IPv6 Translat. (NAT64), judged by 8.8.8.8 inside
+    "2001:1::1",  # Port Control Protocol Anycast
+    "2001:1::2",  # Traversal Using Relays around NAT Anycast
+    "2001:1::3",  # DNS-SD Service Registration Protocol Anycast
+    "2001:3::1",  # AMT
+    "2001:4:112::1",  # AS112-v6
+    "2001:20::1",  # ORCHIDv2
+    "2001:30::1",  # Drone Remote ID Protocol Entity Tags (DETs) Prefix
+    "2620:4f:8000::1",  # Direct Delegation AS112 Service
+]
+PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "2a00:1450:4001::200e", "::ffff:8.8.8.8"]
+
+
+@pytest.mark.parametrize(("text", "reason"), REGISTRY_REFUSED + OWN_REFUSED)
+def test_every_special_purpose_block_is_refused_with_its_name(text: str, reason: str) -> None:
+    address = ipaddress.ip_address(text)
+    assert refusal_reason(address) == reason
+    assert NetworkPolicy().check_address(address) == reason
+
+
+@pytest.mark.parametrize("text", REGISTRY_REACHABLE + PUBLIC)
+def test_globally_reachable_blocks_and_public_addresses_are_allowed(text: str) -> None:
+    assert refusal_reason(ipaddress.ip_address(text)) is None
+
+
+def test_the_verdict_does_not_ask_pythons_ipaddress_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flags (is_private, is_global, ...) change between Python versions (3fff::/20
+    is allowed by 3.11's): the guard must not consult them at all."""
+
+    def consulted(self: object) -> bool:
+        raise AssertionError("the guard consulted a version-dependent ipaddress flag")
+
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        for flag in (
+            "is_private",
+            "is_global",
+            "is_reserved",
+            "is_multicast",
+            "is_loopback",
+            "is_link_local",
+            "is_unspecified",
+        ):
+            monkeypatch.setattr(cls, flag, property(consulted))
+    for text, reason in REGISTRY_REFUSED + OWN_REFUSED:
+        assert refusal_reason(ipaddress.ip_address(text)) == reason
+    for text in REGISTRY_REACHABLE + PUBLIC:
+        assert refusal_reason(ipaddress.ip_address(text)) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.integers(min_value=0, max_value=2**32 - 1))
+def test_mapped_and_nat64_spellings_get_the_ipv4_verdict(value: int) -> None:
+    inner = ipaddress.IPv4Address(value)
+    expected = refusal_reason(inner)
+    for spelled in (ipaddress.IPv6Address(0xFFFF << 32 | value), _nat64(value)):
+        reason = refusal_reason(spelled)
+        assert reason == (None if expected is None else f"{expected}, embedded in IPv6")
+
+
+def _nat64(value: int) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(int(ipaddress.IPv6Address("64:ff9b::")) | value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.integers(min_value=0, max_value=2**128 - 1))
+def test_outside_global_unicast_only_ipv4_spellings_can_be_allowed(value: int) -> None:
+    address = ipaddress.IPv6Address(value)
+    spells_ipv4 = address.ipv4_mapped is not None or address in _NAT64_BLOCK
+    if address not in _GLOBAL_UNICAST and not spells_ipv4:
+        assert refusal_reason(address) is not None
+
+
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+_NAT64_BLOCK = ipaddress.ip_network("64:ff9b::/96")
 
 
 def test_embedded_ipv4() -> None:
@@ -279,7 +449,7 @@ def test_name_resolving_to_loopback_is_blocked_and_not_retried(
         assert "hooks.internal.test" in str(attempt.error) and "127.0.0.1" in str(attempt.error)
         assert attempt.error == (
             "BlockedAddress: blocked address: hooks.internal.test resolves to 127.0.0.1 "
-            "(loopback), refused by the network guard"
+            "(Loopback), refused by the network guard"
         )
         assert delivery.status is wd.DeliveryStatus.FAILED
         assert calls == ["hooks.internal.test"]
@@ -287,7 +457,7 @@ def test_name_resolving_to_loopback_is_blocked_and_not_retried(
         [warning] = [r for r in caplog.records if "network guard" in r.getMessage()]
         assert warning.levelno == logging.WARNING
         text = warning.getMessage()
-        assert attempt.subscription_id in text and "127.0.0.1 (loopback)" in text
+        assert attempt.subscription_id in text and "127.0.0.1 (Loopback)" in text
         assert "allow_private_networks=True" in text and "--allow-private-networks" in text
     finally:
         server.shutdown()
@@ -311,7 +481,7 @@ def test_blocked_through_the_httpx_interface_is_recorded_the_same_way() -> None:
         assert attempt.error_kind is wd.ErrorKind.BLOCKED
         assert attempt.error == (
             "BlockedAddress: blocked address: hooks.internal.test resolves to 127.0.0.1 "
-            "(loopback), refused by the network guard"
+            "(Loopback), refused by the network guard"
         )
         assert delivery.status is wd.DeliveryStatus.FAILED
         assert server.hits == 0  # type: ignore[attr-defined]
@@ -340,8 +510,8 @@ def test_a_users_httpx_client_over_the_transport_gets_a_library_error() -> None:
     assert isinstance(error, ConnectionError)
     assert error.host == "metadata.test"
     assert error.refused == (
-        ("10.0.0.1", "private (RFC 1918)"),
-        ("169.254.169.254", "link-local (cloud metadata)"),
+        ("10.0.0.1", "Private-Use"),
+        ("169.254.169.254", "Link Local (cloud metadata service)"),
     )
 
 
@@ -410,6 +580,87 @@ def test_mixed_answers_connect_only_to_allowed_addresses(
     asyncio.run(scenario())
     assert good.hits == 5  # type: ignore[attr-defined]
     assert not _bad_was_contacted(bad)
+
+
+def test_refuse_mixed_answers_blocks_the_whole_name_at_delivery(
+    good_and_bad: tuple[http.server.ThreadingHTTPServer, socket.socket, int],
+) -> None:
+    """The stricter rule, through the dispatcher option: a name with one refused address
+    is refused at subscribe and, when stored anyway, at delivery; nothing is contacted."""
+    good, bad, port = good_and_bad
+    calls, resolve = _resolver(["127.0.0.1", "127.0.0.2"])
+    url = f"http://mixed.test:{port}/hook"
+    options = wd.DispatcherOptions(
+        allowed_networks=["127.0.0.2/32"], refuse_mixed_answers=True, resolve=resolve
+    )
+    with wd.Dispatcher(options=options) as dispatcher:
+        with pytest.raises(wd.BlockedEndpoint) as refused:
+            dispatcher.subscribe(url)
+        assert refused.value.refused == (("127.0.0.1", "Loopback"),)
+        dispatcher.subscribe(url, resolve_host=False)
+        message = dispatcher.publish("order.created", {"id": 1})
+        dispatcher.run_until_idle()
+        [attempt] = dispatcher.attempts(message.id)
+        [delivery] = dispatcher.deliveries(message_id=message.id)
+    assert attempt.error_kind is wd.ErrorKind.BLOCKED
+    assert attempt.error == (
+        "BlockedAddress: blocked: mixed.test: resolves to 127.0.0.1 (Loopback) besides 1 "
+        "allowed address, and refuse_mixed_answers refuses a name with any refused address"
+    )
+    assert delivery.status is wd.DeliveryStatus.FAILED
+    assert len(calls) == 2  # subscribe's check, then the attempt
+    assert good.hits == 0  # type: ignore[attr-defined]
+    assert not _bad_was_contacted(bad)
+
+
+def test_by_default_a_mixed_answer_is_delivered_to_its_allowed_address(
+    good_and_bad: tuple[http.server.ThreadingHTTPServer, socket.socket, int],
+) -> None:
+    good, bad, port = good_and_bad
+    _, resolve = _resolver(["127.0.0.1", "127.0.0.2"])
+    with wd.Dispatcher(allowed_networks=["127.0.0.2/32"], resolve=resolve) as dispatcher:
+        dispatcher.subscribe(f"http://mixed.test:{port}/hook")
+        message = dispatcher.publish("order.created", {"id": 1})
+        dispatcher.run_until_idle()
+        [attempt] = dispatcher.attempts(message.id)
+    assert attempt.status_code == 200
+    assert good.hits == 1  # type: ignore[attr-defined]
+    assert not _bad_was_contacted(bad)
+
+
+@pytest.mark.parametrize(
+    ("answer", "lenient", "strict"),
+    [
+        (["8.8.8.8"], ["8.8.8.8"], ["8.8.8.8"]),
+        (["8.8.8.8", "10.0.0.1"], ["8.8.8.8"], None),
+        (["3fff::1", "2606:4700::1111"], ["2606:4700::1111"], None),
+        (["::ffff:10.0.0.1", "1.1.1.1", "8.8.8.8"], ["1.1.1.1", "8.8.8.8"], None),
+        (["10.0.0.1"], None, None),
+    ],
+)
+def test_guarded_resolver_under_both_rules(
+    answer: list[str], lenient: list[str] | None, strict: list[str] | None
+) -> None:
+    for policy, expected in (
+        (NetworkPolicy(), lenient),
+        (NetworkPolicy(refuse_mixed_answers=True), strict),
+    ):
+        _, resolve = _resolver(answer)
+        resolver = GuardedResolver(policy, resolve)  # type: ignore[arg-type]
+        if expected is None:
+            with pytest.raises(BlockedAddress) as caught:
+                asyncio.run(resolver.resolve("mixed.test", 443))
+            refused = [address for address, _ in caught.value.refused]
+            parsed = [ipaddress.ip_address(text) for text in answer]
+            assert refused == [str(address) for address in parsed if refusal_reason(address)]
+        else:
+            assert asyncio.run(resolver.resolve("mixed.test", 443)) == expected
+
+
+def test_the_option_reaches_the_network_policy() -> None:
+    assert wd.DispatcherOptions().network_policy.refuse_mixed_answers is False
+    options = wd.DispatcherOptions(refuse_mixed_answers=True)
+    assert options.network_policy.refuse_mixed_answers is True
 
 
 def test_guarded_resolver_returns_only_allowed_addresses() -> None:

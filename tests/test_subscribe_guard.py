@@ -56,10 +56,11 @@ def test_localhost_is_refused_with_the_guards_reason_and_nothing_stored(store: s
     error = caught.value
     assert isinstance(error, wd.InvalidURL) and isinstance(error, wd.ConfigurationError)
     assert error.host == "localhost"
-    assert ("127.0.0.1", "loopback") in error.refused
-    assert {why for _, why in error.refused} == {"loopback"}
+    assert ("127.0.0.1", "Loopback") in error.refused
+    # /etc/hosts may name ::1 too, which the IPv6 registry calls "Loopback Address"
+    assert {why for _, why in error.refused} <= {"Loopback", "Loopback Address"}
     text = str(error)
-    assert "'localhost' resolves to 127.0.0.1 (loopback), refused by the network guard" in text
+    assert "'localhost' resolves to 127.0.0.1 (Loopback)" in text
     assert "allow_private_networks=True" in text and "allowed_networks=" in text
     assert "resolve_host=False" in text and "--no-resolve-host" in text
 
@@ -78,7 +79,7 @@ def test_the_refusal_keeps_its_context_through_pickling() -> None:
 def test_the_async_face_refuses_localhost_too(store: str) -> None:
     async def scenario() -> None:
         async with wd.AsyncDispatcher(store) as dispatcher:
-            with pytest.raises(wd.BlockedEndpoint, match=r"127\.0\.0\.1 \(loopback\)"):
+            with pytest.raises(wd.BlockedEndpoint, match=r"127\.0\.0\.1 \(Loopback\)"):
                 await dispatcher.subscribe("http://localhost:8000/hook", event_types=["a.b"])
             assert await dispatcher.subscriptions() == []
 
@@ -89,7 +90,7 @@ def test_update_to_a_refused_name_is_refused_and_nothing_changes(store: str) -> 
     _, resolve = _answers({"hooks.example.com": [PUBLIC], "localhost": ["127.0.0.1"]})
     with wd.Dispatcher(store, resolve=resolve) as dispatcher:
         subscription = dispatcher.subscribe("https://hooks.example.com/in")
-        with pytest.raises(wd.BlockedEndpoint, match="loopback"):
+        with pytest.raises(wd.BlockedEndpoint, match="Loopback"):
             dispatcher.update(subscription.id, url="http://localhost:9/x", timeout=5.0)
         assert dispatcher.get_subscription(subscription.id).url == subscription.url
         moved = dispatcher.update(subscription.id, url="http://localhost:9/x", resolve_host=False)
@@ -102,7 +103,7 @@ def test_update_on_the_async_face(store: str) -> None:
     async def scenario() -> None:
         async with wd.AsyncDispatcher(store, resolve=resolve) as dispatcher:
             subscription = await dispatcher.subscribe("https://hooks.example.com/in")
-            with pytest.raises(wd.BlockedEndpoint, match="link-local"):
+            with pytest.raises(wd.BlockedEndpoint, match="cloud metadata"):
                 await dispatcher.update(subscription.id, url="http://metadata.test/latest")
             assert (await dispatcher.get_subscription(subscription.id)).url == subscription.url
             kept = await dispatcher.update(subscription.id, timeout=3.0)  # no url: no lookup
@@ -128,11 +129,12 @@ def test_a_keyed_subscription_is_checked_before_it_converges() -> None:
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [
-        (["10.0.0.5"], "private (RFC 1918)"),
-        (["169.254.169.254"], "link-local (cloud metadata)"),
-        (["::1"], "loopback"),
-        (["::ffff:192.168.1.1"], "private (RFC 1918), embedded in IPv6"),
-        (["100.64.0.1", "fd00::1"], "carrier-grade NAT (RFC 6598)"),
+        (["10.0.0.5"], "Private-Use"),
+        (["169.254.169.254"], "Link Local (cloud metadata service)"),
+        (["::1"], "Loopback Address"),
+        (["::ffff:192.168.1.1"], "Private-Use, embedded in IPv6"),
+        (["100.64.0.1", "fd00::1"], "Shared Address Space"),
+        (["3fff::1"], "Documentation"),
     ],
 )
 def test_a_name_resolving_only_to_refused_addresses_is_refused(
@@ -160,6 +162,73 @@ def test_a_name_with_an_allowed_address_is_accepted(answer: list[str]) -> None:
     with wd.Dispatcher(resolve=resolve) as dispatcher:
         subscription = dispatcher.subscribe("https://hooks.example.com/in")
         assert dispatcher.subscriptions() == [subscription]
+
+
+MIXED = ["10.0.0.5", PUBLIC, "169.254.169.254"]
+
+
+def test_refuse_mixed_answers_refuses_a_name_with_any_refused_address(store: str) -> None:
+    _, resolve = _answers({"hooks.example.com": MIXED, "clean.example.com": [PUBLIC]})
+    with wd.Dispatcher(store, resolve=resolve, refuse_mixed_answers=True) as dispatcher:
+        with pytest.raises(wd.BlockedEndpoint) as caught:
+            dispatcher.subscribe("https://hooks.example.com/in")
+        assert dispatcher.subscriptions() == []
+        clean = dispatcher.subscribe("https://clean.example.com/in")
+        with pytest.raises(wd.BlockedEndpoint):
+            dispatcher.update(clean.id, url="https://hooks.example.com/in")
+        assert dispatcher.get_subscription(clean.id).url == "https://clean.example.com/in"
+    assert caught.value.host == "hooks.example.com"
+    assert caught.value.refused == (
+        ("10.0.0.5", "Private-Use"),
+        ("169.254.169.254", "Link Local (cloud metadata service)"),
+    )
+
+
+def test_refuse_mixed_answers_on_the_async_face(store: str) -> None:
+    _, resolve = _answers({"hooks.example.com": MIXED})
+
+    async def scenario() -> None:
+        async with wd.AsyncDispatcher(store, resolve=resolve, refuse_mixed_answers=True) as d:
+            with pytest.raises(wd.BlockedEndpoint, match=r"10\.0\.0\.5 \(Private-Use\)"):
+                await d.subscribe("https://hooks.example.com/in")
+            assert await d.subscriptions() == []
+        async with wd.AsyncDispatcher(store, resolve=resolve) as lenient:
+            await lenient.subscribe("https://hooks.example.com/in")  # the default rule
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "refuse_mixed_answers"])
+@pytest.mark.parametrize(
+    ("answer", "refused_by_default", "refused_when_strict"),
+    [
+        ([PUBLIC], False, False),
+        (["10.0.0.5", PUBLIC], False, True),
+        (["3fff::1", "2606:4700::1111"], False, True),
+        (["10.0.0.5"], True, True),
+        ([], False, False),
+    ],
+    ids=["public", "mixed-v4", "mixed-v6", "refused", "empty"],
+)
+def test_check_resolved_host_under_both_rules(
+    strict: bool, answer: list[str], refused_by_default: bool, refused_when_strict: bool
+) -> None:
+    policy = NetworkPolicy(refuse_mixed_answers=strict)
+    refused = refused_when_strict if strict else refused_by_default
+    _, resolve = _answers({"hooks.example.com": answer})
+
+    async def check_async() -> None:
+        await netguard.check_resolved_host_async("hooks.example.com", policy, resolve=resolve)
+
+    for run in (
+        lambda: netguard.check_resolved_host("hooks.example.com", policy, resolve=resolve),
+        lambda: asyncio.run(check_async()),
+    ):
+        if refused:
+            with pytest.raises(wd.BlockedAddress):
+                run()
+        else:
+            run()
 
 
 def test_a_name_that_does_not_resolve_is_accepted() -> None:
@@ -226,7 +295,7 @@ def test_allowed_networks_are_honoured() -> None:
     )
     with wd.Dispatcher(allowed_networks=["10.20.0.0/16"], resolve=resolve) as dispatcher:
         dispatcher.subscribe("http://billing.internal.test/hooks")
-        with pytest.raises(wd.BlockedEndpoint, match=r"10\.99\.0\.1 \(private"):
+        with pytest.raises(wd.BlockedEndpoint, match=r"10\.99\.0\.1 \(Private-Use"):
             dispatcher.subscribe("http://other.internal.test/hooks")
         assert len(dispatcher.subscriptions()) == 1
     with wd.Dispatcher(allowed_networks=["127.0.0.0/8"]) as loopback:
@@ -243,7 +312,7 @@ def test_resolve_host_false_skips_the_lookup_but_not_the_literal_check() -> None
         assert len(dispatcher.subscriptions()) == 2
     assert calls == []
     assert caught.value.host == "10.0.0.5"
-    assert caught.value.refused == (("10.0.0.5", "private (RFC 1918)"),)
+    assert caught.value.refused == (("10.0.0.5", "Private-Use"),)
 
     async def scenario() -> None:
         async with wd.AsyncDispatcher(resolve=resolve) as async_dispatcher:
@@ -383,7 +452,7 @@ def test_cli_add_refuses_localhost_and_the_flag_skips_the_check(
     code = main(["subscriptions", "add", "http://localhost:9/x", "--store", store])
     captured = capsys.readouterr()
     assert code == 2
-    assert "localhost" in captured.err and "127.0.0.1 (loopback)" in captured.err
+    assert "localhost" in captured.err and "127.0.0.1 (Loopback)" in captured.err
     assert "--no-resolve-host" in captured.err and "--allow-private-networks" in captured.err
     with wd.Dispatcher(store) as dispatcher:
         assert dispatcher.subscriptions() == []

@@ -47,6 +47,7 @@ def delivery_settings(options: DispatcherOptions) -> dict[str, Any]:
             "allow_private_networks": options.allow_private_networks,
             "allowed_networks": [str(network) for network in options.allowed_networks],
             "https_only": options.https_only,
+            "refuse_mixed_answers": options.refuse_mixed_answers,
         },
         "transport": None if options.transport is None else _name(type(options.transport)),
         "hooks": {

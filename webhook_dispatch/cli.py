@@ -385,10 +385,13 @@ def _open(
                 "--store and --app both name a store: the application's dispatcher brings "
                 "its own (drop --store, or set it in the application)"
             )
-        if getattr(args, "allow_private_networks", False):
+        if getattr(args, "allow_private_networks", False) or getattr(
+            args, "refuse_mixed_answers", False
+        ):
             raise _UsageError(
-                "--allow-private-networks and --app: the network guard is the "
-                "application's setting (allow_private_networks=True in its dispatcher)"
+                "--allow-private-networks or --refuse-mixed-answers with --app: the network "
+                "guard is the application's setting (allow_private_networks=, "
+                "refuse_mixed_answers= in its dispatcher)"
             )
         app = load_app(spec)
         try:
@@ -420,7 +423,10 @@ def _open(
                 path=path,
             )
     allow = bool(getattr(args, "allow_private_networks", False))
-    with Dispatcher(url, allow_private_networks=allow, **overrides) as dispatcher:
+    strict = bool(getattr(args, "refuse_mixed_answers", False))
+    with Dispatcher(
+        url, allow_private_networks=allow, refuse_mixed_answers=strict, **overrides
+    ) as dispatcher:
         yield dispatcher
 
 
@@ -1013,10 +1019,6 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 class JSONLogFormatter(logging.Formatter):
     """One JSON object per record, for log shippers: time, level, logger, message, and
     the structured fields the library attaches (``message_id``, ``subscription_id``,
@@ -1086,9 +1088,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def _span(seconds: float) -> str:
-    """``seconds`` for people: 45s, 3m20s, 2h05m, 3d04h."""
+    """``seconds`` for people: 0.2s, 45s, 3m20s, 2h05m, 3d04h."""
     whole = int(seconds)
+    if seconds < 10 and seconds != whole:
+        return f"{seconds:.1f}s"
     if whole < 60:
         return f"{whole}s"
     if whole < 3600:
@@ -1120,15 +1131,23 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _work(args: argparse.Namespace) -> int:
-    overrides = {} if args.concurrency is None else {"concurrency": args.concurrency}
+    overrides: dict[str, Any] = (
+        {} if args.concurrency is None else {"concurrency": args.concurrency}
+    )
     if _app_spec(args) is None:
         overrides.setdefault("concurrency", 64)
+    if args.lease is not None:
+        overrides["lease"] = timedelta(seconds=args.lease)
+    if args.poll_interval is not None:
+        overrides["poll_interval"] = args.poll_interval
+    if args.grace is not None:
+        overrides["grace"] = args.grace
     with _open(args, create=True, **overrides) as dispatcher:
         refusal = _settings_refusal(dispatcher, args)
         if refusal is not None:
             print(refusal, file=sys.stderr)
             return 1
-        with _stopped_by_signals():
+        with _stopped_by_signals(dispatcher):
             print(_startup_line(dispatcher, args), flush=True)
             with _ProgressLog(dispatcher, args.progress_every):
                 try:
@@ -1187,7 +1206,8 @@ def _startup_line(dispatcher: Dispatcher, args: argparse.Namespace) -> str:
     store = f"app {spec}, {dispatcher.store!r}" if spec else redact_store_url(_store_url(args))
     return (
         f"webhook-dispatch worker {__version__}: store {store}, "
-        f"concurrency {options.concurrency}, "
+        f"concurrency {options.concurrency}, lease {_age(options.lease)}, grace on stop "
+        f"{'each attempt until its timeout' if options.grace is None else _span(options.grace)}, "
         f"retry {_describe_retry(options.retry)}, network guard {guard}, retention "
         f"{retention}, secrets kept unencrypted in the store, log level {args.log_level} "
         "(Ctrl-C or SIGTERM stops it)"
@@ -1259,15 +1279,27 @@ class _ProgressLog:
 
 
 @contextlib.contextmanager
-def _stopped_by_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT both act as Ctrl-C inside (`Dispatcher.run` then stops the
-    worker gracefully); the previous handlers are put back after. SIGINT is set
-    explicitly because shells start background jobs with it ignored. Set before the
-    startup line is printed, so a signal sent on seeing it is never the default kill."""
+def _stopped_by_signals(dispatcher: Dispatcher) -> Iterator[None]:
+    """SIGTERM and SIGINT: the first acts as Ctrl-C (`Dispatcher.run` then stops the
+    worker gracefully, attempts in flight within the grace period); any later one
+    interrupts the attempts still running at once, without raising (so a quick second
+    signal never lands mid-shutdown). The previous handlers are put back after. SIGINT
+    is set explicitly because shells start background jobs with it ignored. Set before
+    the startup line is printed, so a signal sent on seeing it is never the default
+    kill."""
+    received = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            raise KeyboardInterrupt
+        dispatcher.interrupt()
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
     previous = (
-        {signum: signal.signal(signum, _raise_interrupt) for signum in stop_signals}
+        {signum: signal.signal(signum, on_signal) for signum in stop_signals}
         if in_main_thread
         else {}
     )
@@ -1713,6 +1745,14 @@ def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
 
+def _refuse_mixed_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--refuse-mixed-answers",
+        action="store_true",
+        help="refuse a host name if any of its addresses is refused (refuse_mixed_answers)",
+    )
+
+
 def _result_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print what was done as one JSON object"
@@ -1778,6 +1818,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let endpoints on loopback and private addresses be reached",
     )
+    _refuse_mixed_option(worker)
     worker.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -1790,6 +1831,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         default="text",
         help="json: one JSON object per line, with the attempt's fields",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="how long a claimed delivery stays reserved for this worker (default 60)",
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="how often an idle worker looks for work from other processes (default 1)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=_seconds,
+        metavar="SECONDS",
+        help="on SIGTERM, how long attempts in flight may run before they are interrupted "
+        "and due again at once (default: each until its own timeout; a second signal "
+        "interrupts them at once)",
     )
     worker.add_argument(
         "--progress-every",
@@ -1837,6 +1898,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept an endpoint on a loopback or private IP address",
     )
+    _refuse_mixed_option(add)
     add.add_argument(
         "--no-resolve-host",
         dest="resolve_host",
@@ -2027,6 +2089,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="judge endpoints as a worker with this flag would",
     )
+    _refuse_mixed_option(doctor)
     _result_option(doctor)
     return parser
 

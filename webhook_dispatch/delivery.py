@@ -10,11 +10,11 @@ from datetime import datetime
 
 import attrs
 
-from .models import Attempt, AttemptTrigger, Delivery
+from .models import Attempt, AttemptTrigger, Delivery, DeliveryStatus, ErrorKind, new_id
 from .retry import Outcome, RetryPolicy, Verdict, classify_attempt, decide
 from .stores.base import AttemptRecord, Claim
 
-__all__ = ["next_state"]
+__all__ = ["interrupted", "next_state"]
 
 
 def next_state(
@@ -61,6 +61,43 @@ def next_state(
             if classification.disable_subscription
             else None
         ),
+        event_type=claim.message.event_type,
+        tenant=claim.message.tenant,
+    )
+
+
+def interrupted(claim: Claim, started_at: datetime, now: datetime) -> AttemptRecord:
+    """The record of an attempt of ``claim`` cut short at ``now`` because the worker
+    stopped: counted (the request may have arrived), due again at once, so another
+    worker takes it without waiting for the lease to lapse."""
+    before = claim.delivery
+    error = "interrupted: the worker stopped before the endpoint answered"
+    attempt = Attempt(
+        id=new_id("atm"),
+        delivery_id=before.id,
+        message_id=before.message_id,
+        subscription_id=before.subscription_id,
+        number=before.attempt_count + 1,
+        trigger=before.next_trigger,
+        started_at=started_at,
+        duration=max(0.0, (now - started_at).total_seconds()),
+        url=claim.subscription.url,
+        error_kind=ErrorKind.INTERRUPTED,
+        error=error,
+        webhook_timestamp=int(started_at.timestamp()),
+    )
+    delivery = attrs.evolve(
+        before,
+        status=DeliveryStatus.PENDING,
+        attempt_count=before.attempt_count + 1,
+        next_attempt_at=now,
+        updated_at=now,
+        last_status_code=None,
+        last_error=error,
+    )
+    return AttemptRecord(
+        attempt=attempt,
+        delivery=delivery,
         event_type=claim.message.event_type,
         tenant=claim.message.tenant,
     )

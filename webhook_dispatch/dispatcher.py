@@ -246,9 +246,14 @@ def _blocked_endpoint(blocked: BlockedAddress) -> BlockedEndpoint:
     """The guard's refusal of a resolved name, as `subscribe` and `update` report it."""
     shown = ", ".join(f"{address} ({why})" for address, why in blocked.refused[:4])
     more = f" and {len(blocked.refused) - 4} more" if len(blocked.refused) > 4 else ""
+    mixed = (
+        " (it also resolves to allowed addresses; refuse_mixed_answers refuses such a name)"
+        if blocked.reason
+        else ""
+    )
     return BlockedEndpoint(
-        f"endpoint URL host {blocked.host!r} resolves to {shown}{more}, refused by the "
-        "network guard, so every delivery would be blocked: allow_private_networks=True "
+        f"endpoint URL host {blocked.host!r} resolves to {shown}{more}{mixed}, refused by "
+        "the network guard, so every delivery would be blocked: allow_private_networks=True "
         "(--allow-private-networks) or allowed_networks= opens it; resolve_host=False "
         "(--no-resolve-host) skips this check for a name that resolves otherwise where "
         "the worker runs",
@@ -379,6 +384,7 @@ class _Core:
             publish_operational=self.publish_operational if options.operational_events else None,
             observer=options.metrics,
             spans=spans,
+            grace=options.grace,
         )
 
     async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -1622,11 +1628,14 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
         if self._may_start():
             self._running = self._loop().submit(self._core.worker.run())
 
-    def stop(self, timeout: float | None = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop the background worker; attempts in flight finish and are recorded.
 
-        If they take longer than ``timeout`` seconds, `StopTimeout` is raised and the
-        worker goes on finishing them: call `stop` again to wait more."""
+        How long they may take is the ``grace`` option (by default each attempt's own
+        timeout); after it, those still running are recorded as interrupted and due
+        again at once. With ``timeout``, `StopTimeout` is raised if the worker has not
+        stopped after that many seconds, and it goes on stopping: call `stop` again to
+        wait more, or `interrupt` to end the grace period now."""
         running = self._stop_requested()
         if running is None:
             return
@@ -1650,7 +1659,17 @@ class Dispatcher(_Face["concurrent.futures.Future[int]"]):
                 concurrent.futures.wait([running], timeout=0.5)
             running.result()
         except KeyboardInterrupt:
-            self.stop()
+            try:
+                self.stop()  # attempts in flight finish, within the grace period
+            except KeyboardInterrupt:  # a second Ctrl-C: interrupt them now
+                self.interrupt()
+                self.stop()
+
+    def interrupt(self) -> None:
+        """End a stopping worker's grace period now: attempts still in flight are
+        cancelled, recorded as interrupted and due again at once (another worker takes
+        them without waiting for their leases). Safe from any thread."""
+        self._core.worker.interrupt()
 
     # -- inspection and repair -----------------------------------------------------
     def attempts(self, message_id: str) -> list[Attempt]:

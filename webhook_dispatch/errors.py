@@ -126,7 +126,7 @@ class BlockedEndpoint(InvalidURL):
     """The host of the refused URL (an IP literal or a name)."""
     refused: tuple[tuple[str, str], ...]
     """``(address, why)`` for each address the host is or resolved to, as the guard
-    judged it (``("127.0.0.1", "loopback")``)."""
+    judged it (``("127.0.0.1", "Loopback")``)."""
 
     def __init__(
         self,
@@ -261,7 +261,8 @@ class AuthError(WebhookDispatchError):
 
 class BlockedAddress(WebhookDispatchError, ConnectionError):
     """A connection the network guard refused: the host resolved only to refused addresses
-    (or its URL broke ``https_only``). Recorded as a ``blocked`` attempt, never retried.
+    (or to any, under ``refuse_mixed_answers``; or its URL broke ``https_only``). Recorded
+    as a ``blocked`` attempt, never retried.
 
     Raised by `webhook_dispatch.transport.HTTPTransport` (also when a user's own
     ``httpx.AsyncClient`` sends through it) and `webhook_dispatch.netguard.GuardedResolver`.
@@ -270,9 +271,10 @@ class BlockedAddress(WebhookDispatchError, ConnectionError):
     host: str
     """The host name or IP literal that was refused."""
     refused: tuple[tuple[str, str], ...]
-    """``(address, why)`` for each refused address (empty when ``reason`` applies)."""
+    """``(address, why)`` for each refused address (empty when the URL itself was refused)."""
     reason: str
-    """Why the URL itself was refused (``https_only``), or ``""``."""
+    """Why the URL itself was refused (``https_only``), or why a name with allowed
+    addresses too was refused as a whole (``refuse_mixed_answers``), or ``""``."""
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from .errors import ConfigurationError
-from .models import Attempt
+from .models import Attempt, ErrorKind
 
 __all__ = ["AutoDisable", "HealthChanges", "HealthUpdate", "fold_attempts", "settle_health"]
 
@@ -75,6 +75,8 @@ class _Batch:
 def _fold(attempts: Iterable[Attempt]) -> dict[str, _Batch]:
     found: dict[str, _Batch] = {}
     for attempt in sorted(attempts, key=lambda a: a.started_at):
+        if attempt.error_kind is ErrorKind.INTERRUPTED:
+            continue  # our worker stopped: says nothing about the endpoint
         prior = found.get(attempt.subscription_id)
         if prior is None:
             prior = _Batch(False, 0, None, 0, attempt.started_at)

@@ -124,6 +124,9 @@ class ErrorKind(str, enum.Enum):
     """The endpoint resolved to an address the network guard refuses."""
     AUTH = "auth"
     """The endpoint's credentials could not be obtained (the token endpoint failed)."""
+    INTERRUPTED = "interrupted"
+    """The worker stopped (its grace period ended) before the endpoint answered; the
+    delivery is due again at once. Not counted against the endpoint's health."""
     OTHER = "other"
 
 

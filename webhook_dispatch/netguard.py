@@ -17,7 +17,7 @@ import ipaddress
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Union
+from typing import NamedTuple, Union
 
 import attrs
 import httpx
@@ -58,46 +58,137 @@ LOOKUP_TIMEOUT = 2.0
 is treated as one that does not resolve."""
 
 
-def _networks(*specs: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
-    return tuple((ipaddress.ip_network(cidr), reason) for cidr, reason in specs)
+class _Range(NamedTuple):
+    """One special-purpose block: its name, and whether the registry calls it globally
+    reachable (None: "N/A" or a terminated entry, refused like False)."""
+
+    network: IPNetwork
+    name: str
+    globally_reachable: bool | None
 
 
-# Checked in order; the first match names the reason. Python's is_private/is_global
-# changed between versions, so the ranges are spelled out here.
-_REFUSED_V4 = _networks(
-    ("0.0.0.0/8", "unspecified ('this network')"),
-    ("10.0.0.0/8", "private (RFC 1918)"),
-    ("100.64.0.0/10", "carrier-grade NAT (RFC 6598)"),
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local (cloud metadata)"),
-    ("172.16.0.0/12", "private (RFC 1918)"),
-    ("192.0.0.0/24", "IETF protocol assignments"),
-    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
-    ("192.88.99.0/24", "6to4 relay anycast"),
-    ("192.168.0.0/16", "private (RFC 1918)"),
-    ("198.18.0.0/15", "benchmarking"),
-    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
-    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
-    ("224.0.0.0/4", "multicast"),
-    ("255.255.255.255/32", "broadcast"),
-    ("240.0.0.0/4", "reserved"),
+# The IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890), entry for entry,
+# as of 2025-04 (the latest entry, 100:0:0:1::/64): the name is the refusal reason, and
+# only entries the registry calls globally reachable are allowed. Spelled out rather
+# than taken from ipaddress's is_private/is_global, which differ between Python versions.
+_IANA_IPV4 = (
+    ("0.0.0.0/8", '"This network"', False),
+    ("0.0.0.0/32", '"This host on this network"', False),
+    ("10.0.0.0/8", "Private-Use", False),
+    ("100.64.0.0/10", "Shared Address Space", False),
+    ("127.0.0.0/8", "Loopback", False),
+    ("169.254.0.0/16", "Link Local", False),
+    ("172.16.0.0/12", "Private-Use", False),
+    ("192.0.0.0/24", "IETF Protocol Assignments", False),
+    ("192.0.0.0/29", "IPv4 Service Continuity Prefix", False),
+    ("192.0.0.8/32", "IPv4 dummy address", False),
+    ("192.0.0.9/32", "Port Control Protocol Anycast", True),
+    ("192.0.0.10/32", "Traversal Using Relays around NAT Anycast", True),
+    ("192.0.0.170/32", "NAT64/DNS64 Discovery", False),
+    ("192.0.0.171/32", "NAT64/DNS64 Discovery", False),
+    ("192.0.2.0/24", "Documentation (TEST-NET-1)", False),
+    ("192.31.196.0/24", "AS112-v4", True),
+    ("192.52.193.0/24", "AMT", True),
+    ("192.88.99.0/24", "Deprecated (6to4 Relay Anycast)", None),
+    ("192.88.99.2/32", "6a44-relay anycast address", False),
+    ("192.168.0.0/16", "Private-Use", False),
+    ("192.175.48.0/24", "Direct Delegation AS112 Service", True),
+    ("198.18.0.0/15", "Benchmarking", False),
+    ("198.51.100.0/24", "Documentation (TEST-NET-2)", False),
+    ("203.0.113.0/24", "Documentation (TEST-NET-3)", False),
+    ("240.0.0.0/4", "Reserved", False),
+    ("255.255.255.255/32", "Limited Broadcast", False),
 )
-_REFUSED_V6 = _networks(
-    ("::/128", "unspecified"),
-    ("::1/128", "loopback"),
-    ("::/96", "IPv4-compatible (deprecated)"),
-    ("100::/64", "discard-only"),
-    ("2001:db8::/32", "documentation"),
-    ("2001:2::/48", "benchmarking"),
-    ("2001:10::/28", "ORCHID"),
-    ("64:ff9b:1::/48", "local-use NAT64"),
-    ("fc00::/7", "unique-local"),
-    ("fe80::/10", "link-local"),
-    ("fec0::/10", "site-local (deprecated)"),
-    ("ff00::/8", "multicast"),
+_IANA_IPV6 = (
+    ("::1/128", "Loopback Address", False),
+    ("::/128", "Unspecified Address", False),
+    # Judged by the IPv4 address inside before this table is read (see refusal_reason);
+    # listed so that nothing in the block is ever allowed by omission.
+    ("::ffff:0:0/96", "IPv4-mapped Address", False),
+    ("64:ff9b::/96", "IPv4-IPv6 Translat.", True),
+    ("64:ff9b:1::/48", "IPv4-IPv6 Translat.", False),
+    ("100::/64", "Discard-Only Address Block", False),
+    ("100:0:0:1::/64", "Dummy IPv6 Prefix", False),
+    ("2001::/23", "IETF Protocol Assignments", False),
+    ("2001::/32", "TEREDO", None),
+    ("2001:1::1/128", "Port Control Protocol Anycast", True),
+    ("2001:1::2/128", "Traversal Using Relays around NAT Anycast", True),
+    ("2001:1::3/128", "DNS-SD Service Registration Protocol Anycast", True),
+    ("2001:2::/48", "Benchmarking", False),
+    ("2001:3::/32", "AMT", True),
+    ("2001:4:112::/48", "AS112-v6", True),
+    ("2001:10::/28", "Deprecated (previously ORCHID)", None),
+    ("2001:20::/28", "ORCHIDv2", True),
+    ("2001:30::/28", "Drone Remote ID Protocol Entity Tags (DETs) Prefix", True),
+    ("2001:db8::/32", "Documentation", False),
+    ("2002::/16", "6to4", None),
+    ("2620:4f:8000::/48", "Direct Delegation AS112 Service", True),
+    ("3fff::/20", "Documentation", False),
+    ("5f00::/16", "Segment Routing (SRv6) SIDs", False),
+    ("fc00::/7", "Unique-Local", False),
+    ("fe80::/10", "Link-Local Unicast", False),
 )
+# Refused beyond the special-purpose registries: multicast (its own registries), the
+# deprecated IPv6 blocks, IPv6 outside global unicast 2000::/3 (the IPv6 Address Space
+# registry's "Reserved by IETF" blocks), and the cloud metadata services, named as such.
+_IPV6_RESERVED_BY_IETF = (
+    "::/8",
+    "100::/8",
+    "200::/7",
+    "400::/6",
+    "800::/5",
+    "1000::/4",
+    "4000::/3",
+    "6000::/3",
+    "8000::/3",
+    "a000::/3",
+    "c000::/3",
+    "e000::/4",
+    "f000::/5",
+    "f800::/6",
+    "fe00::/9",
+)
+_OWN_REFUSALS = (
+    ("224.0.0.0/4", "Multicast", False),
+    ("169.254.169.254/32", "Link Local (cloud metadata service)", False),
+    ("100.100.100.200/32", "Shared Address Space (Alibaba Cloud metadata service)", False),
+    ("fd00:ec2::254/128", "Unique-Local (AWS metadata service)", False),
+    ("::/96", "IPv4-compatible Address (deprecated)", False),
+    ("fec0::/10", "Site-Local (deprecated)", False),
+    ("ff00::/8", "Multicast", False),
+    *((cidr, "Reserved by IETF", False) for cidr in _IPV6_RESERVED_BY_IETF),
+)
+
+_RangeTable = tuple[tuple[int, dict[int, _Range]], ...]
+
+
+def _range_table(version: int) -> _RangeTable:
+    """Every block of one IP version by prefix length, longest first, so the first hit
+    is the most specific entry (as the registries mean it: 192.0.0.9/32 inside
+    192.0.0.0/24)."""
+    by_length: dict[int, dict[int, _Range]] = {}
+    for cidr, name, reachable in (*_IANA_IPV4, *_IANA_IPV6, *_OWN_REFUSALS):
+        network = ipaddress.ip_network(cidr)
+        if network.version == version:
+            entries = by_length.setdefault(network.prefixlen, {})
+            entries[int(network.network_address)] = _Range(network, name, reachable)
+    return tuple(sorted(by_length.items(), reverse=True))
+
+
+_RANGES = {4: _range_table(4), 6: _range_table(6)}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def _special_range(address: IPAddress) -> _Range | None:
+    """The most specific block ``address`` lies in, or None for ordinary unicast."""
+    value = int(address)
+    for prefixlen, entries in _RANGES[address.version]:
+        host_bits = address.max_prefixlen - prefixlen
+        found = entries.get(value >> host_bits << host_bits)
+        if found is not None:
+            return found
+    return None
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -115,22 +206,28 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 
 
 def refusal_reason(address: IPAddress) -> str | None:
-    """Why the guard refuses ``address`` by default (``"loopback"``, ...), or None if it is
-    a public unicast address. IPv6 addresses embedding an IPv4 one are judged by it."""
+    """Why the guard refuses ``address`` by default, or None if it may be connected to.
+
+    The reason is the name of the IANA special-purpose block the address lies in
+    (``"Loopback"``, ``"Private-Use"``, ``"Documentation"``, ...): every block the
+    registries do not call globally reachable is refused, and so are multicast, the
+    deprecated IPv6 blocks, IPv6 outside ``2000::/3`` and the cloud metadata services.
+    IPv4-mapped (``::ffff:0:0/96``) and NAT64 (``64:ff9b::/96``) addresses are judged by
+    the IPv4 address inside, which is where the connection goes (``"Private-Use, embedded
+    in IPv6"``); 6to4 and Teredo addresses are refused as such. The answer is the same on
+    every Python version.
+    """
     if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address)
+        inner = address.ipv4_mapped
+        if inner is None and address in _NAT64:
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if inner is not None:
             reason = refusal_reason(inner)
             return None if reason is None else f"{reason}, embedded in IPv6"
-        table = _REFUSED_V6
-    else:
-        table = _REFUSED_V4
-    for network, reason in table:
-        if address in network:
-            return reason
-    if address.is_reserved or address.is_multicast or not address.is_global:
-        return "reserved or not globally routable"
-    return None
+    special = _special_range(address)
+    if special is None or special.globally_reachable is True:
+        return None
+    return special.name
 
 
 def _inet_aton_part(text: str) -> int | None:
@@ -210,11 +307,17 @@ class NetworkPolicy:
     By default every address `refusal_reason` names is refused. ``allowed_networks``
     opens chosen CIDRs (an internal endpoint, a test server); ``allow_private_networks``
     turns the address check off. ``https_only`` refuses plain-http endpoints.
+
+    A name that resolves to some allowed and some refused addresses is used through the
+    allowed ones only (the refused ones are dropped, never connected to); with
+    ``refuse_mixed_answers`` such a name is refused as a whole, at delivery and at
+    subscribe, as if every address were refused.
     """
 
     allow_private_networks: bool = False
     allowed_networks: tuple[IPNetwork, ...] = ()
     https_only: bool = False
+    refuse_mixed_answers: bool = False
 
     @property
     def checks_addresses(self) -> bool:
@@ -258,8 +361,9 @@ class GuardedResolver:
 
     The lookup goes through ``resolve`` when given, else the event loop's resolver;
     refused addresses are dropped and the transport connects to one of those returned,
-    so the address checked is the address used. If none is allowed it raises
-    `BlockedAddress`, naming the host and the refused addresses.
+    so the address checked is the address used. If none is allowed (or, under the
+    policy's ``refuse_mixed_answers``, any is refused) it raises `BlockedAddress`,
+    naming the host and the refused addresses.
     """
 
     def __init__(self, policy: NetworkPolicy, resolve: ResolveFunction | None = None) -> None:
@@ -281,13 +385,13 @@ class GuardedResolver:
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     async def resolve(self, host: str, port: int = 0) -> list[str]:
-        """Resolve ``host`` once and return only its allowed addresses."""
+        """Resolve ``host`` once and return only its allowed addresses (raising
+        `BlockedAddress` for a mixed answer too when the policy has
+        ``refuse_mixed_answers``)."""
         name = host.rstrip(".") or host
-        allowed, refused = _screen(self._policy, await self._lookup(name, port))
+        allowed = _admit(name, await self._lookup(name, port), self._policy)
         if not allowed:
-            if not refused:
-                raise httpx.ConnectError(f"{name} did not resolve to any address")
-            raise BlockedAddress(name, refused)
+            raise httpx.ConnectError(f"{name} did not resolve to any address")
         return allowed
 
 
@@ -315,12 +419,33 @@ def _name_to_check(host: str, policy: NetworkPolicy) -> str | None:
     return host.rstrip(".") or host
 
 
-def _judge(name: str, addresses: Sequence[str], policy: NetworkPolicy) -> None:
-    """Raise `BlockedAddress` when every one of ``addresses`` is refused, as the guard
-    would refuse the connection (an empty answer is a name that does not resolve)."""
+def _admit(name: str, addresses: Iterable[str], policy: NetworkPolicy) -> list[str]:
+    """The addresses of ``name`` a connection may use. Raises `BlockedAddress` when every
+    one is refused, or, under ``refuse_mixed_answers``, when any one is. The one rule
+    for a resolved name, at delivery (`GuardedResolver`) and at subscribe (`_judge`); an
+    empty answer returns ``[]`` (a name that does not resolve)."""
     allowed, refused = _screen(policy, addresses)
     if refused and not allowed:
         raise BlockedAddress(name, refused)
+    if refused and policy.refuse_mixed_answers:
+        shown = ", ".join(f"{address} ({why})" for address, why in refused[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise BlockedAddress(
+            name,
+            refused,
+            reason=(
+                f"resolves to {shown}{more} besides {len(allowed)} allowed "
+                f"address{'es' if len(allowed) > 1 else ''}, and refuse_mixed_answers "
+                "refuses a name with any refused address"
+            ),
+        )
+    return allowed
+
+
+def _judge(name: str, addresses: Sequence[str], policy: NetworkPolicy) -> None:
+    """Raise `BlockedAddress` when the guard would refuse every connection to ``name``
+    with this answer (`_admit`)."""
+    _admit(name, addresses, policy)
 
 
 async def _awaited(found: Awaitable[Sequence[str]]) -> Sequence[str]:

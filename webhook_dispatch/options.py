@@ -7,6 +7,7 @@ typed, defaulted and checked; the keyword-argument dictionaries mirror them for 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -120,6 +121,21 @@ def _resolve(instance: object, attribute: attrs.Attribute[Any], value: object) -
         )
 
 
+def _optional_seconds(value: object) -> float | None:
+    """``grace``: None, or seconds from 0 to an hour."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"grace must be None or seconds, got {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 <= seconds <= 3600:
+        raise ConfigurationError(f"grace must be from 0 to 3600 seconds, got {value!r}")
+    return seconds
+
+
 def _callback(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{attribute.name} must be a callable taking an OperationalEvent")
@@ -207,6 +223,11 @@ class DispatcherOptions:
     """How long a claimed delivery stays reserved (a crashed worker's are retried after it)."""
     poll_interval: float = attrs.field(default=1.0, converter=validate_timeout)
     """Seconds between an idle worker's looks for work published by other processes."""
+    grace: float | None = attrs.field(default=None, converter=_optional_seconds)
+    """Seconds a stopping worker lets its attempts in flight run. Those still running
+    then are cancelled, recorded as interrupted and due again at once, so another worker
+    takes them without waiting for the lease. None: each runs until it ends (within its
+    subscription's ``timeout``)."""
     retention: timedelta | None = attrs.field(
         default=DEFAULT_RETENTION, validator=_positive_timedelta(True)
     )
@@ -217,6 +238,10 @@ class DispatcherOptions:
     """CIDR networks the guard lets through (``["10.1.0.0/16"]``)."""
     https_only: bool = attrs.field(default=False, validator=_flag)
     """Refuse plain-http endpoints."""
+    refuse_mixed_answers: bool = attrs.field(default=False, validator=_flag)
+    """Refuse a host name that resolves to any address the guard refuses, even when it
+    also resolves to allowed ones (by default only the refused addresses are dropped and
+    the connection goes to an allowed one). Applies at delivery and at subscribe."""
     resolve: ResolveFunction | None = attrs.field(default=None, validator=_resolve)
     """The name lookup the network guard uses instead of the system resolver:
     ``resolve(host, port) -> ["192.0.2.1", ...]``, or an awaitable of it (tests inject
@@ -265,6 +290,7 @@ class DispatcherOptions:
             allow_private_networks=self.allow_private_networks,
             allowed_networks=self.allowed_networks,
             https_only=self.https_only,
+            refuse_mixed_answers=self.refuse_mixed_answers,
         )
 
     @property
@@ -288,10 +314,12 @@ class DispatcherKwargs(TypedDict, total=False):
     strict_event_types: bool
     lease: timedelta
     poll_interval: float
+    grace: float | None
     retention: timedelta | None
     allow_private_networks: bool
     allowed_networks: Iterable[str]
     https_only: bool
+    refuse_mixed_answers: bool
     resolve: ResolveFunction | None
     default_max_in_flight: int | None
     auto_disable: AutoDisable | None

@@ -11,16 +11,18 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from .clock import Clock
-from .delivery import next_state
+from .delivery import interrupted, next_state
 from .engine import Engine
 from .errors import StoreError, StoreUnavailable
 from .events import (
@@ -110,6 +112,7 @@ class Worker:
         publish_operational: OperationalPublisher | None = None,
         observer: AttemptObserver | None = None,
         spans: AttemptSpans | None = None,
+        grace: float | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -137,6 +140,9 @@ class Worker:
         self.publish_operational = publish_operational
         self.observer = observer
         self.spans = spans
+        self.grace = grace
+        self._interrupted = threading.Event()
+        self._grace_deadline: float | None = None
         self.tally: dict[DeliveryStatus, int] = dict.fromkeys(DeliveryStatus, 0)
         """Attempts made since this worker was built, by the status each left its delivery
         in (every key present from the start, so another thread may copy it)."""
@@ -169,18 +175,26 @@ class Worker:
         self._stopping = True
         self.wake()
 
+    def interrupt(self) -> None:
+        """End a stopping worker's grace period now (safe from any thread): attempts
+        still in flight are cancelled, recorded as interrupted and due again at once."""
+        self._interrupted.set()
+        self.wake()
+
     # -- running ------------------------------------------------------------------
     async def run_until_idle(self) -> int:
         """Attempt every delivery due now, including retries that fall due meanwhile;
         return the number of attempts made. An earlier `request_stop` (a worker that was
         started and stopped) does not cut this run short."""
-        self._stopping = False
+        self.prepare_run()
         return await self._loop_forever(until_idle=True)
 
     def prepare_run(self) -> None:
         """Clear an earlier stop request; call before scheduling `run` (a stop requested
         after this, even before `run` starts, is honoured)."""
         self._stopping = False
+        self._interrupted.clear()
+        self._grace_deadline = None
 
     async def run(self) -> int:
         """Deliver until `request_stop`; return the number of attempts made."""
@@ -202,7 +216,8 @@ class Worker:
             lease=self.lease.total_seconds(),
             until_idle=until_idle,
         )
-        running: set[asyncio.Task[AttemptRecord]] = set()
+        # Each attempt in flight, with its claim and when it started (for an interruption).
+        running: dict[asyncio.Task[AttemptRecord], tuple[Claim, datetime]] = {}
         completed: list[asyncio.Task[AttemptRecord]] = []
         store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None = None
         failing = False
@@ -218,7 +233,8 @@ class Worker:
             while True:
                 if completed:
                     scheduler.attempts_finished([task.result() for task in completed])
-                    running.difference_update(completed)
+                    for task in completed:
+                        del running[task]
                     completed.clear()
                 woken = wake.is_set()  # a publish here, or the poll interval passed
                 if woken:
@@ -246,7 +262,9 @@ class Worker:
                 for claim in scheduler.start(stopping=self._stopping):
                     task = loop.create_task(self._attempt(claim))
                     task.add_done_callback(attempt_done)
-                    running.add(task)
+                    running[task] = (claim, self.clock.now())
+                if self._stopping and running and self._grace_over(loop.time(), len(running)):
+                    return scheduler.attempts  # _shutdown interrupts what still runs
                 move = scheduler.next_move(stopping=self._stopping)
                 if move is Move.DONE:
                     return scheduler.attempts
@@ -256,12 +274,64 @@ class Worker:
                     continue
                 if completed or (store_round is not None and store_round.done()):
                     continue
-                await self._wait_for_signal(loop)
+                await self._wait_for_signal(loop, self._until_grace_over(loop.time()))
         except BaseException:
             failing = True
             raise
         finally:
             await self._shutdown(scheduler, running, store_round, failing=failing)
+
+    async def _let_finish(
+        self, running: Mapping[asyncio.Task[AttemptRecord], tuple[Claim, datetime]]
+    ) -> list[AttemptRecord]:
+        """Let the attempts in flight end, for at most ``grace`` seconds (None: each until
+        its own timeout) or until `interrupt`; cancel the rest and record them as
+        interrupted (due again at once: another worker takes them without waiting for
+        the lease). Their records, and those of the attempts that ended."""
+        loop = asyncio.get_running_loop()
+        self._grace_over(loop.time())  # starts the grace period if not yet started
+        deadline = self._grace_deadline
+        assert deadline is not None
+        pending: set[asyncio.Future[Any]] = set(running)
+        interrupted_wait = asyncio.ensure_future(asyncio.to_thread(self._interrupted.wait))
+        try:
+            while pending and not self._interrupted.is_set():
+                timeout = None if math.isinf(deadline) else deadline - loop.time()
+                if timeout is not None and timeout <= 0:
+                    break
+                _, pending = await asyncio.wait(
+                    pending | {interrupted_wait},
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                pending.discard(interrupted_wait)
+        finally:
+            self._interrupted.set()  # ends the waiting thread
+            await interrupted_wait
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        now = self.clock.now()
+        records: list[AttemptRecord] = []
+        for task, (claim, started_at) in running.items():
+            if task.cancelled():
+                records.append(interrupted(claim, started_at, now))
+                logger.warning(
+                    "stopping: interrupted the attempt of delivery %s to %s after %.1f s; "
+                    "it is due again at once",
+                    claim.delivery.id,
+                    claim.subscription.url,
+                    (now - started_at).total_seconds(),
+                    extra={
+                        "delivery_id": claim.delivery.id,
+                        "subscription_id": claim.subscription.id,
+                        "message_id": claim.message.id,
+                    },
+                )
+            elif task.exception() is None:
+                records.append(task.result())
+        return records
 
     async def _give_back(self, back: GiveBack) -> None:
         """Refund the rate-limit tokens of ``back.refunds``, then release every claim of
@@ -282,10 +352,31 @@ class Worker:
             self._wake.set()
         self._signal_loop()
 
-    async def _wait_for_signal(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Until an attempt or the store round ends, a wake-up, or the poll interval."""
+    def _grace_over(self, now: float, in_flight: int = 0) -> bool:
+        """While stopping: whether the attempts in flight have had their grace period
+        (counted from the first look after the stop request) or were interrupted."""
+        if self._grace_deadline is None:
+            self._grace_deadline = math.inf if self.grace is None else now + self.grace
+            if in_flight:
+                logger.info(
+                    "stopping: %d attempts in flight may run %s; interrupt() (a second "
+                    "Ctrl-C or SIGTERM to the worker command) cuts them short",
+                    in_flight,
+                    "until their timeouts" if self.grace is None else f"{self.grace:g} s more",
+                    extra={"worker_id": self.worker_id},
+                )
+        return self._interrupted.is_set() or now >= self._grace_deadline
+
+    def _until_grace_over(self, now: float) -> float:
+        """Seconds until the grace period ends (the poll interval when not stopping)."""
+        if not self._stopping or self._grace_deadline is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, self._grace_deadline - now))
+
+    async def _wait_for_signal(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Until an attempt or the store round ends, a wake-up, or ``delay`` seconds."""
         self._signal = signal = loop.create_future()
-        timer = loop.call_later(self.poll_interval, self._wake_up)
+        timer = loop.call_later(delay, self._wake_up)
         try:
             await signal
         finally:
@@ -649,7 +740,7 @@ class Worker:
     async def _shutdown(
         self,
         scheduler: Scheduler,
-        running: set[asyncio.Task[AttemptRecord]],
+        running: Mapping[asyncio.Task[AttemptRecord], tuple[Claim, datetime]],
         store_round: asyncio.Task[tuple[list[Claim], bool | None]] | None,
         *,
         failing: bool,
@@ -684,10 +775,7 @@ class Worker:
                 unrun = [claim.delivery.id for claim in store_round.result()[0]]
         finished = scheduler.take_finished()
         if running:
-            await asyncio.wait(running)
-            for task in running:
-                if not task.cancelled() and task.exception() is None:
-                    finished.append(task.result())
+            finished += await self._let_finish(running)
         if unrun:
             await step("give back unstarted deliveries", lambda: self._release_unrun(unrun))
         if finished:

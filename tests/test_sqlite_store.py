@@ -831,3 +831,34 @@ def test_a_subscription_at_its_cap_is_not_walked(tmp_path: Path) -> None:
     small = _capped_claim_steps(tmp_path / "small.db", 20)
     large = _capped_claim_steps(tmp_path / "large.db", 4000)
     assert large < 2 * small, (small, large)
+
+
+@pytest.mark.parametrize("name", ["file:shop.db", "file:shop.db?mode=memory", "x?mode=ro#y"])
+def test_a_path_spelled_like_a_uri_is_a_file_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """SQLite reads ``file:...`` as a URI when asked to: the store never asks with a path
+    of yours, so the database (holding secrets) is that file, owner-only, and no other."""
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore(name)
+    try:
+        store.add_subscription(make_subscription())
+    finally:
+        store.close()
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    assert {p.name for p in tmp_path.iterdir()} <= {name, f"{name}-wal", f"{name}-shm"}
+    reopened = SQLiteStore(tmp_path / name)
+    try:
+        assert len(reopened.list_subscriptions()) == 1
+    finally:
+        reopened.close()
+
+
+def test_a_path_with_a_nul_is_refused_with_a_store_error(tmp_path: Path) -> None:
+    import webhook_dispatch as wd
+
+    with pytest.raises(InvalidStoreURL, match="NUL"):
+        SQLiteStore(f"{tmp_path}/a\x00b.db")
+    with pytest.raises(InvalidStoreURL, match="NUL"):
+        wd.Dispatcher(f"sqlite:///{tmp_path}/a\x00b.db")
+    assert list(tmp_path.iterdir()) == []

@@ -327,6 +327,8 @@ class SQLiteStore(SQLStore):
         self._path = os.fspath(path)
         if not isinstance(self._path, str) or not self._path:
             raise InvalidStoreURL("SQLite store needs a file path (or ':memory:')")
+        if "\x00" in self._path:
+            raise InvalidStoreURL("SQLite store path contains a NUL character")
         self._shared = shared
         self._file = os.path.abspath(self._path)  # as opened, whatever the cwd later
         self._lock = threading.Lock()
@@ -341,7 +343,8 @@ class SQLiteStore(SQLStore):
             _check_path(self._path)
         with self._translate(opening=True):
             connection = sqlite3.connect(
-                self._path,
+                _file_uri(self._path),
+                uri=True,  # ours, so a path that starts with "file:" is just a path
                 timeout=busy_timeout,
                 isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                 cached_statements=256,  # multi-row statements come in several sizes
@@ -508,7 +511,9 @@ class SQLiteStore(SQLStore):
             super().write_setting(name, value, now)
             return
         with self._translate():
-            connection = sqlite3.connect(self._path, timeout=SETTING_WAIT, isolation_level=None)
+            connection = sqlite3.connect(
+                _file_uri(self._path), uri=True, timeout=SETTING_WAIT, isolation_level=None
+            )
             try:
                 connection.execute(
                     "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
@@ -1238,6 +1243,14 @@ def _wal_size(path: str) -> int:
         return os.path.getsize(path + "-wal")
     except OSError:
         return 0
+
+
+def _file_uri(path: str) -> str:
+    """``path`` as a ``file:`` URI SQLite cannot misread: a path spelled like a URI
+    (``file:x.db?mode=memory``) names a file of that name, and ``:memory:`` stays."""
+    if path == ":memory:":
+        return "file::memory:"
+    return pathlib.Path(os.path.abspath(path)).as_uri()
 
 
 def _check_path(path: str) -> None:

@@ -1148,14 +1148,16 @@ def _work(args: argparse.Namespace) -> int:
             print(refusal, file=sys.stderr)
             return 1
         with _stopped_by_signals(dispatcher):
-            print(_startup_line(dispatcher, args), flush=True)
-            with _ProgressLog(dispatcher, args.progress_every):
-                try:
+            # Only the first signal raises: one arriving anywhere in here, before run()
+            # or after it handled one, ends up in close(), which stops gracefully.
+            try:
+                print(_startup_line(dispatcher, args), flush=True)
+                with _ProgressLog(dispatcher, args.progress_every):
                     dispatcher.run()
-                except KeyboardInterrupt:
-                    pass  # arrived before or after run() handled one: close() still stops
-                finally:
-                    dispatcher.close()  # gracefully: attempts in flight finish
+            except KeyboardInterrupt:
+                pass
+            finally:
+                dispatcher.close()  # gracefully: attempts in flight finish
     print("webhook-dispatch worker stopped: attempts in flight finished and were recorded")
     return 0
 

@@ -13,14 +13,12 @@ import concurrent.futures
 import contextlib
 import importlib
 import inspect
-import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -40,10 +38,10 @@ from ._redact import redact_store_url
 from ._version import __version__
 from .auth import auth_to_document
 from .dispatcher import AsyncDispatcher, Dispatcher, ReplayProgress
-from .errors import ConfigurationError, InvalidStoreURL, WebhookDispatchError
+from .errors import BlockedAddress, ConfigurationError, InvalidStoreURL, WebhookDispatchError
 from .formats import BODY_FORMATS
 from .models import Attempt, Delivery, DeliveryStatus, Message, Subscription, Tenant, thawed
-from .netguard import NetworkPolicy, parse_host_literal
+from .netguard import NetworkPolicy, judge_addresses, lookup_within, parse_host_literal
 from .paging import DEFAULT_PAGE_SIZE, Page, every
 from .retry import RetryPolicy
 from .signing import generate_secret, public_key, signer_names
@@ -1475,10 +1473,11 @@ def _judge_endpoint(subscription: Subscription, policy: NetworkPolicy) -> _Check
         return _Check(name, "problem", f"{subscription.url}: {reason}", "use an https URL")
     literal = parse_host_literal(host)
     if literal is not None:
-        addresses = [str(literal)]
+        addresses: Sequence[str] = [str(literal)]
     else:
         try:
-            addresses = _resolve_for_doctor(host, parts.port or 443)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            addresses = lookup_within(host, port, timeout=_DOCTOR_LOOKUP_TIMEOUT)
         except OSError as exc:
             return _Check(
                 name,
@@ -1486,22 +1485,12 @@ def _judge_endpoint(subscription: Subscription, policy: NetworkPolicy) -> _Check
                 f"{subscription.url}: {host} does not resolve from here ({exc})",
                 "check the name, or run doctor where the worker runs",
             )
-    refused = [(a, policy.check_address(ipaddress.ip_address(a))) for a in addresses]
-    if all(why is not None for _, why in refused):
-        shown = ", ".join(f"{address} ({why})" for address, why in refused[:4])
+    try:
+        judge_addresses(host, addresses, policy)  # the guard's own rule
+    except BlockedAddress as blocked:
+        shown = ", ".join(f"{address} ({why})" for address, why in blocked.refused[:4])
         return _Check(name, "problem", f"{subscription.url}: refused by the guard: {shown}", allow)
     return None
-
-
-def _resolve_for_doctor(host: str, port: int) -> list[str]:
-    """The addresses of ``host``; `OSError` when it does not resolve in time."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-        try:
-            infos = future.result(timeout=_DOCTOR_LOOKUP_TIMEOUT)
-        except concurrent.futures.TimeoutError:
-            raise OSError(f"no answer in {_DOCTOR_LOOKUP_TIMEOUT:g} s") from None
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _doctor_backlog(dispatcher: Dispatcher) -> list[_Check]:

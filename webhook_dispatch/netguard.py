@@ -37,6 +37,8 @@ __all__ = [
     "check_literal_host",
     "check_resolved_host",
     "check_resolved_host_async",
+    "judge_addresses",
+    "lookup_within",
     "embedded_ipv4",
     "parse_host_literal",
     "parse_networks",
@@ -442,9 +444,9 @@ def _admit(name: str, addresses: Iterable[str], policy: NetworkPolicy) -> list[s
     return allowed
 
 
-def _judge(name: str, addresses: Sequence[str], policy: NetworkPolicy) -> None:
+def judge_addresses(name: str, addresses: Sequence[str], policy: NetworkPolicy) -> None:
     """Raise `BlockedAddress` when the guard would refuse every connection to ``name``
-    with this answer (`_admit`)."""
+    with this answer (under ``refuse_mixed_answers``, any refused address)."""
     _admit(name, addresses, policy)
 
 
@@ -494,6 +496,23 @@ def check_resolved_host(
     name = _name_to_check(host, policy)
     if name is None:
         return
+    try:
+        addresses = lookup_within(name, port, resolve=resolve, timeout=timeout)
+    except OSError:  # too slow, or not resolvable
+        return
+    judge_addresses(name, addresses, policy)
+
+
+def lookup_within(
+    name: str,
+    port: int = 0,
+    *,
+    resolve: ResolveFunction | None = None,
+    timeout: float | None = None,
+) -> Sequence[str]:
+    """The addresses ``name`` resolves to; `OSError` when it does not resolve, or gives
+    no answer within ``timeout`` seconds (default `LOOKUP_TIMEOUT`). The lookup runs on
+    a daemon thread, left to finish on its own after a timeout."""
     answer: concurrent.futures.Future[Sequence[str]] = concurrent.futures.Future()
 
     def lookup() -> None:
@@ -503,11 +522,11 @@ def check_resolved_host(
             answer.set_exception(exc)
 
     threading.Thread(target=lookup, name="webhook-dispatch-lookup", daemon=True).start()
+    bound = LOOKUP_TIMEOUT if timeout is None else timeout
     try:
-        addresses = answer.result(LOOKUP_TIMEOUT if timeout is None else timeout)
-    except (concurrent.futures.TimeoutError, OSError):  # too slow, or not resolvable
-        return
-    _judge(name, addresses, policy)
+        return answer.result(bound)
+    except concurrent.futures.TimeoutError:
+        raise OSError(f"no answer in {bound:g} s") from None
 
 
 async def check_resolved_host_async(
@@ -527,4 +546,4 @@ async def check_resolved_host_async(
         addresses = await asyncio.wait_for(_lookup_async(name, port, resolve), bound)
     except (asyncio.TimeoutError, OSError):  # too slow, or not resolvable
         return
-    _judge(name, addresses, policy)
+    judge_addresses(name, addresses, policy)
